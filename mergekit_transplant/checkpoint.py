@@ -1,0 +1,231 @@
+"""What a model holds, read from safetensors headers only, never tensor data.
+
+A safetensors file starts with an 8-byte little-endian header length and a
+JSON header giving each tensor's dtype, shape and byte range. Reading just
+that lets ``check``, ``organ`` and ``card`` work on 70B models in megabytes of
+memory. Hub ids (``org/name@revision``) resolve through the local Hugging Face
+cache when offline and through ``huggingface_hub`` when online.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from mergekit_transplant.errors import TransplantError
+
+#: bytes per element of each safetensors dtype
+DTYPE_BYTES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+}
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: Tuple[int, ...]
+    dtype: str
+    file: str
+    begin: int  # absolute byte offset of the data in ``file``
+    end: int
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+@dataclass
+class ModelIndex:
+    """A model's config and tensor table, from a local folder."""
+
+    ref: str
+    root: Path
+    config: dict
+    tensors: Dict[str, TensorInfo] = field(default_factory=dict)
+
+    @property
+    def architecture(self) -> str:
+        archs = self.config.get("architectures") or [self.config.get("model_type", "?")]
+        return str(archs[0])
+
+    @property
+    def vocab_size(self) -> Optional[int]:
+        cfg = self.config.get("text_config", self.config)
+        return cfg.get("vocab_size")
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(t.numel for t in self.tensors.values())
+
+    def fingerprint(self) -> dict:
+        """Hashes that change when the config or any tensor's layout changes."""
+        cfg = json.dumps(self.config, sort_keys=True).encode()
+        table = json.dumps(
+            sorted((t.name, list(t.shape), t.dtype) for t in self.tensors.values())
+        ).encode()
+        return {
+            "config_sha256": hashlib.sha256(cfg).hexdigest(),
+            "tensor_index_sha256": hashlib.sha256(table).hexdigest(),
+            "revision": split_revision(self.ref)[1],
+        }
+
+
+def split_revision(ref: str) -> Tuple[str, Optional[str]]:
+    if ref.count("@") > 1:
+        raise TransplantError(f"invalid model reference {ref!r}: more than one '@'")
+    path, _, rev = ref.partition("@")
+    return path, rev or None
+
+
+def looks_like_hub_id(ref: str) -> bool:
+    path, _ = split_revision(ref)
+    return (
+        not os.path.exists(path)
+        and not path.startswith((".", "/", "~"))
+        and path.count("/") == 1
+        and all(part and part.strip() == part for part in path.split("/"))
+    )
+
+
+def resolve_model_dir(ref: str, *, need_weights: bool = True) -> Path:
+    """A local folder for ``ref``: the path itself, or the Hub cache snapshot.
+
+    Never downloads weights: when ``HF_HUB_OFFLINE`` is set (or the Hub cannot
+    be reached) and the files are not cached, the error lists the files needed.
+    """
+    path, rev = split_revision(ref)
+    if os.path.isdir(path):
+        return Path(path)
+    if not looks_like_hub_id(ref):
+        raise TransplantError(f"model {ref!r}: no such folder")
+    needed = ["config.json", "model.safetensors.index.json or model.safetensors"]
+    try:
+        from huggingface_hub import snapshot_download
+
+        patterns = ["*.json", "*.safetensors"] if need_weights else ["*.json"]
+        local = snapshot_download(
+            path, revision=rev, allow_patterns=patterns, local_files_only=_offline()
+        )
+        return Path(local)
+    except Exception as error:  # offline, missing, gated, ...
+        raise TransplantError(
+            f"model {ref!r} is a Hub id that is not available here "
+            f"({type(error).__name__}); it needs: {', '.join(needed)}. "
+            f"Download it first (huggingface-cli download {path}"
+            f"{' --revision ' + rev if rev else ''}) or use a local folder"
+        ) from None
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def read_header(file: Path) -> Dict[str, TensorInfo]:
+    """Parse one safetensors header; raise a clear error for a damaged file."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as fh:
+            raw_len = fh.read(8)
+            if len(raw_len) < 8:
+                raise ValueError("file shorter than its 8-byte header length")
+            (n,) = struct.unpack("<Q", raw_len)
+            if n > min(size - 8, MAX_HEADER_BYTES):
+                raise ValueError(f"header length {n} exceeds the file")
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise TransplantError(f"{file}: not a valid safetensors file ({error})") from None
+    if not isinstance(header, dict):
+        raise TransplantError(f"{file}: not a valid safetensors file (header is not a table)")
+    data_start = 8 + n
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, end = (int(x) for x in meta["data_offsets"])
+            dtype, shape = str(meta["dtype"]), tuple(int(d) for d in meta["shape"])
+        except (KeyError, TypeError, ValueError):
+            raise TransplantError(f"{file}: malformed header entry for tensor {name!r}") from None
+        info = TensorInfo(name, shape, dtype, str(file), data_start + begin, data_start + end)
+        expected = DTYPE_BYTES.get(dtype, 0) * info.numel
+        if info.end > size or (expected and info.nbytes != expected) or begin > end:
+            raise TransplantError(
+                f"{file}: tensor {name!r} runs past the end of the file or has the "
+                "wrong size (truncated or corrupted download?)"
+            )
+        out[name] = info
+    return out
+
+
+def weight_files(root: Path, *, allow_pickle: bool = False) -> List[Path]:
+    """The safetensors files of a model folder (via the index when sharded)."""
+    index = root / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError):
+            raise TransplantError(f"{index}: malformed safetensors index") from None
+        files = []
+        for shard in sorted(set(weight_map.values())):
+            resolved = (root / shard).resolve()
+            if root.resolve() not in resolved.parents:
+                raise TransplantError(f"{index}: shard {shard!r} points outside the model folder")
+            if not resolved.exists():
+                raise TransplantError(f"{index}: shard {shard!r} is missing")
+            files.append(resolved)
+        return files
+    single = root / "model.safetensors"
+    if single.exists():
+        return [single]
+    others = sorted(root.glob("*.safetensors"))
+    if others:
+        return others
+    pickles = [p for p in sorted(root.iterdir()) if p.suffix in PICKLE_SUFFIXES]
+    if pickles:
+        if not allow_pickle:
+            raise TransplantError(
+                f"{root}: only pickle checkpoints ({pickles[0].name}); pickle files can run "
+                "arbitrary code when loaded. Convert them to safetensors, or pass "
+                "--allow-pickle if you trust the source"
+            )
+        return pickles
+    raise TransplantError(f"{root}: no model weights (*.safetensors) found")
+
+
+def load_config(root: Path) -> dict:
+    file = root / "config.json"
+    try:
+        cfg = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise TransplantError(f"{root}: no config.json (is this a model folder?)") from None
+    except ValueError as error:
+        raise TransplantError(f"{file}: malformed JSON ({error})") from None
+    if not isinstance(cfg, dict):
+        raise TransplantError(f"{file}: not a JSON object")
+    return cfg
+
+
+def read_index(ref: str, *, allow_pickle: bool = False) -> ModelIndex:
+    """Config plus every tensor's name, shape, dtype and byte range; no data read."""
+    root = resolve_model_dir(ref)
+    index = ModelIndex(ref=ref, root=root, config=load_config(root))
+    for file in weight_files(root, allow_pickle=allow_pickle):
+        if file.suffix != ".safetensors":
+            continue  # pickle: allowed but opaque without loading it
+        index.tensors.update(read_header(file))
+    return index

@@ -1,0 +1,111 @@
+"""``mergekit-transplant``: a thin click layer over the Python API.
+
+Commands are imported only when invoked, so ``--help`` stays fast and torch is
+loaded only by commands that need it. Every command accepts ``--debug``; a
+``TransplantError`` becomes ``error: ...`` on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from mergekit_transplant import __version__
+
+#: command name -> "module:attribute" (one module per command under cli/)
+COMMANDS = {
+    "analyze": "mergekit_transplant.cli.analyze:analyze",
+    "check": "mergekit_transplant.cli.check:check",
+    "merge": "mergekit_transplant.cli.merge:merge",
+}
+HELP = {
+    "analyze": "Find the modules that carry the donor's advantage; write a recipe.",
+    "check": "Pre-flight check of a recipe from headers only (no weights read).",
+    "merge": "Check a recipe, then run it with mergekit's own merge options.",
+}
+
+_DEBUG = {"on": False}
+
+
+def _set_debug(ctx, param, value):
+    if value:
+        _DEBUG["on"] = True
+    return value
+
+
+def debug_option(f):
+    return click.option(
+        "--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
+        help="Show full tracebacks on error.",
+    )(f)
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        spec = COMMANDS.get(name)
+        if spec is None:
+            return None
+        module, attr = spec.split(":")
+        cmd = getattr(importlib.import_module(module), attr)
+        if not any(p.name == "debug" for p in cmd.params):
+            debug_option(cmd)
+        return cmd
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, HELP.get(name, "")) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx):
+        from mergekit_transplant.atomic import interrupt_on_sigterm
+        from mergekit_transplant.errors import TransplantError
+
+        interrupt_on_sigterm()
+        try:
+            return super().invoke(ctx)
+        except TransplantError as error:
+            if _DEBUG["on"]:
+                raise
+            click.echo(f"error: {error}", err=True)
+            ctx.exit(error.exit_code)
+        except KeyboardInterrupt:
+            if _DEBUG["on"]:
+                raise
+            click.echo("interrupted: nothing was half-written", err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as error:  # unexpected: short message, traceback on --debug
+            if _DEBUG["on"]:
+                raise
+            click.echo(
+                f"error: {type(error).__name__}: {error} (run with --debug for the traceback)", err=True
+            )
+            ctx.exit(1)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mergekit-transplant")
+@debug_option
+def main():
+    """Transplant task-relevant modules from a donor model into a target.
+
+    \b
+    The flow:
+      mergekit-transplant analyze --target T --donor D --workload prompts.jsonl -o recipe.yml
+      mergekit-transplant check recipe.yml
+      mergekit-yaml recipe.yml out/          (or: mergekit-transplant merge recipe.yml out/)
+      mergekit-transplant eval --target T --donor D --merged out/ --tasks TASK
+    """
+    if os.environ.get("MERGEKIT_TRANSPLANT_DEBUG"):
+        _DEBUG["on"] = True
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Run a transplant recipe through mergekit, after the pre-flight check.
+
+This is the Python API behind ``mergekit-transplant merge``. The merge itself
+is mergekit's ``run_merge``; what this adds is the check first (nothing is
+written on error), an atomic output folder, the non-finite guard and the
+plugin's own offline-safe model card.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from mergekit_transplant import atomic
+from mergekit_transplant.errors import TransplantError
+from mergekit_transplant.preflight import CheckReport, run_check
+from mergekit_transplant.recipe import load_recipe
+
+
+def ensure_output_free(out_path: os.PathLike | str, overwrite: bool) -> None:
+    out = Path(out_path)
+    if out.exists() and not out.is_dir():
+        raise TransplantError(f"output {out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise TransplantError(f"output folder {out} exists and is not empty (pass --overwrite to replace it)")
+
+
+def check_finite(report: CheckReport) -> None:
+    """Refuse donor tensors with NaN/Inf that would be transplanted (reads only those)."""
+    import torch
+    from safetensors import safe_open
+
+    from mergekit_transplant.checkpoint import read_index
+
+    indexes = {}
+    for row in report.rows:
+        index = indexes.setdefault(row.donor, read_index(row.donor))
+        info = index.tensors[row.donor_tensor]
+        with safe_open(info.file, "pt") as fh:
+            tensor = fh.get_tensor(row.donor_tensor)
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise TransplantError(
+                f"donor {row.donor} tensor {row.donor_tensor} contains NaN or Inf values; "
+                "refusing to transplant it (pass --allow-nonfinite to override)"
+            )
+
+
+def run_transplant(
+    recipe_path: os.PathLike | str,
+    out_path: os.PathLike | str,
+    options=None,
+    *,
+    overwrite: bool = False,
+    allow_pickle: bool = False,
+    allow_nonfinite: bool = False,
+    write_card: bool = True,
+) -> CheckReport:
+    """Check ``recipe_path``, then merge it into ``out_path``; returns the check report."""
+    import mergekit_transplant
+
+    mergekit_transplant.register()
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    options = options or MergeOptions()
+    recipe = load_recipe(recipe_path)
+    report = run_check(recipe, allow_pickle=allow_pickle, trust_remote_code=options.trust_remote_code)
+    if not report.ok:
+        raise TransplantError(
+            f"{recipe_path} failed the pre-flight check; nothing was written:\n  "
+            + "\n  ".join(report.errors)
+        )
+    ensure_output_free(out_path, overwrite)
+    if not allow_nonfinite:
+        check_finite(report)
+    options = options.model_copy(update={"write_model_card": False})
+    config = MergeConfiguration.model_validate(recipe.data)
+    with atomic.replacing_dir(out_path, overwrite=overwrite) as tmp:
+        run_merge(config, str(tmp), options=options, config_source=recipe.source)
+        (tmp / "mergekit_config.yml").write_text(recipe.source, encoding="utf-8")
+        if write_card:
+            _write_card(tmp, recipe, report)
+    return report
+
+
+def _write_card(out_dir: Path, recipe, report: CheckReport) -> None:
+    """The plugin's model card; offline-safe (never asks the Hub about local paths)."""
+    try:
+        from mergekit_transplant.card import write_card
+    except ImportError:  # card module not available: mergekit_config.yml still documents it
+        return
+    write_card(out_dir, recipe=recipe, check_report=report)
+
+
+def default_options(cuda: bool = False, **kwargs) -> "MergeOptions":  # noqa: F821
+    from mergekit.options import MergeOptions
+
+    return MergeOptions(cuda=cuda, **kwargs)
+
+
+__all__ = ["run_transplant", "ensure_output_free", "check_finite", "default_options"]
