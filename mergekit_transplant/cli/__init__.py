@@ -18,13 +18,23 @@ from mergekit_transplant import __version__
 #: command name -> "module:attribute" (one module per command under cli/)
 COMMANDS = {
     "analyze": "mergekit_transplant.cli.analyze:analyze",
+    "card": "mergekit_transplant.cli.card:card",
     "check": "mergekit_transplant.cli.check:check",
+    "eval": "mergekit_transplant.cli.evaluate:evaluate",
     "merge": "mergekit_transplant.cli.merge:merge",
+    "organ": "mergekit_transplant.cli.organ:organ",
+    "publish": "mergekit_transplant.cli.publish:publish",
+    "sweep": "mergekit_transplant.cli.sweep:sweep",
 }
 HELP = {
     "analyze": "Find the modules that carry the donor's advantage; write a recipe.",
+    "card": "Write or update the Hub model card of a merged model folder.",
     "check": "Pre-flight check of a recipe from headers only (no weights read).",
+    "eval": "lm-eval scores of target, donor and merged model, with TIR and Recovery.",
     "merge": "Check a recipe, then run it with mergekit's own merge options.",
+    "organ": "Extract or verify organ files: only the transplanted donor tensors.",
+    "publish": "Verify a merged model folder and upload it to the Hub.",
+    "sweep": "Sweep K and strength in memory against random-module controls.",
 }
 
 _DEBUG = {"on": False}
