@@ -1,0 +1,45 @@
+"""Activation analysis: find the modules that carry the donor's advantage.
+
+>>> from mergekit_transplant.analysis import analyze, load_workload
+>>> result = analyze("target/", "donor/", load_workload("prompts.jsonl"), top_k=4)
+>>> result.ranking("local")[:4]          # tensor names, best first
+>>> open("recipe.yml", "w").write(result.recipe_text)
+
+Scores (docs/analysis.md has the details and the reasons for the default):
+``local`` (default: the module's own change on the target's inputs),
+``activation`` (the seed paper's |mean activation difference|) and
+``attribution`` (activation x gradient on the donor). Torch is imported
+only when an analysis runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+from mergekit_transplant.analysis.pipeline import (
+    CAPTURE_MODES, DEFAULT_SCORE, DEFAULT_TOP_K, GRANULARITIES, AnalysisResult, analyze,
+)
+from mergekit_transplant.analysis.scores import REPORTED, SCORES
+from mergekit_transplant.analysis.workload import Sample, Workload, load_workload
+
+__all__ = [
+    "AnalysisResult", "CAPTURE_MODES", "DEFAULT_SCORE", "DEFAULT_TOP_K", "GRANULARITIES", "REPORTED", "SCORES",
+    "Sample", "Workload", "analyze", "load_workload", "write_outputs",
+]
+
+
+def write_outputs(result: AnalysisResult, *, recipe: Union[str, Path, None] = None,
+                  report: Union[str, Path, None] = None, plot: Union[str, Path, None] = None) -> None:
+    """Write the recipe, report and heatmap that were asked for, each atomically."""
+    from mergekit_transplant.analysis.report import dumps
+    from mergekit_transplant.atomic import write_text
+
+    if recipe is not None:
+        write_text(recipe, result.recipe_text)
+    if report is not None:
+        write_text(report, dumps(result.report))
+    if plot is not None:
+        from mergekit_transplant.analysis.heatmap import plot_heatmap
+
+        plot_heatmap(result.report, plot)

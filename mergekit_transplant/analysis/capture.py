@@ -1,0 +1,307 @@
+"""Forward hooks that reduce each module's activity to one number per sample.
+
+A pass runs one model over the workload with a forward hook on every
+candidate. Each hook gathers the module's input and output at the scored
+positions only, reduces them on the module's own device (float32, whatever
+the model's dtype) to per-row scalars, and keeps nothing else: no
+activation tensor outlives its hook call. Per batch, the scalars of all
+modules are stacked and copied to the CPU once, into an
+``[n_samples, n_candidates]`` matrix per statistic.
+
+Statistics (per sample, averaged over its scored positions):
+
+- ``activation``: mean |output|, over output features;
+- ``local``: ||(W_donor - W_target) x (+ b_donor - b_target)||, x the module's
+  input in this (the target's) pass, with the donor tensor streamed from its
+  checkpoint while the module runs;
+- ``local_relative``: that norm divided by ||module output||;
+- ``attribution`` (gradient pass): sum over all real positions of
+  |<output, d log p(continuation) / d output>|.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+from mergekit_transplant.analysis.candidates import Candidate
+from mergekit_transplant.analysis.streaming import TensorStreamer
+from mergekit_transplant.analysis.tokens import Batch, TokenSequence, batches, fit
+from mergekit_transplant.errors import TransplantError
+
+EPS = 1e-12
+
+
+@dataclass
+class PassResult:
+    stats: Dict[str, "torch.Tensor"]  # noqa: F821  name -> [n_samples, n_candidates] float64
+    seconds: float
+    tokens: int
+    batches: int
+    streamed_bytes: int = 0
+
+
+class _Context:
+    """The batch being processed, with its index tensors cached per device."""
+
+    def __init__(self, device):
+        self.device = device
+        self.batch: Optional[Batch] = None
+        self._per_device: Dict[str, tuple] = {}
+        self.out: Dict[str, Dict[int, "torch.Tensor"]] = {}  # noqa: F821  stat -> probe -> [B]
+
+    def start(self, batch: Batch) -> None:
+        self.batch = batch
+        self._per_device = {}
+        self.out = {}
+
+    def index(self, device):
+        key = str(device)
+        cached = self._per_device.get(key)
+        if cached is None:
+            b = self.batch
+            cached = (b.rows.to(device), b.cols.to(device), b.weights.to(device), b.input_ids.to(device),
+                      b.attention_mask.to(device))
+            self._per_device[key] = cached
+        return cached
+
+    def store(self, stat: str, probe: int, per_position, *, weighted: bool = True) -> None:
+        """Reduce ``[P]`` per-position values to ``[B]`` per-row values and keep them."""
+        import torch
+
+        rows, _cols, weights, _ids, _mask = self.index(per_position.device)
+        values = per_position * weights if weighted else per_position
+        per_row = torch.zeros(self.batch.size, dtype=torch.float32, device=per_position.device)
+        per_row.index_add_(0, rows, values.float())
+        self.put(stat, probe, per_row)
+
+    def put(self, stat: str, probe: int, per_row) -> None:
+        bucket = self.out.setdefault(stat, {})
+        bucket[probe] = bucket[probe] + per_row if probe in bucket else per_row
+
+
+class Probe:
+    """The forward hook of one candidate module."""
+
+    def __init__(self, index: int, candidate: Candidate, module, ctx: _Context, *, stats: Sequence[str],
+                 donor: Optional[TensorStreamer] = None, target_files: Optional[TensorStreamer] = None,
+                 attribution: bool = False):
+        self.index = index
+        self.candidate = candidate
+        self.module = module
+        self.ctx = ctx
+        self.stats = set(stats)
+        self.donor = donor
+        self.target_files = target_files
+        self.attribution = attribution
+        self.handle = module.register_forward_hook(self)
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+    def _current(self, name: str, param):
+        """The target's tensor as the model holds it (from its file if offloaded)."""
+        if param.device.type == "meta":
+            if self.target_files is None:
+                raise TransplantError(f"{name}: weight is offloaded and no checkpoint is available to read it")
+            return self.target_files.get(name)
+        return param.detach()
+
+    def __call__(self, module, inputs, output):
+        import torch
+
+        ctx = self.ctx
+        y = output[0] if isinstance(output, tuple) else output
+        rows, cols, _w, ids, mask = ctx.index(y.device)
+        with torch.no_grad():
+            ys = y.detach()[rows, cols].float()  # [P, d_out]
+            if "activation" in self.stats:
+                ctx.store("activation", self.index, ys.abs().mean(-1))
+            if "local" in self.stats:
+                diff = self._local_change(module, inputs, rows, cols, ids)
+                norm = diff.norm(dim=-1)
+                ctx.store("local", self.index, norm)
+                ctx.store("local_relative", self.index, norm / ys.norm(dim=-1).clamp_min(EPS))
+        if self.attribution and y.requires_grad:
+            stat_index = self.index
+
+            def on_grad(grad, y=y.detach(), mask=mask):
+                with torch.no_grad():
+                    per_pos = (y.float() * grad.float()).sum(-1).abs() * mask  # [B, T]
+                    ctx.put("attribution", stat_index, per_pos.sum(-1))
+
+            y.register_hook(on_grad)
+
+    def _local_change(self, module, inputs, rows, cols, ids):
+        cand = self.candidate
+        weight = self._current(cand.tensor, module.weight)
+        if cand.embedding:
+            stored = self.donor.get(cand.tensor)
+            token_ids = ids[rows, cols].to(stored.device)
+            picked = stored[token_ids].to(device=weight.device, dtype=weight.dtype)
+            return picked.float() - weight[ids[rows, cols]].float()
+        delta = self.donor.delta(cand.tensor, weight)
+        x = inputs[0].detach()[rows, cols].float()  # [P, d_in]
+        diff = x @ delta.T
+        if cand.bias:
+            bias = self._current(cand.bias, module.bias)
+            diff += self.donor.delta(cand.bias, bias)
+        return diff
+
+
+def _input_device(model):
+    emb = model.get_input_embeddings()
+    return emb.weight.device if emb.weight.device.type != "meta" else next(
+        p.device for p in model.parameters() if p.device.type != "meta")
+
+
+def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequence], *, stats: Sequence[str],
+             batch_size: int, pad_id: int, padding_side: str, donor: Optional[TensorStreamer] = None,
+             target_files: Optional[TensorStreamer] = None, attribution: bool = False,
+             desc: str = "capture", progress: bool = True) -> PassResult:
+    """One pass of ``model`` over ``seqs`` with every candidate probed."""
+    import torch
+    from tqdm.auto import tqdm
+
+    device = _input_device(model)
+    ctx = _Context(device)
+    modules = dict(model.named_modules())
+    probes = [
+        Probe(i, c, modules[c.module], ctx, stats=stats, donor=donor, target_files=target_files,
+              attribution=attribution)
+        for i, c in enumerate(candidates)
+    ]
+    names = list(stats) + (["local_relative"] if "local" in stats else []) + (["attribution"] if attribution else [])
+    out = {name: torch.zeros(len(seqs), len(candidates), dtype=torch.float64) for name in names}
+    keep_last = _can_keep_last(model) and not attribution and not any(
+        modules[c.module] is model.get_output_embeddings() for c in candidates)
+    embed_hook = None
+    if attribution:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        embed_hook = model.get_input_embeddings().register_forward_hook(
+            lambda m, i, o: o.requires_grad_(True))
+    start, tokens, n_batches = time.perf_counter(), 0, 0
+    bar = tqdm(total=len(seqs), desc=desc, unit="sample", disable=not progress, leave=False)
+    try:
+        for batch in batches(seqs, batch_size, pad_id=pad_id, padding_side=padding_side, device=device):
+            ctx.start(batch)
+            kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                          position_ids=batch.position_ids, use_cache=False)
+            if attribution:
+                with torch.enable_grad():
+                    _attribution_step(model, batch, kwargs)
+            else:
+                if keep_last:
+                    kwargs["logits_to_keep"] = 1
+                with torch.inference_mode():
+                    model(**kwargs)
+            _collect(ctx, out, len(candidates), batch)
+            tokens += batch.tokens
+            n_batches += 1
+            bar.update(batch.size)
+    finally:
+        bar.close()
+        for probe in probes:
+            probe.remove()
+        if embed_hook is not None:
+            embed_hook.remove()
+    _check_finite(out, candidates, desc)
+    return PassResult(out, time.perf_counter() - start, tokens, n_batches,
+                      streamed_bytes=donor.bytes_read if donor else 0)
+
+
+def _attribution_step(model, batch: Batch, kwargs) -> None:
+    import torch
+
+    logits = model(**kwargs).logits
+    picked = logits[batch.rows, batch.cols].float().log_softmax(-1)  # [P, V]
+    labels = batch.labels.to(picked.device)
+    greedy = picked.detach().argmax(-1)
+    labels = torch.where(labels < 0, greedy, labels)
+    logprob = picked.gather(1, labels[:, None]).sum()
+    logprob.backward()
+
+
+def _collect(ctx: _Context, out, n_candidates: int, batch: Batch) -> None:
+    """Stack this batch's per-row values and copy them to the CPU in one go."""
+    import torch
+
+    rows = torch.tensor(batch.sample_ids, dtype=torch.long)
+    for stat in out:
+        per_probe = ctx.out.get(stat, {})
+        if len(per_probe) != n_candidates:
+            missing = n_candidates - len(per_probe)
+            raise TransplantError(f"{missing} candidate module(s) did not run in the forward pass ({stat})")
+        stacked = torch.stack([per_probe[i].to(ctx.device) for i in range(n_candidates)], dim=1)
+        out[stat][rows] = stacked.to("cpu", torch.float64)
+
+
+def _check_finite(out, candidates, desc) -> None:
+    import torch
+
+    for stat, matrix in out.items():
+        bad = (~torch.isfinite(matrix)).any(0).nonzero().flatten().tolist()
+        if bad:
+            raise TransplantError(
+                f"{desc}: non-finite {stat} values in {candidates[bad[0]].module} "
+                f"(and {len(bad) - 1} more); try --dtype float32"
+            )
+
+
+def _can_keep_last(model) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def generate(model, seqs: Sequence[TokenSequence], *, max_new_tokens: int, max_length: int, batch_size: int,
+             pad_id: int, eos_ids: Sequence[int], desc: str = "generate", progress: bool = True):
+    """Greedy continuations of each prompt; returns new sequences and seconds taken.
+
+    Each prompt (truncated to leave room for ``max_new_tokens``) is decoded
+    greedily with left padding; the continuation is cut after the first EOS.
+    The statistics pass then runs teacher-forced over prompt + continuation,
+    scoring the generated positions, which reproduces what the model saw
+    while it generated without holding activations across decoding steps.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    device = _input_device(model)
+    room = max_length - max_new_tokens
+    if room < 1:
+        raise TransplantError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in {max_length} tokens")
+    prompts = [fit(s.ids[: s.prompt_len], [], room) for s in seqs]
+    results: List[Optional[TokenSequence]] = [None] * len(seqs)
+    start = time.perf_counter()
+    eos = set(int(e) for e in eos_ids)
+    bar = tqdm(total=len(seqs), desc=desc, unit="sample", disable=not progress, leave=False)
+    try:
+        for batch in batches(prompts, batch_size, pad_id=pad_id, padding_side="left", device=device):
+            with torch.inference_mode():
+                generated = model.generate(
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    max_new_tokens=max_new_tokens, min_new_tokens=1, do_sample=False, num_beams=1,
+                    pad_token_id=pad_id, eos_token_id=sorted(eos) or None,
+                    temperature=None, top_p=None, top_k=None,
+                )
+            new = generated[:, batch.input_ids.shape[1]:].tolist()
+            for row, i in enumerate(batch.sample_ids):
+                cont = []
+                for token in new[row]:
+                    cont.append(token)
+                    if token in eos:
+                        break
+                prompt = prompts[i]
+                results[i] = TokenSequence(prompt.ids + cont, prompt.prompt_len, truncated=prompt.truncated)
+            bar.update(batch.size)
+    finally:
+        bar.close()
+    return results, time.perf_counter() - start

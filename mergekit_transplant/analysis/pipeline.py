@@ -1,0 +1,346 @@
+"""``analyze()``: run the passes, score, select, and render the recipe.
+
+Only one model is resident at a time: the target runs first (its pass
+yields the target's activations and, streaming the donor's tensors one at a
+time, the ``local`` score), is freed, and then the donor runs if a score
+needs it (``activation``, ``attribution``). The passes each score needs:
+
+=============  ============================  ==================================
+score          passes                        cost
+=============  ============================  ==================================
+local          target                        1 forward + donor tensors streamed
+activation     target, donor                 2 forwards
+attribution    donor (with gradients)        1 forward + 1 backward
+=============  ============================  ==================================
+
+Whenever both models run, ``activation`` comes for free and is reported
+too; other scores are computed only when named (``also=``).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+from mergekit_transplant.analysis import capture as capture_mod
+from mergekit_transplant.analysis.candidates import Candidate, find_candidates, layer_units
+from mergekit_transplant.analysis.scores import (
+    REPORTED, SCORES, ScoreTable, consistency_k, layer_scores, module_scores, summarize,
+)
+from mergekit_transplant.analysis.selection import Picked, pick, selections, validate
+from mergekit_transplant.analysis.streaming import TensorStreamer
+from mergekit_transplant.analysis.tokens import TokenSequence, context_limit, encode
+from mergekit_transplant.analysis.workload import Workload, load_workload
+from mergekit_transplant.checkpoint import ModelIndex, read_index
+from mergekit_transplant.errors import TransplantError
+from mergekit_transplant.recipe import Selection, render_recipe
+
+CAPTURE_MODES = ("teacher-forced", "generate")
+GRANULARITIES = ("module", "layer")
+DEFAULT_SCORE = "local"
+DEFAULT_TOP_K = 4
+
+
+@dataclass
+class AnalysisResult:
+    report: dict
+    selections: List[Selection]
+    recipe_text: str
+    table: ScoreTable = field(repr=False, default=None)
+    warnings: List[str] = field(default_factory=list)
+
+    def ranking(self, score: Optional[str] = None) -> List[str]:
+        """Units (tensor names, or layer prefixes) best first by ``score``."""
+        score = score or self.report["settings"]["score"]
+        try:
+            return list(self.report["ranking"][score])
+        except KeyError:
+            raise TransplantError(
+                f"score {score!r} was not computed; computed: {', '.join(sorted(self.report['ranking']))}"
+            ) from None
+
+
+def analyze(
+    target: str,
+    donor: str,
+    workload: Union[Workload, str, Path],
+    *,
+    score: str = DEFAULT_SCORE,
+    also: Sequence[str] = (),
+    top_k: Optional[int] = None,
+    param_budget: Optional[float] = None,
+    strength: float = 1.0,
+    strength_mode: str = "constant",
+    modules: Optional[Sequence[str]] = None,
+    include_embeddings: bool = False,
+    granularity: str = "module",
+    capture: str = "teacher-forced",
+    max_new_tokens: int = 32,
+    device: str = "cpu",
+    dtype: Optional[str] = None,
+    device_map: Optional[str] = None,
+    batch_size: int = 8,
+    max_length: int = 512,
+    padding_side: str = "right",
+    limit: Optional[int] = None,
+    seed: int = 0,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    command: Optional[str] = None,
+    progress: bool = True,
+) -> "AnalysisResult":
+    """Score every candidate module of ``target`` against ``donor`` on ``workload``.
+
+    Returns the report (see docs/analysis.md for its schema), the selected
+    tensors, and the recipe text that ``mergekit-yaml`` runs. Selection is
+    ``top_k`` and/or ``param_budget`` (a fraction of the target's
+    parameters); with neither, the best ``DEFAULT_TOP_K`` units.
+    """
+    import torch
+
+    t_start = time.perf_counter()
+    if isinstance(modules, str):
+        modules = [modules]
+    _validate(score, also, capture, granularity, padding_side, batch_size, max_length, max_new_tokens)
+    validate(top_k=top_k, param_budget=param_budget, strength=strength, strength_mode=strength_mode)
+    if top_k is None and param_budget is None:
+        top_k = DEFAULT_TOP_K
+    if not isinstance(workload, Workload):
+        workload = load_workload(workload, limit=limit, seed=seed)
+    elif limit is not None and limit < workload.n:
+        raise TransplantError("pass limit to load_workload() when giving a Workload object")
+    torch.manual_seed(seed)
+
+    wanted = {score, *also}
+    need_local = "local" in wanted
+    need_attr = "attribution" in wanted
+    run_target = need_local or "activation" in wanted
+    run_donor = "activation" in wanted or need_attr
+    if run_target and run_donor:
+        wanted.add("activation")
+
+    target_index, donor_index = read_index(target, allow_pickle=allow_pickle), read_index(donor, allow_pickle=allow_pickle)
+    warnings: List[str] = []
+    if target_index.architecture != donor_index.architecture:
+        raise TransplantError(
+            f"target is {target_index.architecture} but donor is {donor_index.architecture}: "
+            "transplants need structurally identical models"
+        )
+    timing: Dict[str, float] = {}
+    load = dict(device=device, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code,
+                allow_pickle=allow_pickle)
+
+    state: Dict[str, object] = {}
+    target_stats: Dict[str, "torch.Tensor"] = {}
+    donor_stats: Dict[str, "torch.Tensor"] = {}
+    generations: Dict[str, List[str]] = {}
+
+    def prepare(model, tokenizer, role: str):
+        """Tokenise once (with the first model's tokenizer) and find the candidates."""
+        if "seqs" not in state:
+            limit_len = context_limit(model, max_length)
+            seqs = encode(tokenizer, workload.samples, limit_len)
+            truncated = sum(s.truncated for s in seqs)
+            if truncated:
+                warnings.append(f"{truncated} of {len(seqs)} workload samples were longer than {limit_len} "
+                                "tokens and lost tokens from the start of the prompt")
+            state.update(seqs=seqs, tokenizer=tokenizer, max_len=limit_len,
+                         pad_id=_pad_id(tokenizer), eos_ids=_eos_ids(tokenizer, model))
+            cands, skipped = find_candidates(model, target_index, donor_index, modules=modules,
+                                             include_embeddings=include_embeddings)
+            state.update(candidates=cands, skipped=skipped)
+        return state["seqs"]
+
+    def sequences_for(model, role: str) -> List[TokenSequence]:
+        seqs = state["seqs"]
+        if capture != "generate":
+            return seqs
+        generated, seconds = capture_mod.generate(
+            model, seqs, max_new_tokens=max_new_tokens, max_length=state["max_len"], batch_size=batch_size,
+            pad_id=state["pad_id"], eos_ids=state["eos_ids"], desc=f"{role}: generate", progress=progress)
+        timing[f"{role}_generate_s"] = seconds
+        tok = state["tokenizer"]
+        generations[role] = [tok.decode(s.ids[s.prompt_len:]) for s in generated]
+        return generated
+
+    if run_target:
+        t0 = time.perf_counter()
+        model, tokenizer = _load(target, load)
+        timing["target_load_s"] = time.perf_counter() - t0
+        prepare(model, tokenizer, "target")
+        seqs = sequences_for(model, "target")
+        with TensorStreamer(donor_index) as donor_files, TensorStreamer(target_index) as target_files:
+            result = capture_mod.run_pass(
+                model, state["candidates"], seqs, stats=["activation"] + (["local"] if need_local else []),
+                batch_size=batch_size, pad_id=state["pad_id"], padding_side=padding_side,
+                donor=donor_files if need_local else None, target_files=target_files,
+                desc="target pass", progress=progress)
+        target_stats = result.stats
+        timing.update(target_pass_s=result.seconds, target_tokens=result.tokens,
+                      donor_streamed_bytes=result.streamed_bytes)
+        del model, tokenizer
+        _free(device)
+    if run_donor:
+        t0 = time.perf_counter()
+        model, tokenizer = _load(donor, load)
+        timing["donor_load_s"] = time.perf_counter() - t0
+        prepare(model, tokenizer, "donor")
+        _check_modules(model, state["candidates"])
+        seqs = sequences_for(model, "donor")
+        with TensorStreamer(donor_index) as donor_files:
+            result = capture_mod.run_pass(
+                model, state["candidates"], seqs, stats=["activation"], batch_size=batch_size,
+                pad_id=state["pad_id"], padding_side=padding_side, target_files=donor_files,
+                attribution=need_attr, desc="donor pass" + (" (gradients)" if need_attr else ""),
+                progress=progress)
+        donor_stats = result.stats
+        timing.update(donor_pass_s=result.seconds, donor_tokens=result.tokens)
+        del model, tokenizer
+        _free(device)
+
+    candidates: List[Candidate] = state["candidates"]
+    modules_table = module_scores(candidates, target_stats, donor_stats)
+    computed = [s for s in REPORTED if s in modules_table.scores]
+    if granularity == "layer":
+        units_info = layer_units(candidates, target_index)
+        table = layer_scores(modules_table, candidates, units_info)
+        parameters_of = {p: units_info[p]["parameters"] for p in table.units}
+        tensors_of = {p: [p] for p in table.units}
+    else:
+        table = modules_table
+        parameters_of = {c.tensor: c.parameters for c in candidates}
+        tensors_of = {c.tensor: list(c.tensors) for c in candidates}
+        units_info = None
+    score_of = dict(zip(table.units, table.scores[score]))
+    picked = pick(table.ranking(score), score_of, parameters_of, top_k=top_k, param_budget=param_budget,
+                  target_parameters=target_index.num_parameters, strength=strength, strength_mode=strength_mode)
+    warnings.extend(picked.notes)
+    chosen = selections(picked, tensors_of, score_of, donor)
+
+    settings = {
+        "target": target, "donor": donor, "score": score, "scores_computed": computed,
+        "capture": capture, "granularity": granularity,
+        "workload": workload.describe(),
+        "top_k": top_k, "param_budget": param_budget, "strength": strength, "strength_mode": strength_mode,
+        "modules": list(modules) if modules else None, "include_embeddings": include_embeddings,
+        "max_new_tokens": max_new_tokens if capture == "generate" else None,
+        "device": device, "dtype": dtype, "device_map": device_map, "batch_size": batch_size,
+        "max_length": max_length, "padding_side": padding_side, "limit": limit, "seed": seed,
+        "trust_remote_code": trust_remote_code,
+    }
+    header = _header(command, settings, workload, picked, target_index, granularity, len(chosen))
+    recipe_text = render_recipe(target, chosen, header=header, out_dtype=_out_dtype(target_index, donor_index))
+    from mergekit_transplant.analysis.report import build_report
+
+    timing["total_s"] = time.perf_counter() - t_start
+    timing["peak_rss_mb"] = _peak_rss_mb()
+    report = build_report(
+        settings=settings, target_index=target_index, donor_index=donor_index, candidates=candidates,
+        modules_table=modules_table, table=table, units_info=units_info, picked=picked, chosen=chosen,
+        computed=computed, top_k=top_k, skipped=state["skipped"], warnings=warnings, timing=timing,
+        generations=generations,
+    )
+    return AnalysisResult(report=report, selections=chosen, recipe_text=recipe_text, table=table,
+                          warnings=warnings)
+
+
+def _validate(score, also, capture, granularity, padding_side, batch_size, max_length, max_new_tokens) -> None:
+    for name in [score, *also]:
+        if name not in SCORES:
+            raise TransplantError(f"unknown score {name!r}; use one of {', '.join(SCORES)}")
+    if capture not in CAPTURE_MODES:
+        raise TransplantError(f"unknown capture mode {capture!r}; use one of {', '.join(CAPTURE_MODES)}")
+    if granularity not in GRANULARITIES:
+        raise TransplantError(f"unknown granularity {granularity!r}; use one of {', '.join(GRANULARITIES)}")
+    if padding_side not in ("left", "right"):
+        raise TransplantError(f"padding side must be left or right, got {padding_side!r}")
+    if batch_size < 1:
+        raise TransplantError(f"--batch-size must be at least 1, got {batch_size}")
+    if max_length < 2:
+        raise TransplantError(f"--max-length must be at least 2, got {max_length}")
+    if capture == "generate" and max_new_tokens < 1:
+        raise TransplantError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+
+
+def _load(ref: str, load: dict):
+    from mergekit_transplant.loading import load_causal_lm
+
+    return load_causal_lm(ref, **load)
+
+
+def _check_modules(model, candidates: Sequence[Candidate]) -> None:
+    names = dict(model.named_modules())
+    missing = [c.module for c in candidates if c.module not in names]
+    if missing:
+        raise TransplantError(f"donor has no module {missing[0]} (and {len(missing) - 1} more) that the target has")
+
+
+def _pad_id(tokenizer) -> int:
+    for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def _eos_ids(tokenizer, model) -> List[int]:
+    ids = set()
+    for source in (tokenizer, getattr(model, "generation_config", None), getattr(model, "config", None)):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return sorted(ids)
+
+
+def _free(device: str) -> None:
+    import torch
+
+    gc.collect()
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _peak_rss_mb() -> float:
+    try:
+        import resource
+        import sys
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+    except Exception:  # pragma: no cover - not on every platform
+        return float("nan")
+
+
+def _out_dtype(target: ModelIndex, donor: ModelIndex) -> Optional[str]:
+    """The target's dtype when the donor's differs (mergekit needs it for mixed dtypes)."""
+    t = {i.dtype for i in target.tensors.values()}
+    d = {i.dtype for i in donor.tensors.values()}
+    if t == d:
+        return None
+    names = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+    return names.get(sorted(t)[0]) if len(t) == 1 else None
+
+
+def _header(command, settings, workload: Workload, picked: Picked, target: ModelIndex, granularity: str,
+            n_tensors: int) -> List[str]:
+    from mergekit_transplant import __version__
+
+    if command is None:
+        args = ", ".join(f"{k}={v!r}" for k, v in settings.items() if k not in ("workload", "scores_computed")
+                         and v is not None)
+        command = f"mergekit_transplant.analysis.analyze({args})"
+    share = 100.0 * picked.parameters / max(target.num_parameters, 1)
+    what = "layers" if granularity == "layer" else "tensors"
+    return [
+        f"Written by mergekit-transplant {__version__} analyze:",
+        f"  {command}",
+        f"score: {settings['score']} (capture {settings['capture']}, granularity {granularity})",
+        f"workload: {workload.source}: {workload.n} of {workload.total} samples, sha256 {workload.sha256}",
+        f"selected: {len(picked.units)} {what} ({n_tensors} filters), {picked.parameters:,} parameters = "
+        f"{share:.3f}% of the target",
+    ]

@@ -1,0 +1,124 @@
+"""``mergekit-transplant analyze``: score modules on a workload, write the recipe."""
+
+from __future__ import annotations
+
+import shlex
+
+import click
+
+SCORE_CHOICES = ("local", "activation", "attribution")
+
+
+@click.command("analyze")
+@click.option("--target", required=True, help="Target model: local folder or Hub id (id@revision).")
+@click.option("--donor", required=True, help="Donor model: local folder or Hub id (id@revision).")
+@click.option("--workload", type=click.Path(dir_okay=False),
+              help=".jsonl (a \"text\" field per line, optional \"continuation\") or .txt (one prompt per line).")
+@click.option("--lm-eval-task", help="Build the workload from this lm-eval task's evaluation documents instead.")
+@click.option("--include-path", multiple=True, type=click.Path(file_okay=False),
+              help="Folder of extra lm-eval task YAMLs (repeatable).")
+@click.option("--limit", type=int, help="Use a seeded random subset of this many samples.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --limit's subset.")
+@click.option("--score", type=click.Choice(SCORE_CHOICES), default="local", show_default=True,
+              help="Score that ranks and selects modules.")
+@click.option("--also", multiple=True, type=click.Choice(SCORE_CHOICES),
+              help="Compute this score too, for the report (repeatable).")
+@click.option("--capture", type=click.Choice(("teacher-forced", "generate")), default="teacher-forced",
+              show_default=True,
+              help="teacher-forced: both models read the same tokens; generate: each decodes greedily and "
+                   "statistics are taken at its generated positions.")
+@click.option("--max-new-tokens", type=int, default=32, show_default=True, help="Tokens to generate (--capture generate).")
+@click.option("--top-k", type=int, help="Select the K best units.")
+@click.option("--param-budget", type=float,
+              help="Select the best units that fit in this fraction of the target's parameters.")
+@click.option("--strength", type=float, default=1.0, show_default=True, help="Strength of selected units, in (0, 1].")
+@click.option("--strength-mode", type=click.Choice(("constant", "proportional")), default="constant",
+              show_default=True, help="proportional: strength scales with the score, the best unit gets --strength.")
+@click.option("--modules", multiple=True, metavar="GLOB",
+              help="Only modules whose name matches this fnmatch pattern, e.g. '*mlp*' (repeatable).")
+@click.option("--include-embeddings", is_flag=True, help="Make the input embeddings and output head candidates too.")
+@click.option("--granularity", type=click.Choice(("module", "layer")), default="module", show_default=True,
+              help="layer: score and select whole decoder layers (recipe filters like model.layers.5.).")
+@click.option("--device", default="cpu", show_default=True, help="Device to run on, e.g. cuda or cuda:1.")
+@click.option("--dtype", help="Load models in this dtype (float32, bfloat16, float16); default: as stored.")
+@click.option("--device-map", help="accelerate device map, e.g. auto, for models larger than one device.")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--max-length", type=int, default=512, show_default=True,
+              help="Longest sequence in tokens (capped by the model's context); longer ones are truncated.")
+@click.option("--padding-side", type=click.Choice(("right", "left")), default="right", show_default=True)
+@click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the Hub.")
+@click.option("--allow-pickle", is_flag=True, help="Accept pickle (.bin/.pt) checkpoints.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Recipe file to write.")
+@click.option("--report", type=click.Path(dir_okay=False), help="Write the full report (JSON) here.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write a layers x module heatmap (PNG) here.")
+@click.option("--rows", type=int, default=15, show_default=True, help="Rows of the console table.")
+@click.option("--quiet", is_flag=True, help="No progress bars or table.")
+def analyze(**opts) -> None:
+    """Find the modules that carry the donor's advantage on a workload; write a recipe.
+
+    \b
+    Runs the target (and the donor, when the score needs it) over the
+    workload, one model in memory at a time, scores every linear module both
+    share, ranks them, selects the best by --top-k and/or --param-budget
+    (default: the best 4), and writes a mergekit recipe for
+    `merge_method: transplant`:
+      mergekit-transplant analyze --target T --donor D --workload w.jsonl --top-k 4 -o recipe.yml
+      mergekit-yaml recipe.yml out/
+    \b
+    Scores: local (default; the module's own weight change applied to the
+    target's inputs, 1 forward pass), activation (|mean |output| difference|,
+    2 passes), attribution (|output x gradient of the continuation's
+    log-prob| on the donor, 1 forward + backward). See docs/analysis.md.
+    """
+    from mergekit_transplant.analysis import analyze as run_analysis
+    from mergekit_transplant.analysis import load_workload, write_outputs
+    from mergekit_transplant.analysis.report import format_table
+    from mergekit_transplant.errors import TransplantError
+
+    if bool(opts["workload"]) == bool(opts["lm_eval_task"]):
+        raise TransplantError("give exactly one of --workload FILE or --lm-eval-task NAME")
+    if opts["include_path"] and not opts["lm_eval_task"]:
+        raise TransplantError("--include-path only applies with --lm-eval-task")
+    workload = load_workload(
+        opts["workload"], lm_eval_task=opts["lm_eval_task"], include_path=list(opts["include_path"]) or None,
+        limit=opts["limit"], seed=opts["seed"],
+    )
+    result = run_analysis(
+        opts["target"], opts["donor"], workload,
+        score=opts["score"], also=list(opts["also"]), top_k=opts["top_k"], param_budget=opts["param_budget"],
+        strength=opts["strength"], strength_mode=opts["strength_mode"], modules=list(opts["modules"]) or None,
+        include_embeddings=opts["include_embeddings"], granularity=opts["granularity"], capture=opts["capture"],
+        max_new_tokens=opts["max_new_tokens"], device=opts["device"], dtype=opts["dtype"],
+        device_map=opts["device_map"], batch_size=opts["batch_size"], max_length=opts["max_length"],
+        padding_side=opts["padding_side"], limit=opts["limit"], seed=opts["seed"],
+        trust_remote_code=opts["trust_remote_code"], allow_pickle=opts["allow_pickle"],
+        command=_command_line(click.get_current_context()), progress=not opts["quiet"],
+    )
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if not opts["quiet"]:
+        click.echo(format_table(result.report, rows=opts["rows"]))
+    write_outputs(result, recipe=opts["output"], report=opts["report"], plot=opts["plot"])
+    for label, path in (("recipe", opts["output"]), ("report", opts["report"]), ("heatmap", opts["plot"])):
+        if path:
+            click.echo(f"wrote {label}: {path}", err=True)
+
+
+def _command_line(ctx: click.Context) -> str:
+    """The options that differ from their defaults, as a reproducible command line."""
+    parts = ["mergekit-transplant", "analyze"]
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name in ("debug",):
+            continue
+        value = ctx.params.get(param.name)
+        if value in (None, False, ()) or value == param.default:
+            continue
+        flag = max(param.opts, key=len)
+        if param.is_flag:
+            parts.append(flag)
+        elif param.multiple:
+            for v in value:
+                parts += [flag, str(v)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
