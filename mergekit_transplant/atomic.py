@@ -18,6 +18,23 @@ from typing import Iterator, Union
 PathLike = Union[str, os.PathLike]
 
 
+#: set by the signal handler; a commit (rename into place) is refused once set,
+#: even when the KeyboardInterrupt itself was swallowed (a ``__del__``, a
+#: library's ``except Exception``) and the run carried on to its end.
+_INTERRUPTED = {"signal": None}
+
+
+def _check_not_interrupted() -> None:
+    if _INTERRUPTED["signal"] is not None:
+        raise KeyboardInterrupt(f"signal {_INTERRUPTED['signal']} (received earlier)")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes(path: PathLike, data: bytes) -> None:
     with replacing(path) as tmp:
         tmp.write_bytes(data)
@@ -39,6 +56,10 @@ def replacing(path: PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        # mkstemp makes 0600 files: keep the replaced file's mode, else the umask default
+        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask()
+        os.chmod(tmp, mode)
+        _check_not_interrupted()
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -57,13 +78,19 @@ def replacing_dir(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+        _check_not_interrupted()
         if path.exists():
             if any(path.iterdir()) and not overwrite:
                 raise FileExistsError(f"{path} exists and is not empty")
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)  # put the previous output back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
@@ -73,10 +100,17 @@ def replacing_dir(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
 
 
 def _raise_interrupt(signum, frame):  # pragma: no cover - exercised via subprocess
+    _INTERRUPTED["signal"] = signum
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 def interrupt_on_sigterm() -> None:
-    """Make SIGTERM unwind the stack like Ctrl-C, so temp files are cleaned up."""
+    """Make SIGTERM unwind the stack like Ctrl-C, so temp files are cleaned up.
+
+    SIGINT gets the same handler (when Python's default is in place), so that
+    a Ctrl-C swallowed by library code still blocks the final rename.
+    """
     with contextlib.suppress(ValueError):  # not in the main thread
         signal.signal(signal.SIGTERM, _raise_interrupt)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _raise_interrupt)
