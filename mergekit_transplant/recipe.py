@@ -47,7 +47,7 @@ class Recipe:
 
     @property
     def target(self) -> str:
-        return str(self.data["base_model"])
+        return str(self.config.base_model)  # "path@revision" also for the mapping form
 
     @property
     def donors(self) -> List[str]:
@@ -94,6 +94,10 @@ def parse_recipe(text: str, path: Optional[Path] = None) -> Recipe:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise TransplantError(f"{where}: malformed YAML{at}: {problem}") from None
+    except RecursionError:
+        raise TransplantError(f"{where}: malformed YAML: nested too deeply") from None
+    except (ValueError, OverflowError) as error:  # bad timestamps, over-long integers
+        raise TransplantError(f"{where}: malformed YAML: {str(error)[:200]}") from None
     if not isinstance(data, dict):
         raise TransplantError(f"{where}: expected a YAML mapping, got {type(data).__name__}")
     _check_keys(data, where)
@@ -107,8 +111,8 @@ def parse_recipe(text: str, path: Optional[Path] = None) -> Recipe:
         first = error.errors()[0]
         loc = ".".join(str(p) for p in first["loc"][:4])
         raise TransplantError(f"{where}: invalid value at {loc or 'top level'}: {first['msg']}") from None
-    except (RuntimeError, ValueError, TypeError) as error:
-        raise TransplantError(f"{where}: {error}") from None
+    except (RuntimeError, ValueError, TypeError, OverflowError) as error:  # RecursionError too
+        raise TransplantError(f"{where}: {str(error)[:300]}") from None
     if data.get("merge_method") != METHOD:
         raise TransplantError(
             f"{where}: merge_method is {data.get('merge_method')!r}; this tool handles "
@@ -182,6 +186,8 @@ def _check_strength_values(data: dict, where: str) -> None:
         for value in _numbers((params or {}).get("strength")):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TransplantError(f"{where}: strength {value!r} for {model or 'all models'} is not a number")
+            if isinstance(value, int) and abs(value) > 2**53:
+                raise TransplantError(f"{where}: strength {str(value)[:12]}... for {model or 'all models'} is out of range")
             if not math.isfinite(value):
                 raise TransplantError(f"{where}: strength {value} for {model or 'all models'} is not finite")
             if not allow and not 0.0 <= value <= 1.0:
