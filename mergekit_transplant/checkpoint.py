@@ -57,6 +57,14 @@ class ModelIndex:
     root: Path
     config: dict
     tensors: Dict[str, TensorInfo] = field(default_factory=dict)
+    #: tensors of pickle checkpoints (only with ``allow_pickle``): name, shape and
+    #: dtype are real, ``begin``/``end`` are not byte offsets, so they are kept
+    #: apart from ``tensors``, which byte-level readers (organ, streaming) use.
+    pickled: Dict[str, TensorInfo] = field(default_factory=dict)
+
+    def all_tensors(self) -> Dict[str, TensorInfo]:
+        """Safetensors and (allowed) pickle tensors together, for checks of names and shapes."""
+        return {**self.pickled, **self.tensors}
 
     @property
     def architecture(self) -> str:
@@ -70,7 +78,7 @@ class ModelIndex:
 
     @property
     def num_parameters(self) -> int:
-        return sum(t.numel for t in self.tensors.values())
+        return sum(t.numel for t in self.all_tensors().values())
 
     def fingerprint(self) -> dict:
         """Hashes that change when the config or any tensor's layout changes."""
@@ -226,6 +234,34 @@ def read_index(ref: str, *, allow_pickle: bool = False) -> ModelIndex:
     index = ModelIndex(ref=ref, root=root, config=load_config(root))
     for file in weight_files(root, allow_pickle=allow_pickle):
         if file.suffix != ".safetensors":
-            continue  # pickle: allowed but opaque without loading it
+            index.pickled.update(read_pickle_table(file))  # only reached with allow_pickle
+            continue
         index.tensors.update(read_header(file))
     return index
+
+
+def read_pickle_table(file: Path) -> Dict[str, TensorInfo]:
+    """Names, shapes and dtypes of a pickle checkpoint the user allowed, on the meta device.
+
+    ``weights_only=True`` (torch's restricted unpickler) and ``map_location="meta"``:
+    no code beyond tensor reconstruction runs and no tensor data is read.
+    """
+    import torch
+
+    from safetensors.torch import _TYPES  # torch dtype -> safetensors dtype name
+
+    names = {v: k for k, v in _TYPES.items()}
+    try:
+        state = torch.load(file, map_location="meta", weights_only=True)
+    except Exception as error:
+        raise TransplantError(f"{file}: cannot read this pickle checkpoint ({str(error)[:200]})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise TransplantError(f"{file}: pickle checkpoint is not a tensor dictionary")
+    out = {}
+    for name, t in state.items():
+        if isinstance(t, torch.Tensor):
+            info = TensorInfo(str(name), tuple(t.shape), names.get(t.dtype, str(t.dtype)), str(file), 0, 0)
+            out[str(name)] = info
+    return out

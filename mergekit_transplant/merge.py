@@ -26,7 +26,7 @@ def ensure_output_free(out_path: os.PathLike | str, overwrite: bool) -> None:
         raise TransplantError(f"output folder {out} exists and is not empty (pass --overwrite to replace it)")
 
 
-def check_finite(report: CheckReport) -> None:
+def check_finite(report: CheckReport, *, allow_pickle: bool = False) -> None:
     """Refuse donor tensors with NaN/Inf that would be transplanted (reads only those)."""
     import torch
     from safetensors import safe_open
@@ -35,15 +35,28 @@ def check_finite(report: CheckReport) -> None:
 
     indexes = {}
     for row in report.rows:
-        index = indexes.setdefault(row.donor, read_index(row.donor))
-        info = index.tensors[row.donor_tensor]
-        with safe_open(info.file, "pt") as fh:
-            tensor = fh.get_tensor(row.donor_tensor)
+        if row.donor not in indexes:
+            indexes[row.donor] = read_index(row.donor, allow_pickle=allow_pickle)
+        info = indexes[row.donor].all_tensors()[row.donor_tensor]
+        if info.file.endswith(".safetensors"):
+            with safe_open(info.file, "pt") as fh:
+                tensor = fh.get_tensor(row.donor_tensor)
+        else:  # a pickle checkpoint the user allowed; mmap reads only this tensor's pages
+            tensor = _load_pickle(info.file)[row.donor_tensor]
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise TransplantError(
                 f"donor {row.donor} tensor {row.donor_tensor} contains NaN or Inf values; "
                 "refusing to transplant it (pass --allow-nonfinite to override)"
             )
+
+
+def _load_pickle(file: str):
+    import torch
+
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) format cannot be memory-mapped
+        return torch.load(file, map_location="cpu", weights_only=True)
 
 
 def run_transplant(
@@ -66,6 +79,9 @@ def run_transplant(
 
     options = options or MergeOptions()
     recipe = load_recipe(recipe_path)
+    from mergekit_transplant.organ import verify_recipe_organs
+
+    verify_recipe_organs(recipe)  # a tampered or mismatched organ is refused before anything else
     report = run_check(recipe, allow_pickle=allow_pickle, trust_remote_code=options.trust_remote_code)
     if not report.ok:
         raise TransplantError(
@@ -74,7 +90,7 @@ def run_transplant(
         )
     ensure_output_free(out_path, overwrite)
     if not allow_nonfinite:
-        check_finite(report)
+        check_finite(report, allow_pickle=allow_pickle)
     options = options.model_copy(update={"write_model_card": False})
     config = MergeConfiguration.model_validate(recipe.data)
     with atomic.replacing_dir(out_path, overwrite=overwrite) as tmp:

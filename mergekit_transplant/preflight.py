@@ -89,7 +89,7 @@ def suggest_exact(filt: str, names) -> str:
 
 
 def check_filters(recipe: Recipe, target: ModelIndex) -> List[str]:
-    names = sorted(target.tensors)
+    names = sorted(target.all_tensors())
     errors = []
     for donor, filt in recipe.filters():
         hits = filter_matches(filt, names)
@@ -107,8 +107,9 @@ def check_filters(recipe: Recipe, target: ModelIndex) -> List[str]:
 
 
 def _find(index: ModelIndex, planned_name: str, alternatives) -> Optional[str]:
+    table = index.all_tensors()
     for name in (planned_name, *alternatives):
-        if name in index.tensors:
+        if name in table:
             return name
     return None
 
@@ -156,7 +157,7 @@ def run_check(recipe: Recipe, *, allow_pickle: bool = False, trust_remote_code: 
             if not pt.optional:
                 report.errors.append(f"tensor {pt.name} is missing from the target {recipe.target}")
             continue
-        t_info = target.tensors[t_name]
+        t_info = target.all_tensors()[t_name]
         for inp in pt.inputs:
             if inp.strength is None or inp.strength == 0.0:
                 continue
@@ -165,7 +166,7 @@ def run_check(recipe: Recipe, *, allow_pickle: bool = False, trust_remote_code: 
             if d_name is None:
                 report.errors.append(f"tensor {inp.tensor} (strength {inp.strength:g}) is missing from donor {inp.model}")
                 continue
-            d_info = d.tensors[d_name]
+            d_info = d.all_tensors()[d_name]
             if d_info.shape != t_info.shape:
                 vocab = any(h in pt.name for h in VOCAB_TENSOR_HINTS)
                 if vocab and target.vocab_size != d.vocab_size:
