@@ -53,7 +53,20 @@ def debug_option(f):
     )(f)
 
 
+def _quiet_unraisable(unraisable) -> None:
+    """Drop the 'Exception ignored in __del__' traceback an interrupt can cause.
+
+    The interrupt still takes effect: atomic writes refuse to commit after it.
+    """
+    if _DEBUG["on"] or not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
+
+
 class LazyGroup(click.Group):
+    def make_context(self, info_name, args, parent=None, **extra):
+        _DEBUG["on"] = False  # per invocation: a --debug run must not leak into the next (tests, embedding)
+        return super().make_context(info_name, args, parent=parent, **extra)
+
     def list_commands(self, ctx):
         return sorted(COMMANDS)
 
@@ -77,6 +90,7 @@ class LazyGroup(click.Group):
         from mergekit_transplant.errors import TransplantError
 
         interrupt_on_sigterm()
+        sys.unraisablehook = _quiet_unraisable
         try:
             return super().invoke(ctx)
         except TransplantError as error:
