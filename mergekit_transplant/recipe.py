@@ -121,7 +121,20 @@ def parse_recipe(text: str, path: Optional[Path] = None) -> Recipe:
     if not data.get("base_model"):
         raise TransplantError(f"{where}: base_model (the target) is required for a transplant")
     _check_strength_values(data, where)
+    _check_dtypes(data, where)
     return Recipe(source=text, data=data, path=path)
+
+
+#: the names mergekit.common.dtype_from_name accepts (int64 makes no sense for weights)
+DTYPE_NAMES = ("bfloat16", "float16", "float32", "float64")
+
+
+def _check_dtypes(data: dict, where: str) -> None:
+    """mergekit only fails on an unknown dtype mid-merge; say so before anything runs."""
+    for key in ("dtype", "out_dtype"):
+        value = data.get(key)
+        if value is not None and str(value).removeprefix("torch.") not in DTYPE_NAMES:
+            raise TransplantError(f"{where}: {key} {value!r} is not one of {', '.join(DTYPE_NAMES)}")
 
 
 def load_recipe(path: os.PathLike | str) -> Recipe:
