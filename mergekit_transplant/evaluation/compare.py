@@ -1,0 +1,243 @@
+"""Score target, donor and merged model with the same lm-eval settings; derive TIR and Recovery.
+
+This is the Python API behind ``mergekit-transplant eval``. Each model is
+scored by lm-eval itself (``hf`` or ``vllm`` backend, so lm-eval's own
+parallelism applies); per-task results are cached by model fingerprint and
+task configuration, so re-running after a new merge re-scores only the
+merged model. Retain tasks are scored on target and merged model only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from mergekit_transplant import atomic
+from mergekit_transplant.checkpoint import split_revision
+from mergekit_transplant.errors import TransplantError
+from mergekit_transplant.evaluation import metrics as M
+from mergekit_transplant.evaluation.cache import ResultCache, cache_key
+from mergekit_transplant.evaluation.fingerprint import model_fingerprint
+from mergekit_transplant.evaluation.runner import TaskScores, extract, run_lm_eval
+from mergekit_transplant.evaluation.tasks import TaskSet, find_tasks, split_names
+
+BACKENDS = ("hf", "vllm")
+ROLES = ("target", "donor", "merged")
+
+
+@dataclass
+class EvalSettings:
+    """Everything that must be identical across the models being compared."""
+
+    tasks: List[str]
+    retain_tasks: List[str] = field(default_factory=list)
+    include_path: Optional[str] = None
+    limit: Optional[float] = None
+    num_fewshot: Optional[int] = None
+    batch_size: Any = 8
+    device: Optional[str] = None
+    backend: str = "hf"
+    model_args: Optional[str] = None
+    metric: Optional[str] = None
+    cache_dir: Optional[str] = None
+    use_cache: bool = True
+    bootstrap_iters: int = 100000
+    seed: int = 0
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+    def __post_init__(self):
+        self.tasks = split_names(self.tasks)
+        self.retain_tasks = split_names(self.retain_tasks)
+        if self.backend not in BACKENDS:
+            raise TransplantError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
+        if self.model_args and "pretrained=" in self.model_args:
+            raise TransplantError("--model-args must not set pretrained= (the models are given by --target/--donor/--merged)")
+        self.limit = normalize_limit(self.limit)
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise TransplantError(f"--num-fewshot {self.num_fewshot} is negative")
+
+
+def normalize_limit(limit: Optional[float]) -> Optional[float]:
+    """lm-eval's limit: a document count (int) or, below 1, a fraction of the task."""
+    if limit is None:
+        return None
+    if limit <= 0:
+        raise TransplantError(f"--limit {limit} must be positive")
+    return int(limit) if float(limit).is_integer() else float(limit)
+
+
+def backend_model_args(ref: str, settings: EvalSettings) -> str:
+    """lm-eval ``model_args`` for one model: its location plus the shared extra arguments."""
+    path, revision = split_revision(ref)
+    pretrained = str(Path(path).resolve()) if os.path.isdir(path) else path
+    args = [f"pretrained={pretrained}"]
+    if revision:
+        args.append(f"revision={revision}")
+    if settings.trust_remote_code:
+        args.append("trust_remote_code=True")
+    if settings.model_args:
+        args.append(settings.model_args)
+    return ",".join(args)
+
+
+def lm_eval_version() -> str:
+    from importlib.metadata import version
+
+    return version("lm_eval")
+
+
+@dataclass
+class EvalReport:
+    """``results.json`` as a dict, plus its markdown rendering."""
+
+    data: Dict[str, Any]
+
+    def write(self, path: os.PathLike | str) -> None:
+        atomic.write_text(path, json.dumps(self.data, indent=2, sort_keys=False) + "\n")
+
+    def markdown(self) -> str:
+        from mergekit_transplant.evaluation.tables import eval_markdown
+
+        return eval_markdown(self.data)
+
+
+class Scorer:
+    """Scores models task by task, through the cache, with one lm-eval call per model."""
+
+    def __init__(self, tasks: TaskSet, settings: EvalSettings, progress: Optional[Callable[[str], None]] = None):
+        self.tasks = tasks
+        self.settings = settings
+        self.cache = ResultCache(settings.cache_dir, enabled=settings.use_cache)
+        self.progress = progress or (lambda message: None)
+        self.lm_eval_calls = 0
+        self.fingerprints: Dict[str, str] = {}
+        self._version = lm_eval_version()
+
+    def key(self, fingerprint: str, task: str) -> str:
+        s = self.settings
+        return cache_key(
+            model=fingerprint, task=task, task_config=self.tasks.config_hash(task), limit=s.limit,
+            num_fewshot=s.num_fewshot, backend=s.backend, model_args=s.model_args or "",
+            trust_remote_code=s.trust_remote_code, bootstrap_iters=s.bootstrap_iters, seed=s.seed,
+            lm_eval=self._version,
+        )
+
+    def score(self, role: str, ref: str, names: Sequence[str]) -> Dict[str, TaskScores]:
+        fingerprint = model_fingerprint(ref, allow_pickle=self.settings.allow_pickle)
+        self.fingerprints[role] = fingerprint
+        out: Dict[str, TaskScores] = {}
+        missing = []
+        for name in names:
+            cached = self.cache.get(self.key(fingerprint, name))
+            if cached is not None:
+                out[name] = TaskScores.from_dict(cached)
+            else:
+                missing.append(name)
+        if len(missing) < len(names):
+            self.progress(f"{role}: {len(names) - len(missing)} task(s) from the cache")
+        if missing:
+            self.progress(f"{role}: scoring {', '.join(missing)} with lm-eval ({ref})")
+            s = self.settings
+            results = run_lm_eval(
+                s.backend, self.tasks.load(missing), task_manager=self.tasks.manager,
+                model_args=backend_model_args(ref, s), limit=s.limit, num_fewshot=s.num_fewshot,
+                batch_size=s.batch_size, device=s.device, bootstrap_iters=s.bootstrap_iters, seed=s.seed,
+            )
+            self.lm_eval_calls += 1
+            for name in missing:
+                out[name] = extract(results, name)
+                self.cache.put(
+                    self.key(fingerprint, name), out[name].to_dict(),
+                    describe={"model": ref, "task": name, "limit": s.limit, "num_fewshot": s.num_fewshot},
+                )
+        return {name: out[name] for name in names}
+
+
+def task_row(scores: Dict[str, TaskScores], metric: str) -> Dict[str, Any]:
+    """One metric of one task across the three models, with TIR and Recovery."""
+    hib = scores["target"].direction(metric)
+    values = {role: scores[role].metrics.get(metric) for role in ROLES}
+    tir = M.tir(values["target"], values["merged"], hib)
+    rec = M.recovery(values["target"], values["donor"], values["merged"])
+    return {
+        "metric": metric,
+        "higher_is_better": hib,
+        **values,
+        "stderr": {role: scores[role].stderr.get(metric) for role in ROLES},
+        "tir": tir.value,
+        "tir_reason": tir.reason,
+        "recovery": rec.value,
+        "recovery_reason": rec.reason,
+        "donor_better": M.donor_better(values["target"], values["donor"], hib),
+    }
+
+
+def retain_row(target: TaskScores, merged: TaskScores, metric: str) -> Dict[str, Any]:
+    hib = target.direction(metric)
+    ch = M.change(
+        target.metrics.get(metric), merged.metrics.get(metric), higher_is_better=hib,
+        target_stderr=target.stderr.get(metric), merged_stderr=merged.stderr.get(metric),
+        target_docs=target.per_doc.get(metric), merged_docs=merged.per_doc.get(metric),
+    )
+    return {
+        "metric": metric,
+        "higher_is_better": hib,
+        "target": target.metrics.get(metric),
+        "merged": merged.metrics.get(metric),
+        "stderr": {"target": target.stderr.get(metric), "merged": merged.stderr.get(metric)},
+        "change": ch.value,
+        "change_stderr": ch.stderr,
+        "stderr_method": ch.stderr_method,
+        "regressed": ch.regressed,
+        "significant_regression": ch.significant_regression,
+        "n": target.n,
+    }
+
+
+def evaluate_models(
+    target: str,
+    donor: str,
+    merged: str,
+    settings: EvalSettings,
+    *,
+    progress: Optional[Callable[[str], None]] = None,
+) -> EvalReport:
+    """Score the three models on ``settings.tasks`` (and target/merged on retain tasks)."""
+    if not settings.tasks:
+        raise TransplantError("no lm-eval task given (--tasks)")
+    task_set = find_tasks(settings.tasks + settings.retain_tasks, settings.include_path)
+    main, retain = task_set.expand(settings.tasks), task_set.expand(settings.retain_tasks)
+    scorer = Scorer(task_set, settings, progress)
+    refs = {"target": target, "donor": donor, "merged": merged}
+    scores = {
+        "target": scorer.score("target", target, main + [t for t in retain if t not in main]),
+        "donor": scorer.score("donor", donor, main),
+        "merged": scorer.score("merged", merged, main + [t for t in retain if t not in main]),
+    }
+    tasks_out: Dict[str, Any] = {}
+    for name in main:
+        per_role = {role: scores[role][name] for role in ROLES}
+        primary = per_role["target"].primary(settings.metric)
+        row = task_row(per_role, primary)
+        row["n"] = per_role["target"].n
+        row["metrics"] = {m: task_row(per_role, m) for m in per_role["target"].metric_names()}
+        tasks_out[name] = row
+    retain_out: Dict[str, Any] = {}
+    for name in retain:
+        t, m = scores["target"][name], scores["merged"][name]
+        retain_out[name] = retain_row(t, m, t.primary(settings.metric))
+    settings_out = asdict(settings)
+    settings_out["lm_eval_version"] = scorer._version
+    settings_out["cache_dir"] = str(scorer.cache.root)
+    data = {
+        "tasks": tasks_out,
+        "retain": retain_out,
+        "models": {role: {"ref": ref, "fingerprint": scorer.fingerprints[role]} for role, ref in refs.items()},
+        "settings": settings_out,
+        "cache": {"hits": scorer.cache.hits, "misses": scorer.cache.misses, "lm_eval_calls": scorer.lm_eval_calls},
+    }
+    return EvalReport(data)

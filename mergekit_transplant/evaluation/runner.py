@@ -1,0 +1,198 @@
+"""Run lm-eval on one model and keep, per task, what the metrics need.
+
+A model is either a backend name plus model arguments (``hf``/``vllm``,
+loaded by lm-eval itself, so its own parallelism applies) or an lm-eval
+``LM`` object wrapping a live model (the sweep). Per task we keep every
+metric, its stderr and direction, and per-document values for metrics that
+are means of per-document values (checked, not assumed), which give paired
+standard errors for merged − target changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+from mergekit_transplant.errors import TransplantError
+
+NON_METRIC_KEYS = {"alias", "name", "sample_len", "sample_count", " ", ""}
+
+
+@dataclass
+class TaskScores:
+    """One model's results on one task."""
+
+    task: str
+    metrics: Dict[str, float]
+    stderr: Dict[str, Optional[float]] = field(default_factory=dict)
+    higher_is_better: Dict[str, Optional[bool]] = field(default_factory=dict)
+    per_doc: Dict[str, Dict[int, float]] = field(default_factory=dict)
+    n: Optional[int] = None
+
+    def metric_names(self) -> List[str]:
+        return list(self.metrics)
+
+    def primary(self, wanted: Optional[str] = None) -> str:
+        """The headline metric: ``wanted`` (by label or bare name) or the task's first one."""
+        if not self.metrics:
+            raise TransplantError(
+                f"lm-eval task {self.task} reported no metric (a group without an aggregate? "
+                "list its subtasks instead)"
+            )
+        if wanted is None:
+            return next(iter(self.metrics))
+        if wanted in self.metrics:
+            return wanted
+        bare = [m for m in self.metrics if m.split(",")[0] == wanted]
+        if bare:
+            return bare[0]
+        raise TransplantError(
+            f"metric {wanted!r} is not reported by task {self.task} (it reports: {', '.join(self.metrics)})"
+        )
+
+    def direction(self, metric: str) -> bool:
+        """higher_is_better for ``metric`` (True when lm-eval does not say)."""
+        value = self.higher_is_better.get(metric)
+        return True if value is None else bool(value)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "task": self.task, "metrics": self.metrics, "stderr": self.stderr,
+            "higher_is_better": self.higher_is_better, "n": self.n,
+            "per_doc": {m: {str(k): v for k, v in docs.items()} for m, docs in self.per_doc.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "TaskScores":
+        return cls(
+            task=data["task"], metrics=dict(data["metrics"]), stderr=dict(data.get("stderr") or {}),
+            higher_is_better=dict(data.get("higher_is_better") or {}), n=data.get("n"),
+            per_doc={m: {int(k): float(v) for k, v in docs.items()} for m, docs in (data.get("per_doc") or {}).items()},
+        )
+
+
+def metric_label(key: str) -> str:
+    """lm-eval's ``"acc,none"`` -> ``"acc"``; other filters stay: ``"exact_match,strict-match"``."""
+    name, _, filt = key.partition(",")
+    return name if filt in ("", "none") else key
+
+
+def _number(value: Any) -> Optional[float]:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x  # NaN/inf stay visible; the metrics turn them into null with a reason
+
+
+def extract(results: Dict[str, Any], task: str) -> TaskScores:
+    """TaskScores for ``task`` from a ``simple_evaluate`` result."""
+    row = (results.get("results") or {}).get(task)
+    if row is None:
+        raise TransplantError(f"lm-eval returned no result for task {task}")
+    directions = (results.get("higher_is_better") or {}).get(task) or {}
+    metrics: Dict[str, float] = {}
+    stderr: Dict[str, Optional[float]] = {}
+    hib: Dict[str, Optional[bool]] = {}
+    for key, value in row.items():
+        if key in NON_METRIC_KEYS or "_stderr," in key or "," not in key:
+            continue
+        number = _number(value)
+        if number is None:
+            continue
+        name, _, filt = key.partition(",")
+        label = metric_label(key)
+        metrics[label] = number
+        stderr[label] = _number(row.get(f"{name}_stderr,{filt}"))
+        hib[label] = directions.get(name)
+    n_samples = (results.get("n-samples") or {}).get(task) or {}
+    scores = TaskScores(task, metrics, stderr, hib, n=n_samples.get("effective"))
+    scores.per_doc = _per_doc(results, task, metrics)
+    return scores
+
+
+def _per_doc(results: Dict[str, Any], task: str, metrics: Dict[str, float]) -> Dict[str, Dict[int, float]]:
+    """Per-document values of the metrics whose reported score is their mean."""
+    samples = (results.get("samples") or {}).get(task) or []
+    values: Dict[str, Dict[int, float]] = {}
+    for sample in samples:
+        filt = sample.get("filter", "none")
+        for name in sample.get("metrics") or []:
+            label = metric_label(f"{name},{filt}")
+            x = _number(sample.get(name))
+            if label in metrics and x is not None and "doc_id" in sample:
+                values.setdefault(label, {})[int(sample["doc_id"])] = x
+    out = {}
+    for label, docs in values.items():
+        mean = sum(docs.values()) / len(docs) if docs else math.nan
+        if docs and math.isclose(mean, metrics[label], rel_tol=1e-9, abs_tol=1e-12):
+            out[label] = docs
+    return out
+
+
+_ENV_INFO: Dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def env_info_once() -> Iterator[None]:
+    """Collect lm-eval's environment report once per process, not once per call (not re-entrant).
+
+    ``simple_evaluate`` runs ``pip list`` and friends in subprocesses on every
+    call (over a second each); the environment does not change between the
+    points of a sweep, so the first report is reused.
+    """
+    import lm_eval.evaluator as evaluator
+
+    original = evaluator.add_env_info
+    memo = _ENV_INFO
+
+    def add_env_info(results):
+        if not memo:
+            before = set(results)
+            original(results)
+            memo.update({k: results[k] for k in set(results) - before})
+        else:
+            results.update(memo)
+
+    evaluator.add_env_info = add_env_info
+    try:
+        yield
+    finally:
+        evaluator.add_env_info = original
+
+
+def run_lm_eval(
+    model: Any,
+    tasks: Sequence[Any],
+    *,
+    task_manager=None,
+    model_args: Optional[str] = None,
+    limit: Optional[float] = None,
+    num_fewshot: Optional[int] = None,
+    batch_size: Any = None,
+    device: Optional[str] = None,
+    bootstrap_iters: int = 100000,
+    seed: int = 0,
+) -> Dict[str, Any]:
+    """``lm_eval.simple_evaluate`` with the settings every model of a comparison shares."""
+    import lm_eval
+
+    kwargs = dict(
+        tasks=list(tasks), task_manager=task_manager, limit=limit, num_fewshot=num_fewshot,
+        batch_size=batch_size, device=device, bootstrap_iters=bootstrap_iters, log_samples=True,
+        random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+    )
+    if isinstance(model, str):
+        kwargs["model_args"] = model_args or ""
+    with env_info_once():
+        try:
+            results = lm_eval.simple_evaluate(model, **kwargs)
+        except TransplantError:
+            raise
+        except (KeyError, ValueError) as error:
+            raise TransplantError(f"lm-eval failed: {type(error).__name__}: {error}") from error
+    if results is None:  # not rank 0 in a distributed launch
+        raise TransplantError("lm-eval returned no results on this process (distributed rank > 0?)")
+    return results
