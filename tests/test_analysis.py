@@ -1,0 +1,276 @@
+"""``analyze`` finds the modules a donor changed and writes a recipe mergekit accepts.
+
+Each test builds its own tiny models: a target with random weights and a
+donor that equals it except in known tensors (``testing.perturbed_copy``),
+which is the ground truth the scores must recover.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import yaml
+
+torch = pytest.importorskip("torch")
+
+from mergekit_transplant.analysis import analyze, load_workload, write_outputs  # noqa: E402
+from mergekit_transplant.analysis.report import dumps  # noqa: E402
+from mergekit_transplant.checkpoint import read_index  # noqa: E402
+from mergekit_transplant.errors import TransplantError  # noqa: E402
+from mergekit_transplant.preflight import run_check  # noqa: E402
+from mergekit_transplant.recipe import parse_recipe  # noqa: E402
+from mergekit_transplant.testing import make_model, perturbed_copy  # noqa: E402
+
+KNOWN = ["model.layers.1.mlp.down_proj.weight", "model.layers.2.self_attn.v_proj.weight"]
+WORDS = "the a cat dog red blue one two three tree house car book".split()
+
+
+def _workload(path, n=12, seed=1, continuation_every=3):
+    rnd = random.Random(seed)
+    rows = []
+    for i in range(n):
+        row = {"text": " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(2, 14)))}
+        if i % continuation_every:
+            row["continuation"] = " " + " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(1, 5)))
+        rows.append(json.dumps(row))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("pair")
+    target = make_model(root / "target", "llama", layers=4)
+    donor = perturbed_copy(target, root / "donor", KNOWN, scale=0.5)
+    work = _workload(root / "work.jsonl")
+    return target, donor, work
+
+
+def _run(pair, **kw):
+    target, donor, work = pair
+    kw.setdefault("progress", False)
+    return analyze(str(target), str(donor), load_workload(work), **kw)
+
+
+def test_local_ranks_the_changed_modules_first(pair):
+    result = _run(pair, top_k=len(KNOWN))
+    assert sorted(result.ranking("local")[: len(KNOWN)]) == sorted(KNOWN)
+    assert sorted(s.tensor for s in result.selections) == sorted(KNOWN)
+
+
+@pytest.mark.parametrize("arch,tensors", [
+    ("qwen2", ["model.layers.0.mlp.up_proj.weight", "model.layers.1.self_attn.k_proj.weight"]),
+    ("gemma2", ["model.layers.0.self_attn.o_proj.weight", "model.layers.1.mlp.gate_proj.weight"]),
+    ("phi3", ["model.layers.0.self_attn.qkv_proj.weight", "model.layers.1.mlp.gate_up_proj.weight"]),
+])
+def test_local_is_exact_on_other_architectures(tmp_path, arch, tensors):
+    torch.set_num_threads(1)
+    target = make_model(tmp_path / "t", arch, layers=2)
+    donor = perturbed_copy(target, tmp_path / "d", tensors)
+    work = _workload(tmp_path / "w.jsonl", n=4)
+    result = analyze(str(target), str(donor), load_workload(work), top_k=2, progress=False)
+    assert sorted(result.ranking()[:2]) == sorted(tensors)
+    scores = {c["tensor"]: c["scores"]["local"] for c in result.report["candidates"]}
+    assert all((v > 0) == (t in tensors) for t, v in scores.items())
+
+
+def test_activation_ranks_a_change_first_when_nothing_downstream_inherits_it(tmp_path):
+    torch.set_num_threads(1)
+    target = make_model(tmp_path / "t", "llama", layers=3)
+    last = "model.layers.2.mlp.down_proj.weight"  # no candidate reads its output
+    donor = perturbed_copy(target, tmp_path / "d", [last])
+    work = _workload(tmp_path / "w.jsonl", n=6)
+    result = analyze(str(target), str(donor), load_workload(work), score="activation", top_k=1, progress=False)
+    assert result.ranking("activation")[0] == last
+    assert sum(c["scores"]["activation"] > 0 for c in result.report["candidates"]) == 1
+
+
+def test_activation_also_flags_modules_downstream_of_a_change(pair):
+    """Why ``local`` is the default: o_proj reads the changed v_proj's output, so its
+    activation moves although its weights did not; its local score stays exactly 0."""
+    result = _run(pair, score="activation", also=["local"], top_k=2)
+    o_proj = next(c for c in result.report["candidates"] if c["module"] == "model.layers.2.self_attn.o_proj")
+    assert o_proj["scores"]["activation"] > 0
+    assert o_proj["scores"]["local"] == 0.0
+    v_proj_rank = result.ranking("activation").index("model.layers.2.self_attn.v_proj.weight")
+    assert result.ranking("activation").index(o_proj["tensor"]) < 6 and v_proj_rank < 6
+
+
+def test_attribution_is_the_donors_reliance_whatever_the_target(pair, tmp_path):
+    """``attribution`` reads the donor alone (DoE-style): a different target gives the
+    same attribution ranking, which is why it does not single out changed tensors."""
+    target, donor, work = pair
+    other = perturbed_copy(target, tmp_path / "other", ["model.layers.0.mlp.up_proj.weight"], seed=7)
+    a = analyze(str(target), str(donor), load_workload(work), score="attribution", progress=False)
+    b = analyze(str(other), str(donor), load_workload(work), score="attribution", progress=False)
+    assert a.ranking("attribution") == b.ranking("attribution")
+    assert "target_pass_s" not in a.report["timing"]
+
+
+def test_recipe_lists_exactly_the_changed_tensors_and_check_accepts_it(pair, tmp_path):
+    target, donor, _ = pair
+    result = _run(pair, top_k=2)
+    path = tmp_path / "recipe.yml"
+    write_outputs(result, recipe=path)
+    recipe = parse_recipe(path.read_text(), path)
+    assert sorted(f for _, f in recipe.filters()) == sorted(KNOWN)
+    report = run_check(recipe)
+    assert report.ok, report.errors
+    assert sorted(r.tensor for r in report.rows) == sorted(KNOWN)
+    assert {r.strength for r in report.rows} == {1.0}
+    header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    assert any(load_workload(pair[2]).sha256 in line for line in header)
+    assert any("score: local" in line for line in header)
+
+
+def test_local_scores_untouched_modules_exactly_zero_and_never_selects_them(pair):
+    result = _run(pair, top_k=10)
+    by_tensor = {c["tensor"]: c for c in result.report["candidates"]}
+    for tensor, cand in by_tensor.items():
+        assert (cand["scores"]["local"] > 0) == (tensor in KNOWN), tensor
+    assert sorted(s.tensor for s in result.selections) == sorted(KNOWN)
+    assert any("score 0" in w for w in result.warnings)
+
+
+def test_local_needs_only_the_target_pass(pair):
+    result = _run(pair, top_k=2)
+    assert "donor_pass_s" not in result.report["timing"]
+    assert result.report["settings"]["scores_computed"] == ["local", "local_relative"]
+    both = _run(pair, score="activation", top_k=2)
+    assert both.report["settings"]["scores_computed"] == ["activation"]
+    assert "donor_pass_s" in both.report["timing"]
+    assert "donor_streamed_bytes" not in both.report["timing"] or both.report["timing"]["donor_streamed_bytes"] == 0
+    # both models ran for attribution + local, so activation comes for free
+    extra = _run(pair, score="attribution", also=["local"], top_k=2)
+    assert extra.report["settings"]["scores_computed"] == ["activation", "local", "local_relative", "attribution"]
+
+
+def test_param_budget_and_proportional_strength(pair):
+    total = read_index(str(pair[0])).num_parameters
+    # down_proj (8192) does not fit beside v_proj (2048) in 6000 parameters
+    result = _run(pair, param_budget=6000 / total)
+    assert [s.tensor for s in result.selections] == ["model.layers.2.self_attn.v_proj.weight"]
+    with pytest.raises(TransplantError, match="smaller than the best-scoring unit"):
+        _run(pair, param_budget=1000 / total)
+    prop = _run(pair, top_k=2, strength=0.8, strength_mode="proportional")
+    strengths = {s.tensor: s.strength for s in prop.selections}
+    scores = {s.tensor: s.score for s in prop.selections}
+    best = max(scores, key=scores.get)
+    assert strengths[best] == pytest.approx(0.8)
+    other = next(t for t in strengths if t != best)
+    assert strengths[other] == pytest.approx(0.8 * scores[other] / scores[best], rel=1e-5)
+
+
+def test_module_glob_restricts_candidates(pair):
+    result = _run(pair, modules=["*mlp*"], top_k=1)
+    assert all(".mlp." in c["module"] for c in result.report["candidates"])
+    assert [s.tensor for s in result.selections] == ["model.layers.1.mlp.down_proj.weight"]
+    with pytest.raises(TransplantError, match="no candidate modules matching"):
+        _run(pair, modules=["*nothing*"])
+
+
+def test_layer_granularity_selects_whole_layers_with_dotted_filters(pair, tmp_path):
+    result = _run(pair, granularity="layer", top_k=2)
+    assert sorted(s.tensor for s in result.selections) == ["model.layers.1.", "model.layers.2."]
+    assert result.ranking()[:2] == ["model.layers.2.", "model.layers.1."] or \
+        sorted(result.ranking()[:2]) == ["model.layers.1.", "model.layers.2."]
+    layers = {u["prefix"]: u for u in result.report["layers"]}
+    index = read_index(str(pair[0]))
+    assert layers["model.layers.1."]["parameters"] == sum(
+        t.numel for n, t in index.tensors.items() if n.startswith("model.layers.1."))
+    path = tmp_path / "layers.yml"
+    write_outputs(result, recipe=path)
+    check = run_check(parse_recipe(path.read_text(), path))
+    assert check.ok, check.errors
+    moved = {r.tensor for r in check.rows}
+    assert "model.layers.1.input_layernorm.weight" in moved  # a layer block carries its norms
+    assert not any(t.startswith(("model.layers.0.", "model.layers.3.")) for t in moved)
+
+
+def test_determinism_byte_identical_recipe_and_report_except_timing(pair, tmp_path):
+    a = _run(pair, score="activation", also=["attribution"], top_k=2, batch_size=4)
+    b = _run(pair, score="activation", also=["attribution"], top_k=2, batch_size=4)
+    assert a.recipe_text == b.recipe_text
+    ra, rb = json.loads(dumps(a.report)), json.loads(dumps(b.report))
+    assert ra.pop("timing") and rb.pop("timing")
+    assert ra == rb
+    write_outputs(a, recipe=tmp_path / "a.yml")
+    write_outputs(b, recipe=tmp_path / "b.yml")
+    assert (tmp_path / "a.yml").read_bytes() == (tmp_path / "b.yml").read_bytes()
+
+
+def test_report_schema(pair):
+    report = _run(pair, score="activation", also=["attribution", "local"], top_k=2).report
+    settings = report["settings"]
+    for key in ("target", "donor", "score", "capture", "workload"):
+        assert key in settings
+    assert set(settings["workload"]) >= {"path", "sha256", "n"}
+    for role in ("target", "donor"):
+        assert set(report["models"][role]) >= {"config_sha256", "tensor_index_sha256", "revision"}
+    cand = next(c for c in report["candidates"] if c["tensor"] == KNOWN[0])
+    assert cand["module"] == "model.layers.1.mlp.down_proj"
+    assert cand["layer"] == 1 and cand["kind"] == "mlp.down_proj" and cand["parameters"] == 128 * 64
+    assert set(cand["scores"]) == {"activation", "local", "local_relative", "attribution"}
+    assert set(cand["per_sample"]["local"]) == {"mean", "std", "min", "median", "max", "top_k_fraction"}
+    assert cand["per_sample"]["local"]["top_k_fraction"] == 1.0  # every sample agrees
+    assert set(report["ranking"]) == {"activation", "local", "local_relative", "attribution"}
+    assert len(report["ranking"]["local"]) == len(report["candidates"]) == 4 * 7
+    assert [s["tensor"] for s in report["selection"]] == report["ranking"]["activation"][:2]
+    assert set(report["selection"][0]) == {"tensor", "donor", "strength", "score"}
+    assert report["timing"]["total_s"] > 0
+
+
+def test_generate_capture_scores_generated_positions(pair):
+    result = _run(pair, capture="generate", max_new_tokens=4, top_k=2, also=["activation"])
+    gens = result.report["generations"]
+    assert len(gens["target"]) == len(gens["donor"]) == 12
+    assert sorted(s.tensor for s in result.selections) == sorted(KNOWN)
+    assert "target_generate_s" in result.report["timing"]
+
+
+def test_bias_follows_its_weight_in_the_recipe(tmp_path):
+    torch.set_num_threads(1)
+    target = make_model(tmp_path / "t", "qwen2", layers=2)
+    donor = perturbed_copy(target, tmp_path / "d", ["model.layers.1.self_attn.q_proj.weight"])
+    work = _workload(tmp_path / "w.jsonl", n=4)
+    result = analyze(str(target), str(donor), load_workload(work), top_k=1, progress=False)
+    assert [s.tensor for s in result.selections] == [
+        "model.layers.1.self_attn.q_proj.weight", "model.layers.1.self_attn.q_proj.bias"]
+    path = tmp_path / "r.yml"
+    write_outputs(result, recipe=path)
+    assert run_check(parse_recipe(path.read_text(), path)).ok
+
+
+def test_embeddings_only_when_asked(tmp_path):
+    torch.set_num_threads(1)
+    target = make_model(tmp_path / "t", "llama", layers=1)
+    donor = perturbed_copy(target, tmp_path / "d", ["model.embed_tokens.weight"])
+    work = _workload(tmp_path / "w.jsonl", n=4)
+    plain = analyze(str(target), str(donor), load_workload(work), top_k=1, score="activation", progress=False)
+    names = {c["module"] for c in plain.report["candidates"]}
+    assert "model.embed_tokens" not in names and "lm_head" not in names
+    wide = analyze(str(target), str(donor), load_workload(work), top_k=1, include_embeddings=True,
+                   progress=False)
+    assert wide.ranking()[0] == "model.embed_tokens.weight"
+    assert "lm_head.weight" in wide.ranking()
+    assert wide.report["candidates"][0]["scores"]["local"] > 0
+
+
+def test_refuses_different_architectures_and_same_models(pair, tmp_path):
+    target, _, work = pair
+    other = make_model(tmp_path / "q", "qwen2", layers=4)
+    with pytest.raises(TransplantError, match="structurally identical"):
+        analyze(str(target), str(other), load_workload(work), progress=False)
+    with pytest.raises(TransplantError, match="no candidate has a non-zero score"):
+        analyze(str(target), str(target), load_workload(work), progress=False)
+
+
+def test_recipe_text_is_the_rendered_yaml(pair):
+    result = _run(pair, top_k=2)
+    doc = yaml.safe_load(result.recipe_text)
+    assert doc["merge_method"] == "transplant" and doc["base_model"] == str(pair[0])
+    strength = doc["models"][0]["parameters"]["strength"]
+    assert strength[-1] == {"value": 0.0}
