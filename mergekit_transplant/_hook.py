@@ -31,10 +31,17 @@ def _install_planner_hook() -> None:
     install_planner_hook()
 
 
+def _install_card_hook() -> None:
+    from mergekit_transplant.card import install_mergekit_card_hook
+
+    install_mergekit_card_hook()
+
+
 #: module name -> callback run right after that module finishes executing
 AFTER_IMPORT: "dict[str, Callable[[], None]]" = {
     "mergekit.merge_methods": _register_method,
     "mergekit.plan": _install_planner_hook,
+    "mergekit.card": _install_card_hook,
 }
 
 

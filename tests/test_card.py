@@ -1,0 +1,289 @@
+"""Hub-ready output: the model card after `mergekit-yaml` and `mergekit-transplant merge`/`card`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from huggingface_hub import ModelCard
+
+from mergekit_transplant.card import HEATMAP_FILE, SIDECAR, validate_card, write_card
+from mergekit_transplant.cli import main
+from mergekit_transplant.errors import TransplantError
+from mergekit_transplant.testing import make_model, perturbed_copy
+
+BIN = Path(sys.executable).parent
+TRANSPLANTED = ["model.layers.1.mlp.down_proj.weight", "model.layers.0.self_attn.q_proj.weight"]
+
+RECIPE = """# hand-written recipe
+merge_method: transplant
+base_model: models/target
+models:
+  - model: models/donor
+    parameters:
+      strength:
+        - filter: model.layers.1.mlp.down_proj.weight
+          value: 1.0
+        - filter: model.layers.0.self_attn.q_proj.weight
+          value: 0.5
+        - value: 0
+"""
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A folder holding models/target and models/donor: paths with exactly one '/'."""
+    root = tmp_path_factory.mktemp("cardwork")
+    make_model(root / "models" / "target", "llama", seed=0)
+    perturbed_copy(root / "models" / "target", root / "models" / "donor", TRANSPLANTED)
+    (root / "recipe.yml").write_text(RECIPE)
+    return root
+
+
+@pytest.fixture(scope="module")
+def merged(work):
+    """`mergekit-transplant merge` output (in-process), card included."""
+    from mergekit_transplant.merge import run_transplant
+
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        run_transplant("recipe.yml", "merged")
+    finally:
+        os.chdir(cwd)
+    return work / "merged"
+
+
+def _offline_env(tmp_path: Path) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home"), "TQDM_DISABLE": "1"}
+    env.pop("MERGEKIT_TRANSPLANT_DISABLE", None)
+    return env
+
+
+def _outside_code(markdown: str) -> str:
+    """The card's text with fenced code blocks and code spans removed."""
+    text = re.sub(r"^(`{3,})[^\n]*\n.*?^\1\s*$", "", markdown, flags=re.S | re.M)
+    return re.sub(r"(`+)(?!`).+?(?<!`)\1(?!`)", "", text)
+
+
+def _html(markdown_body: str) -> str:
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": True}).enable("table").render(markdown_body)
+
+
+def test_mergekit_yaml_writes_the_transplant_card_offline(work, tmp_path):
+    """Plain mergekit-yaml, local paths with one '/', HF_HUB_OFFLINE=1: mergekit's own
+    card writer would ask the Hub about `models/target` and crash after writing weights."""
+    proc = subprocess.run(
+        [str(BIN / "mergekit-yaml"), "recipe.yml", str(tmp_path / "out")],
+        cwd=work, env=_offline_env(tmp_path), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out"
+    files = sorted(p.name for p in out.iterdir())
+    for needed in ("README.md", "config.json", "generation_config.json", "model.safetensors",
+                   "tokenizer.json", "tokenizer_config.json", "mergekit_config.yml"):
+        assert needed in files
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl"))]
+
+    card = ModelCard.load(out / "README.md")
+    assert card.data.tags == ["mergekit", "merge", "transplant"]
+    assert card.data.library_name == "transformers"
+    assert card.data.get("base_model") is None  # local paths, no mapping: left out
+    assert validate_card(out / "README.md") == []
+    assert "| `model.layers.1.mlp.down_proj.weight` | `models/donor` | 1 | 8,192 |" in card.text
+    assert "| `model.layers.0.self_attn.q_proj.weight` | `models/donor` | 0.5 | 4,096 |" in card.text
+    assert RECIPE in card.text  # verbatim
+    assert "This is a merge of pre-trained language models" not in card.text  # not mergekit's card
+
+
+def test_other_merge_methods_keep_mergekits_card(work):
+    """The wrapper only answers for `transplant`; other methods get mergekit's card unchanged."""
+    code = (
+        "import mergekit.merge as mm, mergekit.card as mc, yaml\n"
+        "from mergekit.config import MergeConfiguration\n"
+        "assert mm.generate_card is mc.generate_card and mc.generate_card._transplant_hook\n"
+        f"t, d = {str(work / 'models/target')!r}, {str(work / 'models/donor')!r}\n"
+        "cfg = MergeConfiguration.model_validate({'merge_method': 'linear', 'models': ["
+        "{'model': t, 'parameters': {'weight': 0.5}}, {'model': d, 'parameters': {'weight': 0.5}}]})\n"
+        "print(mm.generate_card(cfg, 'x: 1', name='lin'))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "This is a merge of pre-trained language models created using [mergekit]" in proc.stdout
+    assert "transplant" not in proc.stdout
+
+
+def test_merge_command_writes_a_card(merged):
+    card = ModelCard.load(merged / "README.md")
+    assert card.text.lstrip().splitlines()[2] == "# merged"  # the folder's name, not the temp folder's
+    assert validate_card(merged / "README.md") == []
+    assert "## What was transplanted" in card.text and "## Reproduce" in card.text
+    assert "mergekit-yaml mergekit_config.yml ./merged" in card.text
+
+
+def _report(tmp_path: Path, heatmap: str | None = None) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", (8, 6), (200, 30, 30)).save(tmp_path / "heat.png")
+    report = {
+        "settings": {"target": "models/target", "donor": "models/donor", "score": "local",
+                     "capture": "teacher-forced",
+                     "workload": {"path": "prompts.jsonl", "sha256": "ab" * 32, "n": 40}},
+        "candidates": [
+            {"tensor": "model.layers.1.mlp.down_proj.weight", "scores": {"local": 0.9, "activation": 0.4}},
+            {"tensor": "model.layers.0.self_attn.q_proj.weight", "scores": {"local": 0.5, "activation": 0.7}},
+            {"tensor": "model.layers.0.mlp.up_proj.weight", "scores": {"local": 0.1, "activation": 0.2}},
+        ],
+        "ranking": {"local": ["model.layers.1.mlp.down_proj.weight", "model.layers.0.self_attn.q_proj.weight",
+                              "model.layers.0.mlp.up_proj.weight"]},
+        "selection": [{"tensor": "model.layers.1.mlp.down_proj.weight", "donor": "models/donor",
+                       "strength": 1.0, "score": 0.9},
+                      {"tensor": "model.layers.0.self_attn.q_proj.weight", "donor": "models/donor",
+                       "strength": 0.5, "score": 0.5}],
+    }
+    if heatmap:
+        report["settings"]["plot"] = heatmap
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    return path
+
+
+def _results(tmp_path: Path, task: str = "arith") -> Path:
+    results = {"tasks": {task: {"metric": "acc", "target": 0.20, "donor": 0.60, "merged": 0.50,
+                                "stderr": 0.02, "tir": 2.5, "recovery": 0.75}}}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    return path
+
+
+def test_card_command_adds_analysis_eval_and_hub_ids(merged, tmp_path, work):
+    out = tmp_path / "merged"
+    import shutil
+
+    shutil.copytree(merged, out)
+    report = _report(tmp_path, heatmap="heat.png")  # referenced by report.json, relative to it
+    cwd = os.getcwd()
+    os.chdir(work)  # the recipe's paths resolve from here, as for mergekit
+    try:
+        result = CliRunner().invoke(main, [
+            "card", str(out), "--report", str(report), "--eval", str(_results(tmp_path)),
+            "--hub-id", "models/target=acme/tiny-target", "--hub-id", "models/donor=acme/tiny-donor@0123abc",
+        ])
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 0, result.output
+    card = ModelCard.load(out / "README.md")
+    data = card.data
+    assert data.base_model == ["acme/tiny-target", "acme/tiny-donor"]
+    assert data.get("base_model_relation") == "merge"
+    assert data.tags == ["mergekit", "merge", "transplant"] and data.library_name == "transformers"
+    assert validate_card(out / "README.md", require_base_model=True) == []
+
+    text = card.text
+    assert "Score: `local` (capture: `teacher-forced`)" in text
+    assert "`prompts.jsonl`, 40 prompts, sha256 `" + "ab" * 32 + "`" in text
+    assert "| 1 | `model.layers.1.mlp.down_proj.weight` | 0.9 | 0.4 | ✓ |" in text
+    assert "| 3 | `model.layers.0.mlp.up_proj.weight` | 0.1 | 0.2 |  |" in text
+    assert f"]({HEATMAP_FILE})" in text
+    assert (out / HEATMAP_FILE).read_bytes() == (tmp_path / "heat.png").read_bytes()
+    assert "| `arith` | `acc` | 0.2 | 0.6 | 0.5 ± 0.02 | 2.500 | 0.750 |" in text
+    assert "--target acme/tiny-target --donor acme/tiny-donor@0123abc" in text  # commands use Hub ids
+    assert "[`acme/tiny-target`](https://huggingface.co/acme/tiny-target)" in text
+
+
+def test_card_update_keeps_other_sections_and_user_text(merged, tmp_path, work):
+    import shutil
+
+    out = tmp_path / "m"
+    shutil.copytree(merged, out)
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        write_card(out, report=_report(tmp_path), hub_ids={"models/target": "acme/t"})
+        card = ModelCard.load(out / "README.md")
+        card.data["license"] = "apache-2.0"
+        card.text = card.text + "\n## Notes by the author\n\nHand-written.\n"
+        card.save(out / "README.md")
+        write_card(out, eval_results=_results(tmp_path, "second_task"))
+    finally:
+        os.chdir(cwd)
+    card = ModelCard.load(out / "README.md")
+    assert card.data.license == "apache-2.0"  # metadata the card does not own is kept
+    assert card.data.base_model == ["acme/t"]  # mapping remembered in transplant_card.json
+    assert "## Notes by the author" in card.text and "Hand-written." in card.text
+    assert "Score: `local`" in card.text  # analysis kept from the first run
+    assert "`second_task`" in card.text
+    assert card.text.count("## What was transplanted") == 1
+    assert json.loads((out / SIDECAR).read_text())["hub_ids"] == {"models/target": "acme/t"}
+
+
+HOSTILE = "evil</details><script>alert(1)</script>"
+
+
+def test_untrusted_strings_are_escaped(tmp_path, work):
+    """A model path, recipe comments, task and tensor names that try HTML or front-matter injection."""
+    hostile_dir = tmp_path / HOSTILE  # a nested path: evil< / details><script>alert(1)< / script>
+    hostile_dir.parent.mkdir(parents=True)
+    os.symlink(work / "models" / "donor", hostile_dir)
+    recipe_text = (
+        "# ---\n# base_model: attacker/model\n# ---\n# ```\n# </details><script>alert(2)</script>\n"
+        + RECIPE.replace("models/donor", HOSTILE).replace("models/target", str(work / "models" / "target"))
+    )
+    (tmp_path / "recipe.yml").write_text(recipe_text)
+    from mergekit_transplant.recipe import load_recipe
+
+    out = tmp_path / "out"
+    out.mkdir()
+    report = json.loads(_report(tmp_path).read_text())
+    report["settings"]["workload"]["path"] = "w</td><img src=x onerror=alert(3)>.jsonl"
+    report["candidates"][0]["tensor"] = "x|y</code><script>alert(4)</script>"
+    report["ranking"]["local"][0] = report["candidates"][0]["tensor"]
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        write_card(out, recipe=load_recipe(tmp_path / "recipe.yml"), report=report,
+                   eval_results={"tasks": {"t|x</td><script>alert(5)</script>\n---\nfoo: 1": {
+                       "metric": "<b>acc</b>", "target": 0.1, "donor": "<i>", "merged": 0.2}}},
+                   name="# <script>alert(6)</script> [link](javascript:alert(7))")
+    finally:
+        os.chdir(cwd)
+    raw = (out / "README.md").read_text()
+    card = ModelCard.load(out / "README.md")
+    assert set(card.data.to_dict()) == {"library_name", "tags"}  # no injected front matter
+    assert validate_card(out / "README.md") == []
+    html_out = _html(card.text)
+    assert "<script" not in html_out and "<img" not in html_out and "javascript:" not in html_out.replace(
+        "javascript:alert(7)", "")  # the link text survives as text, never as an href
+    assert 'href="javascript' not in html_out
+    assert "</details>" not in _outside_code(raw)
+    assert "<b>" not in html_out and "<i>" not in html_out
+    # the recipe is one code block, verbatim, whatever fences and tags its comments hold
+    blocks = re.findall(r'<pre><code class="language-yaml">(.*?)</code></pre>', html_out, flags=re.S)
+    import html as html_lib
+
+    assert [html_lib.unescape(b) for b in blocks] == [recipe_text]
+    # table rows keep their columns although names contain '|'
+    row = next(r for r in re.findall(r"<tr>.*?</tr>", html_out, flags=re.S) if "alert(5)" in r)
+    assert row.count("<td") == 7
+
+
+def test_bad_inputs_are_clear_errors(merged, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(TransplantError, match="malformed JSON"):
+        write_card(merged, report=bad)
+    not_png = tmp_path / "x.png"
+    not_png.write_text("hello")
+    with pytest.raises(TransplantError, match="not a PNG"):
+        write_card(merged, heatmap=not_png)
+    result = CliRunner().invoke(main, ["card", str(merged), "--hub-id", "models/target=not a repo!"])
+    assert result.exit_code == 2 and "not a valid Hub id" in result.output
