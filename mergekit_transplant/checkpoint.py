@@ -133,9 +133,10 @@ def resolve_model_dir(ref: str, *, need_weights: bool = True) -> Path:
     except Exception as error:  # offline, missing, gated, ...
         raise TransplantError(
             f"model {ref!r} is a Hub id that is not available here "
-            f"({type(error).__name__}); it needs: {', '.join(needed)}. "
-            f"Download it first (huggingface-cli download {path}"
-            f"{' --revision ' + rev if rev else ''}) or use a local folder"
+            f"({type(error).__name__}); it needs: {', '.join(needed)}"
+            f"{' (HF_HUB_OFFLINE is set)' if _offline() else ''}. Download them first: "
+            f"hf download {path}{' --revision ' + rev if rev else ''} --include '*.json' "
+            "--include '*.safetensors' (or use a local folder)"
         ) from None
 
 
