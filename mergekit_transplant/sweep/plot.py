@@ -1,0 +1,72 @@
+"""Score vs K: the analysis line against the random-control band and whole-model line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mergekit_transplant import atomic
+from mergekit_transplant.sweep.runner import SweepResult
+
+
+def plot_sweep(result: SweepResult, path: os.PathLike | str) -> None:
+    """One panel per strength, on the report split; the best point is starred."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    label = result.split_labels["report"]
+    ks = result.settings.ks
+    strengths = result.settings.strengths
+    best = result.best()
+    target = result.references["target"].split_scores[label]
+    donor = result.references["donor"].split_scores[label]
+    fig, axes = plt.subplots(1, len(strengths), figsize=(max(6.0, 4.8 * len(strengths)), 4.4), sharey=True, squeeze=False)
+    for ax, s in zip(axes[0], strengths):
+        analysis = [result.of("analysis", k, s)[0].split_scores[label] for k in ks]
+        bands = [result.band(k, s) for k in ks]
+        if any(b["n"] for b in bands):
+            lo = [b["min"] for b in bands]
+            hi = [b["max"] for b in bands]
+            ax.fill_between(ks, lo, hi, color="tab:gray", alpha=0.25, label=f"random (min–max, n={bands[0]['n']})")
+            ax.plot(ks, [b["mean"] for b in bands], color="tab:gray", linestyle="--", linewidth=1, label="random mean")
+        ax.plot(ks, analysis, marker="o", color="tab:blue", label="analysis top-K")
+        whole = result.whole_model_score(s)
+        if whole is not None:
+            ax.axhline(whole, color="tab:purple", linestyle="-.", linewidth=1, label=f"whole-model lerp s={s:g}")
+        if target is not None:
+            ax.axhline(target, color="black", linestyle=":", linewidth=1, label="target")
+        if donor is not None:
+            ax.axhline(donor, color="tab:green", linestyle=":", linewidth=1, label="donor")
+        if best.strength == s:
+            ax.plot([best.k], [best.split_scores[label]], marker="*", markersize=14, color="tab:red",
+                    linestyle="none", label="best (chosen on select split)")
+        if len(ks) > 1 and ks[-1] / ks[0] >= 8:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(ks)
+        ax.set_xticklabels([str(k) for k in ks])
+        ax.set_xlabel("K (modules transplanted)")
+        ax.set_title(f"strength {s:g}")
+        ax.grid(alpha=0.3)
+    metric = ", ".join(sorted(set(result.metrics[t] for t in result.splits["report"])))
+    direction = "higher" if result.higher_is_better else "lower"
+    axes[0][0].set_ylabel(f"{label}: {metric} ({direction} is better)")
+    handles, names = [], []
+    for ax in axes[0]:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            if name not in names:
+                handles.append(handle)
+                names.append(name)
+    fig.legend(handles, names, loc="lower center", ncol=min(4, len(names)), fontsize=8, frameon=False)
+    title = f"Sweep on {label}"
+    if result.settings.single_split:
+        title += " (same split used for selection: optimistic)"
+    fig.suptitle(title, fontsize=10)
+    rows_of_legend = (len(names) + 3) // 4
+    fig.tight_layout(rect=(0, 0.07 * rows_of_legend, 1, 1))
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    with atomic.replacing(path) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=120)
+    plt.close(fig)
