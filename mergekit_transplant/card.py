@@ -298,6 +298,19 @@ def _section_chosen(inp: CardInputs) -> str:
     return "\n".join(lines)
 
 
+def _stderr_of(r: dict) -> Any:
+    """The merged model's stderr: a number, or ``{"merged": x, ...}`` as `eval` writes it."""
+    se = r.get("stderr")
+    return se.get("merged") if isinstance(se, dict) else se
+
+
+def _ratio(r: dict, key: str) -> str:
+    value = r.get(key)
+    if value is None and r.get(f"{key}_reason"):
+        return f"— ({md_text(r[f'{key}_reason'])})"
+    return _num(value, "{:.3f}")
+
+
 def _section_eval(inp: CardInputs) -> Optional[str]:
     res = inp.evaluation
     if not res:
@@ -314,18 +327,33 @@ def _section_eval(inp: CardInputs) -> Optional[str]:
     for task in sorted(tasks, key=str):
         r = tasks[task] if isinstance(tasks[task], dict) else {}
         merged = _num(r.get("merged"))
-        if isinstance(r.get("stderr"), (int, float)) and not isinstance(r.get("stderr"), bool):
-            merged += f" ± {_num(r.get('stderr'))}"
+        se = _stderr_of(r)
+        if isinstance(se, (int, float)) and not isinstance(se, bool):
+            merged += f" ± {_num(se)}"
         lines.append(
             f"| {md_code(task, in_table=True)} | {md_code(r.get('metric', '?'), in_table=True)} | "
-            f"{_num(r.get('target'))} | {_num(r.get('donor'))} | {merged} | {_num(r.get('tir'), '{:.3f}')} | "
-            f"{_num(r.get('recovery'), '{:.3f}')} |"
+            f"{_num(r.get('target'))} | {_num(r.get('donor'))} | {merged} | {_ratio(r, 'tir')} | "
+            f"{_ratio(r, 'recovery')} |"
         )
     lines += [
         "",
         "TIR = S_merged / S_target; Recovery = (S_merged − S_target) / (S_donor − S_target): "
         "1 means the merge matches the donor on the task, 0 the target.",
     ]
+    retain = res.get("retain") if isinstance(res.get("retain"), dict) else {}
+    if retain:
+        lines += ["", "Skills the target should keep (target vs merged):", "",
+                  "| Task | Metric | Target | Merged | Change | Regressed |", "|---|---|---:|---:|---:|:-:|"]
+        for task in sorted(retain, key=str):
+            r = retain[task] if isinstance(retain[task], dict) else {}
+            change = _num(r.get("change"), "{:+.4g}")
+            if isinstance(r.get("change_stderr"), (int, float)) and not isinstance(r.get("change_stderr"), bool):
+                change += f" ± {_num(r['change_stderr'])}"
+            flag = "yes" if r.get("significant_regression") else ("slightly" if r.get("regressed") else "no")
+            lines.append(
+                f"| {md_code(task, in_table=True)} | {md_code(r.get('metric', '?'), in_table=True)} | "
+                f"{_num(r.get('target'))} | {_num(r.get('merged'))} | {change} | {flag} |"
+            )
     return "\n".join(lines)
 
 
@@ -350,42 +378,77 @@ def _shell_ref(ref: str, hub_ids: Mapping[str, str]) -> str:
     return ref
 
 
-def _section_reproduce(inp: CardInputs) -> str:
-    recipe = inp.recipe
-    name = inp.name
-    cmds = ["pip install mergekit-transplant"]
-    settings = (inp.analysis or {}).get("settings") if isinstance((inp.analysis or {}).get("settings"), dict) else {}
+def _analysis_command(inp: CardInputs) -> Optional[str]:
+    """The analyze command: from the recipe's header comments (analyze writes it there),
+    the report's ``settings.command``, or rebuilt from the report's settings."""
+    for line in inp.recipe.source.splitlines():
+        text = line.lstrip()
+        if text.startswith("#") and text.lstrip("# ").startswith("mergekit-transplant analyze"):
+            return _clean(text.lstrip("# "))
+    settings = (inp.analysis or {}).get("settings")
+    if not isinstance(settings, dict):
+        return None
     command = settings.get("command")
     if isinstance(command, list) and all(isinstance(c, str) for c in command):
-        cmds.append(shlex.join(command))
-    elif isinstance(command, str):
-        cmds.append(_clean(command))
-    elif inp.analysis:
-        target = str(settings.get("target") or recipe.target)
-        donor = str(settings.get("donor") or (recipe.donors[0] if recipe.donors else ""))
-        workload = (settings.get("workload") or {}).get("path") if isinstance(settings.get("workload"), dict) else None
-        parts = ["mergekit-transplant", "analyze", "--target", _shell_ref(target, inp.hub_ids),
-                 "--donor", _shell_ref(donor, inp.hub_ids)]
-        if workload:
-            parts += ["--workload", str(workload)]
-        if settings.get("score"):
-            parts += ["--score", str(settings["score"])]
-        n_sel = len((inp.analysis or {}).get("selection") or [])
-        if n_sel:
-            parts += ["--top-k", str(n_sel)]
-        parts += ["-o", "mergekit_config.yml"]
-        cmds.append("# analysis (settings from its report.json)\n" + shlex.join(parts))
+        return shlex.join(command)
+    if isinstance(command, str):
+        return _clean(command)
+    recipe = inp.recipe
+    parts = ["mergekit-transplant", "analyze",
+             "--target", _shell_ref(str(settings.get("target") or recipe.target), inp.hub_ids),
+             "--donor", _shell_ref(str(settings.get("donor") or (recipe.donors or [""])[0]), inp.hub_ids)]
+    workload = settings.get("workload") if isinstance(settings.get("workload"), dict) else {}
+    if workload.get("path"):
+        flag = "--lm-eval-task" if workload.get("kind") in ("lm-eval", "lm_eval", "lm-eval-task", "task") else "--workload"
+        parts += [flag, str(workload["path"])]
+    for key, flag in (("score", "--score"), ("capture", "--capture"), ("granularity", "--granularity"),
+                      ("top_k", "--top-k"), ("param_budget", "--param-budget"), ("strength", "--strength"),
+                      ("strength_mode", "--strength-mode"), ("limit", "--limit"), ("seed", "--seed")):
+        value = settings.get(key)
+        if value is not None and not isinstance(value, (dict, list)):
+            parts += [flag, str(value)]
+    for glob in settings.get("modules") or []:
+        parts += ["--modules", str(glob)]
+    if settings.get("include_embeddings") is True:
+        parts.append("--include-embeddings")
+    parts += ["-o", "recipe.yml"]
+    return shlex.join(parts)
+
+
+def _eval_command(inp: CardInputs) -> Optional[str]:
+    res = inp.evaluation
+    if not res:
+        return None
+    settings = res.get("settings") if isinstance(res.get("settings"), dict) else {}
+    tasks = settings.get("tasks") if isinstance(settings.get("tasks"), list) else sorted(
+        str(t) for t in (res.get("tasks") or {}))
+    recipe = inp.recipe
+    parts = ["mergekit-transplant", "eval", "--target", _shell_ref(recipe.target, inp.hub_ids),
+             "--donor", _shell_ref((recipe.donors or [""])[0], inp.hub_ids), "--merged", f"./{_clean(inp.name)}",
+             "--tasks", ",".join(str(t) for t in tasks)]
+    if isinstance(settings.get("retain_tasks"), list) and settings["retain_tasks"]:
+        parts += ["--retain-tasks", ",".join(str(t) for t in settings["retain_tasks"])]
+    for key, flag in (("include_path", "--include-path"), ("metric", "--metric"), ("limit", "--limit"),
+                      ("num_fewshot", "--num-fewshot")):
+        value = settings.get(key)
+        if value is not None and not isinstance(value, (dict, list)):
+            parts += [flag, str(value)]
+    parts += ["-o", "results.json"]
+    return shlex.join(parts)
+
+
+def _section_reproduce(inp: CardInputs) -> str:
+    cmds = ["pip install mergekit-transplant"]
+    analysis = _analysis_command(inp)
+    if analysis:
+        cmds.append("# 1. find the modules (writes the recipe below)\n" + analysis)
+    cmds.append("# 2. merge (any mergekit-yaml option works; `merge` checks the recipe first)")
     cmds.append("mergekit-transplant check mergekit_config.yml")
-    cmds.append(shlex.join(["mergekit-yaml", "mergekit_config.yml", f"./{_clean(name)}"]))
-    if inp.evaluation:
-        tasks = sorted(str(t) for t in (inp.evaluation.get("tasks") or {}))
-        donor = recipe.donors[0] if recipe.donors else ""
-        parts = ["mergekit-transplant", "eval", "--target", _shell_ref(recipe.target, inp.hub_ids),
-                 "--donor", _shell_ref(donor, inp.hub_ids), "--merged", f"./{_clean(name)}"]
-        if tasks:
-            parts += ["--tasks", ",".join(tasks)]
-        cmds.append(shlex.join(parts))
-    text = "\n".join(_CONTROL.sub(" ", c) for c in cmds)
+    cmds.append(shlex.join(["mergekit-yaml", "mergekit_config.yml", f"./{_clean(inp.name)}"]))
+    evaluation = _eval_command(inp)
+    if evaluation:
+        cmds.append("# 3. evaluate (TIR and Recovery)\n" + evaluation)
+    text = "\n".join(_CONTROL.sub(" ", c).replace("\r", " ") for c in cmds)
     return "\n".join([
         "## Reproduce", "",
         "Save the recipe above as `mergekit_config.yml`, then (paths as in the recipe; "

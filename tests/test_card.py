@@ -158,8 +158,17 @@ def _report(tmp_path: Path, heatmap: str | None = None) -> Path:
 
 
 def _results(tmp_path: Path, task: str = "arith") -> Path:
-    results = {"tasks": {task: {"metric": "acc", "target": 0.20, "donor": 0.60, "merged": 0.50,
-                                "stderr": 0.02, "tir": 2.5, "recovery": 0.75}}}
+    """results.json as `mergekit-transplant eval` writes it (the fields the card reads)."""
+    results = {
+        "tasks": {task: {"metric": "acc", "higher_is_better": True, "target": 0.20, "donor": 0.60, "merged": 0.50,
+                         "stderr": {"target": 0.02, "donor": 0.02, "merged": 0.02}, "tir": 2.5, "tir_reason": None,
+                         "recovery": 0.75, "recovery_reason": None},
+                  "flat": {"metric": "acc", "target": 0.5, "donor": 0.5, "merged": 0.5, "stderr": None,
+                           "tir": 1.0, "recovery": None, "recovery_reason": "donor is not better"}},
+        "retain": {"general": {"metric": "acc", "target": 0.7, "merged": 0.68, "change": -0.02,
+                               "change_stderr": 0.01, "regressed": True, "significant_regression": False}},
+        "settings": {"tasks": [task, "flat"], "retain_tasks": ["general"], "include_path": "tasks/", "limit": None},
+    }
     path = tmp_path / "results.json"
     path.write_text(json.dumps(results))
     return path
@@ -196,12 +205,19 @@ def test_card_command_adds_analysis_eval_and_hub_ids(merged, tmp_path, work):
     assert f"]({HEATMAP_FILE})" in text
     assert (out / HEATMAP_FILE).read_bytes() == (tmp_path / "heat.png").read_bytes()
     assert "| `arith` | `acc` | 0.2 | 0.6 | 0.5 ± 0.02 | 2.500 | 0.750 |" in text
-    assert "--target acme/tiny-target --donor acme/tiny-donor@0123abc" in text  # commands use Hub ids
+    assert "| `flat` | `acc` | 0.5 | 0.5 | 0.5 | 1.000 | — (donor is not better) |" in text
+    assert "| `general` | `acc` | 0.7 | 0.68 | -0.02 ± 0.01 | slightly |" in text
+    assert ("mergekit-transplant eval --target acme/tiny-target --donor acme/tiny-donor@0123abc --merged ./merged "
+            "--tasks arith,flat --retain-tasks general --include-path tasks/ -o results.json") in text
+    assert ("mergekit-transplant analyze --target acme/tiny-target --donor acme/tiny-donor@0123abc "
+            "--workload prompts.jsonl --score local --capture teacher-forced -o recipe.yml") in text
     assert "[`acme/tiny-target`](https://huggingface.co/acme/tiny-target)" in text
 
 
 def test_card_update_keeps_other_sections_and_user_text(merged, tmp_path, work):
     import shutil
+
+    from mergekit_transplant.recipe import load_recipe
 
     out = tmp_path / "m"
     shutil.copytree(merged, out)
@@ -213,9 +229,15 @@ def test_card_update_keeps_other_sections_and_user_text(merged, tmp_path, work):
         card.data["license"] = "apache-2.0"
         card.text = card.text + "\n## Notes by the author\n\nHand-written.\n"
         card.save(out / "README.md")
-        write_card(out, eval_results=_results(tmp_path, "second_task"))
+        analyzed = tmp_path / "analyzed.yml"
+        analyzed.write_text("# Written by mergekit-transplant analyze:\n#   mergekit-transplant analyze --target "
+                            "models/target --donor models/donor --workload w.jsonl --top-k 2 -o r.yml\n" + RECIPE)
+        write_card(out, recipe=load_recipe(analyzed), eval_results=_results(tmp_path, "second_task"))
     finally:
         os.chdir(cwd)
+    assert ("```sh\npip install mergekit-transplant\n# 1. find the modules (writes the recipe below)\n"
+            "mergekit-transplant analyze --target models/target --donor models/donor --workload w.jsonl "
+            "--top-k 2 -o r.yml\n") in (out / "README.md").read_text()
     card = ModelCard.load(out / "README.md")
     assert card.data.license == "apache-2.0"  # metadata the card does not own is kept
     assert card.data.base_model == ["acme/t"]  # mapping remembered in transplant_card.json
