@@ -75,7 +75,7 @@ def run_eval(trio, cache_dir, *extra, tasks="tiny_gen,tiny_mc,tiny_ppl", merged=
     args = [
         "eval", "--target", str(trio["target"]), "--donor", str(trio["donor"]),
         "--merged", str(merged or trio["merged"]), "--tasks", tasks, "--include-path", str(trio["tasks"]),
-        "--device", "cpu", "--batch-size", "4", "--cache-dir", str(cache_dir), *extra,
+        "--batch-size", "4", "--cache-dir", str(cache_dir), *extra,
     ]
     return CliRunner().invoke(main, args)
 

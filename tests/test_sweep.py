@@ -330,3 +330,24 @@ def test_sweep_runs_the_analysis_when_given_a_workload(pair, tmp_path):
     analysis = [r for r in data["points"] if r["selection"] == "analysis"]
     assert sorted(analysis[0]["units"]) == sorted(pair["changed"])  # the analysis finds the ground truth
     assert analysis[0]["score"] == data["references"]["donor"]["test_ppl"]
+
+
+def test_layer_units_expand_to_every_tensor_under_the_prefix_and_form_the_pool(pair):
+    """An analysis that ranked whole layers (``--granularity layer``) is swept layer by layer."""
+    from mergekit_transplant.sweep.controls import expand_units
+    from mergekit_transplant.sweep.ranking import ranking_from_dict
+
+    report = {"settings": {"target": str(pair["target"]), "donor": str(pair["donor"]), "score": "local"},
+              "candidates": [{"tensor": t, "parameters": 1} for t in pair["names"]],
+              "ranking": {"local": ["model.layers.1.", "model.layers.0."]}}
+    ranking = ranking_from_dict(report)
+    assert ranking.pool == ["model.layers.0.", "model.layers.1."]  # controls draw layers too
+    from safetensors import safe_open
+
+    with safe_open(str(pair["target"] / "model.safetensors"), "pt") as fh:
+        available = list(fh.keys())
+    tensors = expand_units(ranking.order[:1], available)
+    assert tensors == sorted(n for n in available if n.startswith("model.layers.1."))
+    assert "model.layers.1.input_layernorm.weight" in tensors
+    with pytest.raises(TransplantError, match="model.layers.7."):
+        expand_units(["model.layers.7."], available)

@@ -45,8 +45,6 @@ def _floats(ctx, param, value):
 @click.option("--limit", type=limit_type, default=None, help="Documents per task (below 1: a fraction).")
 @click.option("--num-fewshot", type=int, default=None, help="Few-shot examples (default: each task's own).")
 @click.option("--batch-size", type=batch_size_type, default="8", show_default=True, help="lm-eval batch size, or 'auto'.")
-@click.option("--bootstrap-iters", type=int, default=1000, show_default=True,
-              help="lm-eval bootstrap iterations for stderrs of non-mean metrics.")
 @click.option("--device", default="cpu", show_default=True, help="Device the target is loaded on (e.g. cuda).")
 @click.option("--device-map", default=None, help="accelerate device map (e.g. auto) for a target larger than one device.")
 @click.option("--dtype", default=None, help="Load the target in this dtype (default: the checkpoint's).")
@@ -58,7 +56,7 @@ def _floats(ctx, param, value):
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the score-vs-K plot (PNG/SVG/PDF).")
 def sweep(report_path, target, donor, workload, score, ks, strengths, tasks, select_split, report_split,
           include_path, metric, random_controls, no_whole_model, seed, limit, num_fewshot, batch_size,
-          bootstrap_iters, device, device_map, dtype, trust_remote_code, output_recipe, output, plot):
+          device, device_map, dtype, trust_remote_code, output_recipe, output, plot):
     """Sweep K and strength in memory, against random-module and whole-model controls.
 
     \b
@@ -100,7 +98,7 @@ def sweep(report_path, target, donor, workload, score, ks, strengths, tasks, sel
         ks=ks, strengths=strengths, select_tasks=select_split or tasks, report_tasks=report_split or tasks,
         include_path=include_path, random_controls=random_controls, seed=seed, whole_model=not no_whole_model,
         limit=limit, num_fewshot=num_fewshot, batch_size=batch_size, device=device, device_map=device_map,
-        dtype=dtype, metric=metric, bootstrap_iters=bootstrap_iters, trust_remote_code=trust_remote_code,
+        dtype=dtype, metric=metric, trust_remote_code=trust_remote_code,
     )
     result = run_sweep(ranking, settings)
     click.echo(markdown_table(result), nl=False)

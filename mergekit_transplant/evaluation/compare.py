@@ -84,6 +84,13 @@ def backend_model_args(ref: str, settings: EvalSettings) -> str:
     return ",".join(args)
 
 
+def default_device() -> str:
+    """cuda when torch sees a GPU, else cpu (lm-eval's hf backend assumes cuda otherwise)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def lm_eval_version() -> str:
     from importlib.metadata import version
 
@@ -116,6 +123,9 @@ class Scorer:
         self.lm_eval_calls = 0
         self.fingerprints: Dict[str, str] = {}
         self._version = lm_eval_version()
+        self.device = settings.device
+        if self.device is None and settings.backend == "hf" and "parallelize" not in (settings.model_args or ""):
+            self.device = default_device()
 
     def key(self, fingerprint: str, task: str) -> str:
         s = self.settings
@@ -145,7 +155,7 @@ class Scorer:
             results = run_lm_eval(
                 s.backend, self.tasks.load(missing), task_manager=self.tasks.manager,
                 model_args=backend_model_args(ref, s), limit=s.limit, num_fewshot=s.num_fewshot,
-                batch_size=s.batch_size, device=s.device, bootstrap_iters=s.bootstrap_iters, seed=s.seed,
+                batch_size=s.batch_size, device=self.device, bootstrap_iters=s.bootstrap_iters, seed=s.seed,
             )
             self.lm_eval_calls += 1
             for name in missing:
@@ -233,6 +243,7 @@ def evaluate_models(
     settings_out = asdict(settings)
     settings_out["lm_eval_version"] = scorer._version
     settings_out["cache_dir"] = str(scorer.cache.root)
+    settings_out["device"] = scorer.device
     data = {
         "tasks": tasks_out,
         "retain": retain_out,

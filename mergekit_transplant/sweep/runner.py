@@ -54,7 +54,7 @@ class SweepSettings:
     device_map: Optional[str] = None
     dtype: Optional[str] = None
     metric: Optional[str] = None
-    bootstrap_iters: int = 1000
+    bootstrap_iters: int = 0  # the sweep compares point scores; stderrs are not used
     trust_remote_code: bool = False
 
     def __post_init__(self):
