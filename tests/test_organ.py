@@ -328,3 +328,15 @@ def test_check_offline_lists_the_files_a_hub_recipe_needs(tmp_path):
     assert "hf download acme/tiny-target" in errors[0]
     assert f"hf download acme/tiny-donor --revision {sha}" in errors[1]
     assert "Traceback" not in proc.stderr and not (tmp_path / "hf-home" / "hub").exists()
+
+
+def test_organ_needs_the_read_planning_hook(organ, tmp_path, monkeypatch):
+    """An organ lacks the zero-strength tensors; with the hook switched off mergekit would want them."""
+    from mergekit_transplant import registration
+
+    if not hasattr(registration, "read_all_requested"):
+        pytest.skip("this build has no MERGEKIT_TRANSPLANT_READ_ALL switch")
+    monkeypatch.setenv("MERGEKIT_TRANSPLANT_READ_ALL", "1")
+    with pytest.raises(TransplantError, match="unset it"):
+        run_transplant("organs/math/recipe.yml", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
