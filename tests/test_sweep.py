@@ -302,8 +302,7 @@ def test_single_split_warns_that_the_figure_is_optimistic(pair, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--k", "20"], "K=20 exceeds the 14 modules ranked"),
     (["--strength", "1.5"], "--strength values must be in (0, 1]"),
-    (["--select-split", "sel_ppl"], "--select-split and --report-split go together"),
-    (["--select-split", "sel_ppl", "--report-split", "test_ppl", "--tasks", "mc"], "use either --tasks"),
+    (["--select-split", "sel_ppl"], "no tasks to report on: pass --tasks or --report-split"),
     (["--score", "activation"], "no ranking for score 'activation'"),
 ])
 def test_bad_sweep_options_are_clear_errors(pair, args, message):

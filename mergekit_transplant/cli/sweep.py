@@ -33,9 +33,11 @@ def _floats(ctx, param, value):
               help="Comma-separated numbers of modules to transplant.")
 @click.option("--strength", "strengths", default="1.0", show_default=True, callback=_floats,
               help="Comma-separated strengths in (0, 1].")
-@click.option("--tasks", default=None, help="lm-eval task(s) to select and report on (one split: optimistic).")
-@click.option("--select-split", default=None, help="lm-eval task(s) the best point is chosen on.")
-@click.option("--report-split", default=None, help="Held-out lm-eval task(s) the sweep is reported on.")
+@click.option("--tasks", default=None,
+              help="Comma-separated lm-eval task(s) to choose and report on, where no split option replaces them.")
+@click.option("--select-split", default=None, help="lm-eval task(s) the best point is chosen on (default: --tasks).")
+@click.option("--report-split", default=None,
+              help="Held-out lm-eval task(s) the sweep is reported on (default: --tasks).")
 @click.option("--include-path", type=click.Path(file_okay=False), default=None, help="Folder of local lm-eval task YAMLs.")
 @click.option("--metric", default=None, help="Metric to sweep (default: each task's first metric).")
 @click.option("--random-controls", type=int, default=3, show_default=True,
@@ -70,20 +72,20 @@ def sweep(report_path, target, donor, workload, score, ks, strengths, tasks, sel
 
     \b
     Honest selection: the best analysis point is chosen on --select-split and
-    reported on --report-split. With --tasks alone both are the same tasks and
-    the figure is optimistic (a warning says so). Ties go to the smaller
-    transplant.
+    reported on --report-split (each defaults to --tasks). When both are the
+    same tasks the figure is optimistic (a warning says so). Ties go to the
+    smaller transplant (fewer parameters, then lower strength).
     """
     from mergekit_transplant.sweep import SweepSettings, run_sweep
     from mergekit_transplant.sweep.outputs import markdown_table, write_json, write_recipe
     from mergekit_transplant.sweep.ranking import ranking_from_analysis, ranking_from_report
 
-    if tasks and (select_split or report_split):
-        raise TransplantError("use either --tasks (one split) or --select-split with --report-split, not both")
-    if bool(select_split) != bool(report_split):
-        raise TransplantError("--select-split and --report-split go together")
-    if not (tasks or select_split):
-        raise TransplantError("no tasks: pass --tasks, or --select-split and --report-split")
+    select_tasks, report_tasks = select_split or tasks, report_split or tasks
+    if not (select_tasks and report_tasks):
+        missing = "--report-split" if select_tasks else "--select-split"
+        raise TransplantError(f"no tasks to {'report' if select_tasks else 'select'} on: pass --tasks or {missing}")
+    if tasks and select_split and report_split:
+        click.echo(f"warning: --tasks {tasks} is not used: --select-split and --report-split replace it", err=True)
     if report_path and workload:
         raise TransplantError("use either --report or --workload, not both")
     if report_path:
@@ -95,7 +97,7 @@ def sweep(report_path, target, donor, workload, score, ks, strengths, tasks, sel
         raise TransplantError("pass --report report.json, or --target, --donor and --workload")
 
     settings = SweepSettings(
-        ks=ks, strengths=strengths, select_tasks=select_split or tasks, report_tasks=report_split or tasks,
+        ks=ks, strengths=strengths, select_tasks=select_tasks, report_tasks=report_tasks,
         include_path=include_path, random_controls=random_controls, seed=seed, whole_model=not no_whole_model,
         limit=limit, num_fewshot=num_fewshot, batch_size=batch_size, device=device, device_map=device_map,
         dtype=dtype, metric=metric, trust_remote_code=trust_remote_code,
