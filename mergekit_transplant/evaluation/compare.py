@@ -10,6 +10,7 @@ merged model. Retain tasks are scored on target and merged model only.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,6 +85,17 @@ def backend_model_args(ref: str, settings: EvalSettings) -> str:
     return ",".join(args)
 
 
+def json_safe(value: Any) -> Any:
+    """NaN and ±inf become null, so the files are strict JSON that any reader accepts."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def default_device() -> str:
     """cuda when torch sees a GPU, else cpu (lm-eval's hf backend assumes cuda otherwise)."""
     import torch
@@ -104,7 +116,7 @@ class EvalReport:
     data: Dict[str, Any]
 
     def write(self, path: os.PathLike | str) -> None:
-        atomic.write_text(path, json.dumps(self.data, indent=2, sort_keys=False) + "\n")
+        atomic.write_text(path, json.dumps(json_safe(self.data), indent=2, allow_nan=False) + "\n")
 
     def markdown(self) -> str:
         from mergekit_transplant.evaluation.tables import eval_markdown

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from mergekit_transplant import atomic
+from mergekit_transplant.evaluation.compare import json_safe
 from mergekit_transplant.evaluation.tables import fmt, table
 from mergekit_transplant.recipe import Selection, render_recipe
 from mergekit_transplant.sweep.runner import SweepResult
@@ -20,8 +21,8 @@ CSV_COLUMNS = ("k", "strength", "selection", "seed", "split", "score", "paramete
 def write_json(result: SweepResult, path: os.PathLike | str) -> Path:
     """Write sweep.json and, beside it, the same points as CSV; returns the CSV path."""
     path = Path(path)
-    data = result.to_dict()
-    atomic.write_text(path, json.dumps(data, indent=2) + "\n")
+    data = json_safe(result.to_dict())
+    atomic.write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
     csv_path = path.with_suffix(".csv")
     atomic.write_text(csv_path, points_csv(data["points"]))
     return csv_path

@@ -197,9 +197,7 @@ class SweepResult:
         bands = []
         for k in self.settings.ks:
             for s in self.settings.strengths:
-                for role in dict.fromkeys(["select", "report"]):
-                    if role == "select" and self.settings.single_split:
-                        continue
+                for role in (["report"] if self.settings.single_split else ["select", "report"]):
                     band = self.band(k, s, role)
                     bands.append({"k": k, "strength": s, "split": self.split_labels[role], **band})
         labels = list(dict.fromkeys(self.split_labels.values()))
@@ -311,6 +309,8 @@ def run_sweep(ranking: Ranking, settings: SweepSettings, *, progress: bool = Tru
     }
     points = plan_points(ranking, settings, whole)
     labels = {role: "+".join(names) for role, names in sweeper.splits.items()}
+    if settings.single_split:
+        labels["report"] = labels["select"]
     metric_of: Dict[str, str] = {}
     directions: Dict[str, bool] = {}
     everything = list(references.values()) + points
