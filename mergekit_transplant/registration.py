@@ -1,17 +1,28 @@
 """Idempotent registration of the ``transplant`` method, and the read-planning hook.
 
-Both functions are safe to call any number of times, in any import order:
-mergekit's ``register`` raises on duplicate names, so we look first.
+``register_method`` and ``install_planner_hook`` are safe to call any number
+of times, in any import order: mergekit's ``register`` raises on duplicate
+names, so we look first, and the hook marks its wrapper. docs/merge-reads.md
+explains the hook and its fallbacks.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
+import os
+from typing import Optional
 
 LOG = logging.getLogger(__name__)
 
 METHOD_NAME = "transplant"
+#: set to 1 to make mergekit read every donor tensor, as it does without the plugin
+READ_ALL_ENV = "MERGEKIT_TRANSPLANT_READ_ALL"
+#: attribute marking our wrapper of ``MergePlanner.plan_tensor``
+HOOK_MARK = "_transplant_hook"
+#: the arguments of ``MergePlanner.plan_tensor`` (mergekit 0.1.x) the hook reads
+PLAN_TENSOR_ARGUMENTS = ("weight", "weights_in", "models", "cfg_reader")
 
 
 def register_method() -> None:
@@ -25,56 +36,189 @@ def register_method() -> None:
     registry.register(transplant_method())
 
 
-def install_planner_hook() -> None:
+def install_planner_hook() -> bool:
     """Make mergekit skip reading donor tensors whose strength is zero.
 
     mergekit's planner gathers every input model's tensor for every output
-    tensor, so a 5% transplant would still read 100% of the donor. We wrap
-    ``MergePlanner.plan_tensor``: for ``transplant`` merges only, the strength
-    of each donor is resolved with mergekit's own resolver first, and donors at
-    strength 0 are dropped from that tensor's inputs before the read is planned.
-    The kernel then returns the target's tensor unchanged, so the output is
-    bit-identical; only the reads disappear. For other methods, and if a future
-    mergekit changes the planner's signature, the original runs untouched.
-    """
-    from mergekit import plan
+    tensor, so a 5% transplant would still read 100% of the donor (and, with
+    ``--cuda``, move all of it to the GPU). We wrap ``MergePlanner.plan_tensor``:
+    for ``transplant`` merges only, the strength of each donor is resolved with
+    mergekit's own resolver first, and donors at strength 0 are dropped from
+    that tensor's inputs before the reads are planned. The kernel then returns
+    the target's tensor unchanged, so the output is bit-identical; only the
+    reads disappear. This is also what lets a recipe point at an organ folder
+    holding only the transplanted tensors.
 
-    original = plan.MergePlanner.plan_tensor
-    if getattr(original, "_transplant_hook", False):
-        return
+    The hook is an optimisation, never a requirement: when the planner does not
+    look like the one it was written for (another signature, a renamed
+    attribute, a resolver that fails), it is not installed, or it steps aside
+    for that tensor, and mergekit plans every read as usual. Set
+    ``MERGEKIT_TRANSPLANT_READ_ALL=1`` to turn it off. Returns whether the hook
+    is installed.
+    """
+    if read_all_requested():
+        return False
+    try:
+        from mergekit import plan
+
+        original = plan.MergePlanner.plan_tensor
+    except (ImportError, AttributeError) as error:
+        LOG.debug("transplant read planning unavailable: %s", error)
+        return False
+    if getattr(original, HOOK_MARK, False):
+        return True
+    signature = _compatible_signature(original)
+    if signature is None:
+        LOG.debug("MergePlanner.plan_tensor%s is not the signature the read planner knows; "
+                  "mergekit will read every donor tensor", _signature_text(original))
+        return False
 
     @functools.wraps(original)
-    def plan_tensor(self, weight, weights_in, models, cfg_reader, *args, **kwargs):
+    def plan_tensor(self, *args, **kwargs):
         try:
-            if self._method.spec.name == METHOD_NAME:
-                weights_in, models = _drop_zero_strength_donors(
-                    self._method.spec, weight, weights_in, models, cfg_reader
-                )
-        except Exception as error:  # never let the optimisation break a merge
-            LOG.debug("transplant read planning skipped for %s: %s", weight.name, error)
-        return original(self, weight, weights_in, models, cfg_reader, *args, **kwargs)
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError:  # called in a way we do not understand: stay out of it
+            return original(self, *args, **kwargs)
+        if not read_all_requested():
+            try:
+                needed = reads_needed(self, **{k: bound.arguments[k] for k in PLAN_TENSOR_ARGUMENTS})
+            except Exception as error:  # never let the optimisation break a merge
+                LOG.debug("transplant read planning skipped for a tensor: %r", error)
+                needed = None
+            if needed is not None:
+                bound.arguments["weights_in"], bound.arguments["models"] = needed
+        return original(*bound.args, **bound.kwargs)
 
-    plan_tensor._transplant_hook = True
+    setattr(plan_tensor, HOOK_MARK, True)
     plan.MergePlanner.plan_tensor = plan_tensor
+    _install_read_hints()
+    return True
 
 
-def _drop_zero_strength_donors(spec, weight, weights_in, models, cfg_reader):
+def _install_read_hints() -> None:
+    try:
+        from mergekit_transplant.read_hints import install_read_hints
+
+        install_read_hints()
+    except Exception as error:  # an optimisation of an optimisation: never fatal
+        LOG.debug("read hints not installed: %r", error)
+
+
+def uninstall_planner_hook() -> bool:
+    """Restore mergekit's own planner and loader; returns whether a planner hook was removed."""
+    from mergekit import plan
+
+    from mergekit_transplant.read_hints import uninstall_read_hints
+
+    uninstall_read_hints()
+    current = plan.MergePlanner.plan_tensor
+    if not getattr(current, HOOK_MARK, False):
+        return False
+    plan.MergePlanner.plan_tensor = current.__wrapped__
+    return True
+
+
+def planner_hook_installed() -> bool:
+    from mergekit import plan
+
+    return bool(getattr(plan.MergePlanner.plan_tensor, HOOK_MARK, False))
+
+
+def read_all_requested() -> bool:
+    """Whether ``MERGEKIT_TRANSPLANT_READ_ALL`` asks for mergekit's default reads."""
+    return os.environ.get(READ_ALL_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _compatible_signature(function) -> Optional[inspect.Signature]:
+    """The signature of ``plan_tensor`` if it names the arguments the hook needs."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return None
+    names = list(signature.parameters)
+    kinds = {p.kind for p in signature.parameters.values()}
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if names[: len(PLAN_TENSOR_ARGUMENTS) + 1] != ["self", *PLAN_TENSOR_ARGUMENTS]:
+        return None
+    if any(signature.parameters[n].kind not in positional for n in PLAN_TENSOR_ARGUMENTS):
+        return None
+    if inspect.Parameter.POSITIONAL_ONLY in kinds:
+        return None
+    return signature
+
+
+def _signature_text(function) -> str:
+    try:
+        return str(inspect.signature(function))
+    except (TypeError, ValueError):
+        return "(?)"
+
+
+def reads_needed(planner, weight, weights_in, models, cfg_reader):
+    """``(weights_in, models)`` without the donors at strength 0, or None to read them all.
+
+    None means "plan as mergekit would": not a transplant merge, nothing to drop,
+    or a case where dropping could change the output (see below).
+    """
+    if planner._method.spec.name != METHOD_NAME:
+        return None
     from mergekit.parameter_resolver import resolve_parameters
 
+    weights_in, models = list(weights_in), list(models)
     base = cfg_reader.base_model
-    if base is None or base not in models:
-        return weights_in, models
+    if base is None or base not in models or len(weights_in) != len(models):
+        return None
+    if weight.vocabulary_axis is not None and getattr(planner, "_tokenizer_task", None) is not None:
+        return None  # a merged tokenizer builds the vocabulary from every model's embeddings
     _shared, per_input = resolve_parameters(
-        spec,
+        planner._method.spec,
         tensor_name=weight.name,
         inputs={model: w.name for model, w in zip(models, weights_in)},
         sources=cfg_reader.parameter_sources,
         base_model=base,
         t=cfg_reader.t,
     )
-    kept = [
-        (w, m)
-        for w, m in zip(weights_in, models)
-        if m == base or per_input[m].get("strength", 0.0) != 0.0
-    ]
-    return [w for w, _ in kept], [m for _, m in kept]
+    keep = [m == base or not _is_zero(per_input[m]["strength"]) for m in models]
+    if not all(keep) and weight.optional and not any(
+        _present(m, w) for m, w, k in zip(models, weights_in, keep) if k
+    ) and any(_present(m, w) for m, w, k in zip(models, weights_in, keep) if not k):
+        # mergekit writes an optional tensor when any input has it; the target
+        # lacks it (a tied lm_head, say) but a zero-strength donor has it, so
+        # dropping that donor would drop the tensor from the output.
+        keep = [True] * len(models)
+    _note_donor_reads(models, weights_in, keep, base)
+    if all(keep):
+        return None
+    return (
+        [w for w, k in zip(weights_in, keep) if k],
+        [m for m, k in zip(models, keep) if k],
+    )
+
+
+def _note_donor_reads(models, weights_in, keep, base) -> None:
+    """Tell read_hints which donor tensors will be read, and which donors are partial."""
+    try:
+        from mergekit.io.tasks import LoaderCache
+
+        from mergekit_transplant.read_hints import note_donor_reads
+
+        for model, w, k in zip(models, weights_in, keep):
+            if model == base:
+                continue
+            names = [w.name, *(w.aliases or ()), *(w.tied_names or ())] if k else []
+            note_donor_reads(LoaderCache().get(model), names, partial=not k)
+    except Exception as error:  # hints are optional; the planning above stands
+        LOG.debug("read hints not recorded: %r", error)
+
+
+def _is_zero(strength) -> bool:
+    return isinstance(strength, (int, float)) and not isinstance(strength, bool) and strength == 0.0
+
+
+def _present(model, weight) -> bool:
+    """mergekit's own test for an optional weight: its name or an alias is in the index."""
+    from mergekit.io.tasks import LoaderCache
+
+    index = LoaderCache().get(model).index
+    return any(name in index.tensor_paths for name in [weight.name, *(weight.aliases or ())])
+

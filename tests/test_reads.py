@@ -1,0 +1,347 @@
+"""A transplant merge reads donor tensors only where their strength is nonzero.
+
+mergekit gathers every model's tensor for every output tensor; the plugin's
+planner hook (registration.install_planner_hook) drops donors at strength 0
+before reads are planned. These tests count mergekit's own tensor reads, strip
+the donor down to the transplanted tensors (an organ-like folder), measure
+bytes read from a cold page cache, and check the output is bit-identical to
+mergekit's default planning (``MERGEKIT_TRANSPLANT_READ_ALL=1``) and to a hand
+computation. They also simulate incompatible planners: the hook must then step
+aside, never break the merge.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from mergekit_transplant import registration
+from mergekit_transplant.checkpoint import read_index
+from mergekit_transplant.recipe import Selection, render_recipe
+from mergekit_transplant.testing import load_state, make_model
+
+BIN = Path(sys.executable).parent
+MLP_DOWN_1 = "model.layers.1.mlp.down_proj.weight"
+Q_PROJ_0 = "model.layers.0.self_attn.q_proj.weight"
+UP_PROJ_0 = "model.layers.0.mlp.up_proj.weight"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A target and two unrelated donors: every donor tensor differs from the target's."""
+    root = tmp_path_factory.mktemp("reads")
+    return {
+        "target": make_model(root / "target", seed=0),
+        "donor": make_model(root / "donor", seed=1),
+        "donor2": make_model(root / "donor2", seed=2),
+        "root": root,
+    }
+
+
+def selections(models):
+    return [
+        Selection(MLP_DOWN_1, str(models["donor"]), 1.0),
+        Selection(Q_PROJ_0, str(models["donor"]), 0.5),
+        Selection(UP_PROJ_0, str(models["donor2"]), 1.0),
+    ]
+
+
+def analyze_style_recipe(target, sels) -> str:
+    """The format ``analyze`` writes: exact-name filters, then a catch-all ``value: 0``."""
+    return render_recipe(str(target), sels, header=["written by test_reads"])
+
+
+def by_hand(target: Path, sels) -> dict:
+    """target with each selected tensor replaced (s=1) or lerped in fp32 (0<s<1)."""
+    state = load_state(target)
+    for sel in sels:
+        donor = load_state(Path(sel.donor))[sel.tensor]
+        state[sel.tensor] = donor if sel.strength == 1.0 else torch.lerp(state[sel.tensor], donor, sel.strength)
+    return state
+
+
+def assert_bit_identical(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name].dtype == b[name].dtype, name
+        assert torch.equal(a[name].view(torch.uint8), b[name].view(torch.uint8)), f"{name} differs"
+
+
+def merge_in_process(recipe_text: str, out: Path) -> dict:
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    import mergekit_transplant
+
+    mergekit_transplant.register()
+    config = MergeConfiguration.model_validate(yaml.safe_load(recipe_text))
+    run_merge(config, str(out), MergeOptions(quiet=True, write_model_card=False, copy_tokenizer=False))
+    return load_state(out)
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """{model folder: [tensor names mergekit's loader was asked for]} during the test."""
+    from mergekit.io.lazy_tensor_loader import LazyTensorLoader
+
+    calls = defaultdict(list)
+    original = LazyTensorLoader.get_tensor
+
+    def counting(self, key, *args, **kwargs):
+        calls[Path(self.index.base_path).resolve()].append(key)
+        return original(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(LazyTensorLoader, "get_tensor", counting)
+    return calls
+
+
+@pytest.fixture
+def pristine_planner():
+    """Restore mergekit's planner (with our hook) whatever the test did to it."""
+    from mergekit import plan
+
+    saved = plan.MergePlanner.plan_tensor
+    yield plan.MergePlanner
+    plan.MergePlanner.plan_tensor = saved
+    registration.install_planner_hook()
+
+
+def tensor_names(model: Path) -> list:
+    return sorted(load_state(model))
+
+
+def organ_like(donor: Path, tensors, out: Path) -> Path:
+    """A folder mergekit can load as the donor: its config.json and only ``tensors``."""
+    out.mkdir()
+    (out / "config.json").write_bytes((donor / "config.json").read_bytes())
+    state = load_state(donor)
+    save_file({n: state[n] for n in tensors}, out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+def cli(*args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / args[0]), *map(str, args[1:])], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+# --------------------------------------------------------------------------- reads
+
+
+def test_donors_are_read_only_where_strength_is_nonzero(models, tmp_path, reads, monkeypatch):
+    sels = selections(models)
+    text = analyze_style_recipe(models["target"], sels)
+    merged = merge_in_process(text, tmp_path / "hooked")
+    assert sorted(reads[models["donor"].resolve()]) == sorted([MLP_DOWN_1, Q_PROJ_0])
+    assert reads[models["donor2"].resolve()] == [UP_PROJ_0]
+    assert sorted(reads[models["target"].resolve()]) == tensor_names(models["target"])
+    assert_bit_identical(merged, by_hand(models["target"], sels))
+
+    # mergekit's default planning reads every donor tensor, for the same bits
+    reads.clear()
+    monkeypatch.setenv(registration.READ_ALL_ENV, "1")
+    default = merge_in_process(text, tmp_path / "default")
+    assert sorted(reads[models["donor"].resolve()]) == tensor_names(models["donor"])
+    assert sorted(reads[models["donor2"].resolve()]) == tensor_names(models["donor2"])
+    assert_bit_identical(merged, default)
+
+
+def test_a_donor_at_zero_everywhere_is_never_read(models, tmp_path, reads):
+    text = analyze_style_recipe(models["target"], [Selection(MLP_DOWN_1, str(models["donor"]), 1.0)])
+    data = yaml.safe_load(text)
+    data["models"].append({"model": str(models["donor2"]), "parameters": {"strength": 0.0}})
+    merged = merge_in_process(yaml.safe_dump(data), tmp_path / "out")
+    assert models["donor2"].resolve() not in reads
+    assert reads[models["donor"].resolve()] == [MLP_DOWN_1]
+    assert_bit_identical(merged, by_hand(models["target"], [Selection(MLP_DOWN_1, str(models["donor"]))]))
+
+
+def test_other_merge_methods_are_planned_as_usual(models, tmp_path, reads):
+    text = yaml.safe_dump({
+        "merge_method": "linear",
+        "models": [{"model": str(models["target"]), "parameters": {"weight": 1.0}},
+                   {"model": str(models["donor"]), "parameters": {"weight": 0.0}}],
+    })
+    merge_in_process(text, tmp_path / "out")
+    assert sorted(reads[models["donor"].resolve()]) == tensor_names(models["donor"])
+
+
+@pytest.mark.parametrize("tie_target,tie_donor", [(True, True), (True, False), (False, True)],
+                         ids=["both-tied", "target-tied-donor-not", "donor-tied-target-not"])
+def test_tied_embeddings_and_optional_lm_head(tmp_path, reads, monkeypatch, tie_target, tie_donor):
+    target = make_model(tmp_path / "t", seed=0, tie=tie_target)
+    donor = make_model(tmp_path / "d", seed=1, tie=tie_donor)
+    sels = [Selection("model.embed_tokens.weight", str(donor), 1.0), Selection(MLP_DOWN_1, str(donor), 0.5)]
+    text = analyze_style_recipe(target, sels)
+    merged = merge_in_process(text, tmp_path / "hooked")
+    donor_reads = set(reads[donor.resolve()])
+    monkeypatch.setenv(registration.READ_ALL_ENV, "1")
+    default = merge_in_process(text, tmp_path / "default")
+    assert_bit_identical(merged, default)
+    assert "lm_head.weight" in merged or tie_target
+    # at most the optional lm_head, which mergekit writes only because the donor has it
+    assert donor_reads - {t.tensor for t in sels} <= ({"lm_head.weight"} if tie_target and not tie_donor else set())
+
+
+# --------------------------------------------------------------------------- through the real CLIs
+
+
+def test_mergekit_yaml_needs_only_the_transplanted_tensors(models, tmp_path):
+    """The strongest check: the donor folder holds nothing but the transplanted tensors."""
+    sels = [Selection(MLP_DOWN_1, str(models["donor"]), 1.0), Selection(Q_PROJ_0, str(models["donor"]), 0.5)]
+    expected = by_hand(models["target"], sels)
+    organ = organ_like(models["donor"], [MLP_DOWN_1, Q_PROJ_0], tmp_path / "organ")
+    recipe = tmp_path / "recipe.yml"
+    recipe.write_text(analyze_style_recipe(models["target"],
+                                          [Selection(s.tensor, str(organ), s.strength) for s in sels]))
+
+    proc = cli("mergekit-yaml", recipe, tmp_path / "yaml", "--no-copy-tokenizer")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_bit_identical(load_state(tmp_path / "yaml"), expected)
+
+    proc = cli("mergekit-transplant", "merge", recipe, tmp_path / "plugin")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_bit_identical(load_state(tmp_path / "plugin"), expected)
+
+    # without the hook mergekit asks the stripped donor for tensors it does not have
+    proc = cli("mergekit-yaml", recipe, tmp_path / "read-all", "--no-copy-tokenizer",
+               env={registration.READ_ALL_ENV: "1"})
+    assert proc.returncode != 0
+    assert "not present" in proc.stderr
+
+
+def test_organ_extract_then_merge_is_bit_identical(models, tmp_path):
+    organ_module = pytest.importorskip("mergekit_transplant.organ")
+    if not hasattr(organ_module, "extract_organ"):
+        pytest.skip("organ extraction not available")
+    sels = [Selection(MLP_DOWN_1, str(models["donor"]), 1.0), Selection(Q_PROJ_0, str(models["donor"]), 0.5)]
+    recipe = tmp_path / "recipe.yml"
+    recipe.write_text(analyze_style_recipe(models["target"], sels))
+    result = organ_module.extract_organ(recipe, tmp_path / "organ")
+    organ_files = {p.name for p in (tmp_path / "organ").iterdir() if p.suffix == ".safetensors"}
+    assert organ_files, "the organ holds safetensors"
+    proc = cli("mergekit-yaml", result.organ_dir / "recipe.yml", tmp_path / "out", "--no-copy-tokenizer")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_bit_identical(load_state(tmp_path / "out"), by_hand(models["target"], sels))
+
+
+# --------------------------------------------------------------------------- bytes read from disk
+
+CHILD = r"""
+import json, os, sys
+import yaml
+from mergekit.config import MergeConfiguration
+from mergekit.merge import run_merge
+from mergekit.options import MergeOptions
+import mergekit_transplant
+mergekit_transplant.register()
+
+def read_bytes():
+    with open("/proc/self/io") as fh:
+        return int(next(l for l in fh if l.startswith("read_bytes:")).split()[1])
+
+recipe, out, *inputs = sys.argv[1:]
+config = MergeConfiguration.model_validate(yaml.safe_load(open(recipe)))
+os.sync()
+for path in inputs:  # evict the models from the page cache: a cold read
+    fd = os.open(path, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+before = read_bytes()
+run_merge(config, out, MergeOptions(quiet=True, write_model_card=False, copy_tokenizer=False))
+print(json.dumps({"read_bytes": read_bytes() - before}))
+"""
+
+
+def cold_merge_read_bytes(recipe: Path, out: Path, files, env=None) -> int:
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(recipe), str(out), *map(str, files)],
+                          capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])["read_bytes"]
+
+
+def test_cold_cache_merge_reads_target_plus_transplanted_bytes(tmp_path):
+    if not Path("/proc/self/io").exists():
+        pytest.skip("needs /proc/self/io")
+    size = dict(hidden=256, intermediate=1024, layers=6)
+    target = make_model(tmp_path / "t", seed=0, tokenizer=False, **size)
+    donor = make_model(tmp_path / "d", seed=1, tokenizer=False, **size)
+    files = [target / "model.safetensors", donor / "model.safetensors"]
+    transplanted = [MLP_DOWN_1, "model.layers.4.self_attn.o_proj.weight"]
+    # sizes from the header: a tensor loaded here would pin its pages in the cache
+    transplanted_bytes = sum(read_index(str(donor)).tensors[n].nbytes for n in transplanted)
+    target_bytes, donor_bytes = (f.stat().st_size for f in files)
+    recipe = tmp_path / "recipe.yml"
+    recipe.write_text(analyze_style_recipe(target, [Selection(n, str(donor)) for n in transplanted]))
+
+    everything = cold_merge_read_bytes(recipe, tmp_path / "all", files, env={registration.READ_ALL_ENV: "1"})
+    if everything < 0.9 * (target_bytes + donor_bytes):
+        pytest.skip(f"page cache eviction does not work here (cold read of {everything} bytes)")
+    hooked = cold_merge_read_bytes(recipe, tmp_path / "hooked", files)
+    # the goal: 10% over the transplanted bytes, plus 1 MiB for headers and page rounding
+    assert hooked <= target_bytes + 1.1 * transplanted_bytes + 2**20, (hooked, target_bytes, transplanted_bytes)
+    assert_bit_identical(load_state(tmp_path / "hooked"), load_state(tmp_path / "all"))
+
+
+# --------------------------------------------------------------------------- fallbacks
+
+
+def test_incompatible_planner_signature_falls_back_to_reading_everything(
+        models, tmp_path, reads, pristine_planner):
+    registration.uninstall_planner_hook()
+    mergekits_own = pristine_planner.plan_tensor
+
+    def plan_tensor(self, *args, **kwargs):  # a future mergekit with another signature
+        return mergekits_own(self, *args, **kwargs)
+
+    pristine_planner.plan_tensor = plan_tensor
+    assert registration.install_planner_hook() is False
+    assert pristine_planner.plan_tensor is plan_tensor
+    sels = selections(models)
+    merged = merge_in_process(analyze_style_recipe(models["target"], sels), tmp_path / "out")
+    assert sorted(reads[models["donor"].resolve()]) == tensor_names(models["donor"])
+    assert_bit_identical(merged, by_hand(models["target"], sels))
+
+
+def test_planner_internals_that_break_the_hook_fall_back_per_tensor(models, tmp_path, reads, monkeypatch):
+    """A resolver with another signature (say): the hook steps aside, the merge still runs."""
+    import mergekit.parameter_resolver
+
+    assert registration.planner_hook_installed()
+
+    def resolve_parameters(spec, weight_info, models):  # noqa: ARG001
+        raise RuntimeError("a resolver the hook was not written for")
+
+    monkeypatch.setattr(mergekit.parameter_resolver, "resolve_parameters", resolve_parameters)
+    sels = selections(models)
+    merged = merge_in_process(analyze_style_recipe(models["target"], sels), tmp_path / "out")
+    assert sorted(reads[models["donor"].resolve()]) == tensor_names(models["donor"])
+    assert_bit_identical(merged, by_hand(models["target"], sels))
+
+
+def test_planner_called_in_an_unknown_way_is_passed_through(pristine_planner, monkeypatch):
+    """Extra arguments a newer mergekit might pass reach the original unchanged."""
+    seen = {}
+
+    def plan_tensor(self, weight, weights_in, models, cfg_reader, extra=None):
+        seen.update(weight=weight, weights_in=weights_in, models=models, extra=extra)
+
+    registration.uninstall_planner_hook()
+    pristine_planner.plan_tensor = plan_tensor
+    assert registration.install_planner_hook() is True
+    pristine_planner.plan_tensor(object(), "w", ["a"], ["m"], object(), extra=7)  # no _method: steps aside
+    assert seen == {"weight": "w", "weights_in": ["a"], "models": ["m"], "extra": 7}
+    assert registration.uninstall_planner_hook() is True
+    assert pristine_planner.plan_tensor is plan_tensor
