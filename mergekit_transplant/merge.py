@@ -32,6 +32,7 @@ def check_finite(report: CheckReport, *, allow_pickle: bool = False) -> None:
     from safetensors import safe_open
 
     from mergekit_transplant.checkpoint import read_index
+    from mergekit_transplant.read_hints import prefetch_range
 
     indexes = {}
     for row in report.rows:
@@ -39,6 +40,7 @@ def check_finite(report: CheckReport, *, allow_pickle: bool = False) -> None:
             indexes[row.donor] = read_index(row.donor, allow_pickle=allow_pickle)
         info = indexes[row.donor].all_tensors()[row.donor_tensor]
         if info.file.endswith(".safetensors"):
+            prefetch_range(info.file, info.begin, info.end)  # exactly these bytes, no read-around
             with safe_open(info.file, "pt") as fh:
                 tensor = fh.get_tensor(row.donor_tensor)
         else:  # a pickle checkpoint the user allowed; mmap reads only this tensor's pages
