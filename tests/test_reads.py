@@ -246,27 +246,32 @@ from mergekit.config import MergeConfiguration
 from mergekit.merge import run_merge
 from mergekit.options import MergeOptions
 import mergekit_transplant
+from mergekit_transplant.merge import run_transplant
 mergekit_transplant.register()
 
 def read_bytes():
     with open("/proc/self/io") as fh:
         return int(next(l for l in fh if l.startswith("read_bytes:")).split()[1])
 
-recipe, out, *inputs = sys.argv[1:]
+how, recipe, out, *inputs = sys.argv[1:]
 config = MergeConfiguration.model_validate(yaml.safe_load(open(recipe)))
+options = MergeOptions(quiet=True, write_model_card=False, copy_tokenizer=False)
 os.sync()
 for path in inputs:  # evict the models from the page cache: a cold read
     fd = os.open(path, os.O_RDONLY)
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     os.close(fd)
 before = read_bytes()
-run_merge(config, out, MergeOptions(quiet=True, write_model_card=False, copy_tokenizer=False))
+if how == "run_merge":  # what mergekit-yaml runs
+    run_merge(config, out, options)
+else:  # what mergekit-transplant merge runs: check, non-finite guard, merge
+    run_transplant(recipe, out, options, write_card=False)
 print(json.dumps({"read_bytes": read_bytes() - before}))
 """
 
 
-def cold_merge_read_bytes(recipe: Path, out: Path, files, env=None) -> int:
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(recipe), str(out), *map(str, files)],
+def cold_merge_read_bytes(how: str, recipe: Path, out: Path, files, env=None) -> int:
+    proc = subprocess.run([sys.executable, "-c", CHILD, how, str(recipe), str(out), *map(str, files)],
                           capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])["read_bytes"]
@@ -286,13 +291,16 @@ def test_cold_cache_merge_reads_target_plus_transplanted_bytes(tmp_path):
     recipe = tmp_path / "recipe.yml"
     recipe.write_text(analyze_style_recipe(target, [Selection(n, str(donor)) for n in transplanted]))
 
-    everything = cold_merge_read_bytes(recipe, tmp_path / "all", files, env={registration.READ_ALL_ENV: "1"})
+    everything = cold_merge_read_bytes("run_merge", recipe, tmp_path / "all", files,
+                                       env={registration.READ_ALL_ENV: "1"})
     if everything < 0.9 * (target_bytes + donor_bytes):
         pytest.skip(f"page cache eviction does not work here (cold read of {everything} bytes)")
-    hooked = cold_merge_read_bytes(recipe, tmp_path / "hooked", files)
-    # the goal: 10% over the transplanted bytes, plus 1 MiB for headers and page rounding
-    assert hooked <= target_bytes + 1.1 * transplanted_bytes + 2**20, (hooked, target_bytes, transplanted_bytes)
-    assert_bit_identical(load_state(tmp_path / "hooked"), load_state(tmp_path / "all"))
+    for how in ("run_merge", "run_transplant"):
+        hooked = cold_merge_read_bytes(how, recipe, tmp_path / how, files)
+        # the goal: 10% over the transplanted bytes, plus 1 MiB for headers and page rounding
+        assert hooked <= target_bytes + 1.1 * transplanted_bytes + 2**20, (how, hooked, target_bytes,
+                                                                             transplanted_bytes)
+        assert_bit_identical(load_state(tmp_path / how), load_state(tmp_path / "all"))
 
 
 # --------------------------------------------------------------------------- fallbacks
