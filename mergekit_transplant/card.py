@@ -192,9 +192,15 @@ class CardResult:
     base_model: List[str] = field(default_factory=list)
 
 
+def _donors(recipe) -> List[str]:
+    from mergekit_transplant.organ import donors_in_order
+
+    return donors_in_order(recipe)
+
+
 def _models(recipe) -> List[str]:
     try:
-        return [recipe.target, *recipe.donors]
+        return [recipe.target, *_donors(recipe)]
     except Exception:  # a recipe mergekit cannot parse: target only
         return [str(recipe.data.get("base_model"))]
 
@@ -396,7 +402,7 @@ def _analysis_command(inp: CardInputs) -> Optional[str]:
     recipe = inp.recipe
     parts = ["mergekit-transplant", "analyze",
              "--target", _shell_ref(str(settings.get("target") or recipe.target), inp.hub_ids),
-             "--donor", _shell_ref(str(settings.get("donor") or (recipe.donors or [""])[0]), inp.hub_ids)]
+             "--donor", _shell_ref(str(settings.get("donor") or (_donors(recipe) or [""])[0]), inp.hub_ids)]
     workload = settings.get("workload") if isinstance(settings.get("workload"), dict) else {}
     if workload.get("path"):
         flag = "--lm-eval-task" if workload.get("kind") in ("lm-eval", "lm_eval", "lm-eval-task", "task") else "--workload"
@@ -424,7 +430,7 @@ def _eval_command(inp: CardInputs) -> Optional[str]:
         str(t) for t in (res.get("tasks") or {}))
     recipe = inp.recipe
     parts = ["mergekit-transplant", "eval", "--target", _shell_ref(recipe.target, inp.hub_ids),
-             "--donor", _shell_ref((recipe.donors or [""])[0], inp.hub_ids), "--merged", f"./{_clean(inp.name)}",
+             "--donor", _shell_ref((_donors(recipe) or [""])[0], inp.hub_ids), "--merged", f"./{_clean(inp.name)}",
              "--tasks", ",".join(str(t) for t in tasks)]
     if isinstance(settings.get("retain_tasks"), list) and settings["retain_tasks"]:
         parts += ["--retain-tasks", ",".join(str(t) for t in settings["retain_tasks"])]
@@ -459,7 +465,7 @@ def _section_reproduce(inp: CardInputs) -> str:
 
 def _intro(inp: CardInputs) -> str:
     recipe, hub = inp.recipe, inp.hub_ids
-    donors = ", ".join(_link(d, hub) for d in recipe.donors) or "no donor"
+    donors = ", ".join(_link(d, hub) for d in _donors(recipe)) or "no donor"
     rep = inp.check_report
     share = ""
     if rep is not None and getattr(rep, "ok", False) and rep.rows:
