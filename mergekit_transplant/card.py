@@ -447,7 +447,7 @@ def _section_reproduce(inp: CardInputs) -> str:
     cmds = ["pip install mergekit-transplant"]
     analysis = _analysis_command(inp)
     if analysis:
-        cmds.append("# 1. find the modules (writes the recipe below)\n" + analysis)
+        cmds.append("# 1. find the modules (writes the recipe shown above)\n" + analysis)
     cmds.append("# 2. merge (any mergekit-yaml option works; `merge` checks the recipe first)")
     cmds.append("mergekit-transplant check mergekit_config.yml")
     cmds.append(shlex.join(["mergekit-yaml", "mergekit_config.yml", f"./{_clean(inp.name)}"]))

@@ -249,7 +249,7 @@ def test_card_update_keeps_other_sections_and_user_text(merged, tmp_path, work):
         write_card(out, recipe=load_recipe(analyzed), eval_results=_results(tmp_path, "second_task"))
     finally:
         os.chdir(cwd)
-    assert ("```sh\npip install mergekit-transplant\n# 1. find the modules (writes the recipe below)\n"
+    assert ("```sh\npip install mergekit-transplant\n# 1. find the modules (writes the recipe shown above)\n"
             "mergekit-transplant analyze --target models/target --donor models/donor --workload w.jsonl "
             "--top-k 2 -o r.yml\n") in (out / "README.md").read_text()
     card = ModelCard.load(out / "README.md")

@@ -21,9 +21,10 @@ def publish(out, repo_id, private, dry_run, skip_load, token):
 
     \b
     Checks, all before any network access:
-      - no pickle files (.bin/.pt/.pth/.pkl/.ckpt): safetensors only;
+      - no pickle files (.bin/.pt/.pth/.pkl/.ckpt/...): safetensors only;
       - the model card (README.md) parses and its metadata is valid;
-      - safetensors bytes = parameters of the config's model x its dtype size;
+      - stored parameters = those of the model config.json describes, and
+        stored bytes within 2% of parameters x the config's dtype size;
       - a tokenizer is present;
       - transformers loads it with no missing, unexpected or mis-shaped weights.
     Then creates the repo (if needed) and uploads every non-hidden file.
