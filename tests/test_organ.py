@@ -18,12 +18,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mergekit_transplant import organ as organ_mod
-from mergekit_transplant.checkpoint import TensorInfo, read_index
+from mergekit_transplant.checkpoint import read_index
 from mergekit_transplant.cli import main
 from mergekit_transplant.errors import TransplantError
 from mergekit_transplant.merge import run_transplant
 from mergekit_transplant.organ import (
-    MANIFEST, apply_organ, extract_organ, read_manifest, verify_organ, write_tensor_folder,
+    MANIFEST, apply_organ, extract_organ, verify_organ, write_tensor_folder,
 )
 from mergekit_transplant.testing import load_state, make_model, perturbed_copy
 
