@@ -61,6 +61,20 @@ def _load_pickle(file: str):
         return torch.load(file, map_location="cpu", weights_only=True)
 
 
+def check_device(options) -> None:
+    """Name a missing GPU before the merge starts (mergekit fails mid-merge with an AssertionError)."""
+    import torch
+
+    wanted = options.device or ("cuda" if options.cuda or options.read_to_gpu or options.multi_gpu else None)
+    if not wanted or not str(wanted).startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        raise TransplantError(f"device {wanted} was asked for, but torch sees no CUDA GPU here (drop --cuda/--device)")
+    index = str(wanted).partition(":")[2]
+    if index.isdigit() and int(index) >= torch.cuda.device_count():
+        raise TransplantError(f"device {wanted} does not exist: torch sees {torch.cuda.device_count()} GPU(s)")
+
+
 def run_transplant(
     recipe_path: os.PathLike | str,
     out_path: os.PathLike | str,
@@ -91,6 +105,7 @@ def run_transplant(
             + "\n  ".join(report.errors)
         )
     ensure_output_free(out_path, overwrite)
+    check_device(options)
     if not allow_nonfinite:
         check_finite(report, allow_pickle=allow_pickle)
     options = options.model_copy(update={"write_model_card": False})
@@ -118,4 +133,4 @@ def default_options(cuda: bool = False, **kwargs) -> "MergeOptions":  # noqa: F8
     return MergeOptions(cuda=cuda, **kwargs)
 
 
-__all__ = ["run_transplant", "ensure_output_free", "check_finite", "default_options"]
+__all__ = ["run_transplant", "ensure_output_free", "check_finite", "check_device", "default_options"]
