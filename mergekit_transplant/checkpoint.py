@@ -113,8 +113,10 @@ def looks_like_hub_id(ref: str) -> bool:
 def resolve_model_dir(ref: str, *, need_weights: bool = True) -> Path:
     """A local folder for ``ref``: the path itself, or the Hub cache snapshot.
 
-    Never downloads weights: when ``HF_HUB_OFFLINE`` is set (or the Hub cannot
-    be reached) and the files are not cached, the error lists the files needed.
+    Online, a Hub id is fetched into the Hugging Face cache (configs, plus the
+    safetensors files when ``need_weights``). Offline (``HF_HUB_OFFLINE``, or
+    the Hub unreachable), only the cache is used and, when the files are not
+    there, the error lists the files needed and the command that fetches them.
     """
     path, rev = split_revision(ref)
     if os.path.isdir(path):

@@ -75,6 +75,17 @@ def check_device(options) -> None:
         raise TransplantError(f"device {wanted} does not exist: torch sees {torch.cuda.device_count()} GPU(s)")
 
 
+def fresh_loaders() -> None:
+    """Forget mergekit's process-wide loaders, keyed by model path as written.
+
+    Two merges in one process whose recipes say ``models/donor`` from different
+    working directories would otherwise read the first folder again.
+    """
+    from mergekit.io.tasks import LoaderCache
+
+    LoaderCache().loaders.clear()
+
+
 def run_transplant(
     recipe_path: os.PathLike | str,
     out_path: os.PathLike | str,
@@ -110,6 +121,7 @@ def run_transplant(
         check_finite(report, allow_pickle=allow_pickle)
     options = options.model_copy(update={"write_model_card": False})
     config = MergeConfiguration.model_validate(recipe.data)
+    fresh_loaders()
     with atomic.replacing_dir(out_path, overwrite=overwrite) as tmp:
         run_merge(config, str(tmp), options=options, config_source=recipe.source)
         (tmp / "mergekit_config.yml").write_text(recipe.source, encoding="utf-8")

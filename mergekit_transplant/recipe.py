@@ -51,7 +51,19 @@ class Recipe:
 
     @property
     def donors(self) -> List[str]:
-        return [str(m) for m in self.config.referenced_models() if str(m) != self.target]
+        """Donor references in the order the recipe lists them (deterministic output)."""
+        config, seen = self.config, []
+        refs = [m.model for m in config.models or []]
+        for s in config.slices or []:
+            refs += [src.model for src in s.sources]
+        for module in (config.modules or {}).values():
+            refs += [m.model for m in module.models or []]
+            for s in module.slices or []:
+                refs += [src.model for src in s.sources]
+        for ref in map(str, refs):
+            if ref != self.target and ref not in seen:
+                seen.append(ref)
+        return seen
 
     @property
     def allow_extrapolation(self) -> bool:
@@ -252,6 +264,7 @@ def resolve_strengths(recipe: Recipe, *, trust_remote_code: bool = False) -> Lis
     config = recipe.config
     options = MergeOptions(trust_remote_code=trust_remote_code, quiet=True)
     LoaderCache().setup(options)
+    LoaderCache().loaders.clear()  # keyed by path as written: stale across working directories
     planned: List[PlannedTensor] = []
 
     class StrengthRecorder(MergePlanner):
