@@ -59,7 +59,6 @@ def generation_config(tok: PreTrainedTokenizerFast) -> GenerationConfig:
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         do_sample=False,
-        max_new_tokens=16,
     )
 
 
