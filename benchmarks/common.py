@@ -71,6 +71,7 @@ class Measurement:
     read_bytes: int  # from the block device (page-cache hits are free)
     write_bytes: int
     returncode: int
+    cpu_s: float = 0.0  # user + system CPU time: less sensitive than wall time to other processes
 
 
 def gnu_time() -> Optional[str]:
@@ -101,13 +102,14 @@ def run_measured(cmd: Sequence[str], *, env: Optional[Dict[str, str]] = None, cw
     if timer:
         with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
             start = time.perf_counter()
-            proc = subprocess.run([timer, "-o", report.name, "-f", "%M %I %O %x", *map(str, cmd)],
+            proc = subprocess.run([timer, "-o", report.name, "-f", "%M %I %O %U %S %x", *map(str, cmd)],
                                   env=full_env, cwd=cwd, stdout=out, stderr=out)
             wall = time.perf_counter() - start
-            fields = report.read().split()[-4:]
-        if len(fields) == 4:
-            rss_kib, inblock, oublock, code = (int(x) for x in fields)
-            return Measurement(wall, rss_kib * 1024, inblock * 512, oublock * 512, code)
+            fields = report.read().split()[-6:]
+        if len(fields) == 6:
+            rss_kib, inblock, oublock, code = (int(fields[i]) for i in (0, 1, 2, 5))
+            cpu = float(fields[3]) + float(fields[4])
+            return Measurement(wall, rss_kib * 1024, inblock * 512, oublock * 512, code, cpu)
         return Measurement(wall, 0, 0, 0, proc.returncode or 1)
     start = time.perf_counter()
     proc = subprocess.Popen(list(map(str, cmd)), env=full_env, cwd=cwd, stdout=out, stderr=out)
@@ -120,6 +122,7 @@ def run_measured(cmd: Sequence[str], *, env: Optional[Dict[str, str]] = None, cw
         read_bytes=usage.ru_inblock * 512,
         write_bytes=usage.ru_oublock * 512,
         returncode=proc.returncode,
+        cpu_s=usage.ru_utime + usage.ru_stime,
     )
 
 
@@ -142,6 +145,7 @@ def summarize(runs: Sequence[Measurement]) -> dict:
         "wall_s": median(walls),
         "wall_s_min": min(walls),
         "wall_s_max": max(walls),
+        "cpu_s": median(r.cpu_s for r in runs),
         "peak_rss_bytes": int(median(r.peak_rss_bytes for r in runs)),
         "read_bytes": int(median(r.read_bytes for r in runs)),
         "write_bytes": int(median(r.write_bytes for r in runs)),

@@ -66,6 +66,7 @@ def install_planner_hook() -> bool:
         LOG.debug("transplant read planning unavailable: %s", error)
         return False
     if getattr(original, HOOK_MARK, False):
+        _install_read_hints()  # idempotent; they may have been removed on their own
         return True
     signature = _compatible_signature(original)
     if signature is None:

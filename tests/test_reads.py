@@ -353,3 +353,20 @@ def test_planner_called_in_an_unknown_way_is_passed_through(pristine_planner, mo
     assert seen == {"weight": "w", "weights_in": ["a"], "models": ["m"], "extra": 7}
     assert registration.uninstall_planner_hook() is True
     assert pristine_planner.plan_tensor is plan_tensor
+
+
+# --------------------------------------------------------------------------- the GPU check script
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_compares_and_fails_on_a_flipped_bit(tmp_path):
+    """benchmarks/gpu_check.sh --device cpu: its comparison passes on real outputs and catches one bit."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    proc = subprocess.run(["bash", str(script), "--device", "cpu", "--merge-only", "--inject-mismatch",
+                           "--work", str(tmp_path / "work"), "--python", sys.executable, "--hidden", "64",
+                           "--layers", "3"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "injected a one-bit mismatch" in proc.stdout
+    mismatches = [line for line in proc.stdout.splitlines() if "is not bit-identical" in line]
+    assert len(mismatches) == 1, proc.stdout  # only the flipped tensor; every real output matched
+    assert proc.stdout.count("bit-identical to the CPU output") == 3 + 1
