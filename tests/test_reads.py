@@ -195,6 +195,19 @@ def test_tied_embeddings_and_optional_lm_head(tmp_path, reads, monkeypatch, tie_
     assert donor_reads - {t.tensor for t in sels} <= ({"lm_head.weight"} if tie_target and not tie_donor else set())
 
 
+def test_a_merged_tokenizer_still_gets_every_embedding(models, tmp_path, reads, monkeypatch):
+    """tokenizer_source builds the vocabulary from every model: embeddings are not dropped."""
+    sels = [Selection(MLP_DOWN_1, str(models["donor"]), 1.0)]
+    data = yaml.safe_load(analyze_style_recipe(models["target"], sels))
+    data["tokenizer_source"] = "union"
+    text = yaml.safe_dump(data)
+    merged = merge_in_process(text, tmp_path / "hooked")
+    assert sorted(reads[models["donor"].resolve()]) == sorted(
+        [MLP_DOWN_1, "model.embed_tokens.weight", "lm_head.weight"])
+    monkeypatch.setenv(registration.READ_ALL_ENV, "1")
+    assert_bit_identical(merged, merge_in_process(text, tmp_path / "default"))
+
+
 # --------------------------------------------------------------------------- through the real CLIs
 
 
