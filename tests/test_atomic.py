@@ -170,3 +170,47 @@ def test_signal_mid_merge_keeps_previous_output(big_pair, tmp_path, sig):
     assert "Traceback" not in stderr, stderr
     if code > 0:  # handled by the CLI (a signal landing during interpreter teardown kills instead)
         assert "interrupted: nothing was half-written" in stderr
+
+
+# --------------------------------------------------------------------------- the analyze command
+
+
+def test_sigterm_mid_analysis_keeps_previous_recipe_and_report(model_factory, tmp_path):
+    import json
+    import threading
+
+    t = model_factory("atomic-an-t", layers=4, hidden=64, intermediate=128, seed=0)
+    from mergekit_transplant.testing import perturbed_copy
+
+    d = perturbed_copy(t, tmp_path / "donor", ["model.layers.1.mlp.down_proj.weight"])
+    words = "the a cat dog red blue one two three tree house car book".split()
+    work = tmp_path / "w.jsonl"
+    work.write_text("".join(json.dumps({"text": " ".join(words[(i + j) % len(words)] for j in range(60))}) + "\n"
+                            for i in range(2000)))
+    recipe, report = tmp_path / "recipe.yml", tmp_path / "report.json"
+    recipe.write_text("previous recipe\n")
+    report.write_text('{"previous": true}\n')
+    proc = subprocess.Popen([str(CLI), "analyze", "--target", str(t), "--donor", str(d), "--workload", str(work),
+                             "--batch-size", "1", "-o", str(recipe), "--report", str(report)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_sigint,
+                            env={k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"})
+    seen = bytearray()
+
+    def read_stderr():
+        for chunk in iter(lambda: proc.stderr.read1(256), b""):
+            seen.extend(chunk)
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    deadline = time.time() + 240
+    while b"target pass" not in seen:  # the capture's progress bar: the analysis is running
+        assert proc.poll() is None, bytes(seen).decode(errors="replace")
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=240)
+    reader.join(timeout=10)
+    assert proc.returncode != 0, bytes(seen).decode(errors="replace")
+    assert b"Traceback" not in seen
+    assert recipe.read_text() == "previous recipe\n" and report.read_text() == '{"previous": true}\n'
+    assert leftovers(tmp_path) == []
