@@ -17,7 +17,9 @@ Two hints remove that, without touching the data path:
   descriptor advised ``POSIX_FADV_RANDOM`` (no read-ahead); mergekit's mapping
   then finds every page in the page cache and the kernel reads nothing more;
 - before mergekit maps a safetensors file to read its header, we read the
-  header with ``read``, so the mapping's first fault is a cache hit.
+  header with ``read``, so the mapping's first fault is a cache hit. This one
+  runs for every merge (mergekit indexes the models before the method is
+  known); it reads the bytes mergekit is about to read anyway.
 
 The tensor mergekit returns is still the one it loads itself; a hint that
 fails (a file we cannot parse, an attribute a future mergekit renamed) is

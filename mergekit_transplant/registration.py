@@ -137,13 +137,11 @@ def _compatible_signature(function) -> Optional[inspect.Signature]:
     except (TypeError, ValueError):
         return None
     names = list(signature.parameters)
-    kinds = {p.kind for p in signature.parameters.values()}
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     if names[: len(PLAN_TENSOR_ARGUMENTS) + 1] != ["self", *PLAN_TENSOR_ARGUMENTS]:
         return None
-    if any(signature.parameters[n].kind not in positional for n in PLAN_TENSOR_ARGUMENTS):
-        return None
-    if inspect.Parameter.POSITIONAL_ONLY in kinds:
+    # bound arguments are passed on by keyword or position: both must work
+    if any(p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD
+           for p in list(signature.parameters.values())[: len(PLAN_TENSOR_ARGUMENTS) + 1]):
         return None
     return signature
 
