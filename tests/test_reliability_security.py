@@ -95,13 +95,21 @@ def test_no_remote_code_unless_asked(zoo, remote_model, tmp_path):  # noqa: F811
     marker.unlink()
 
 
-def test_eval_runs_no_remote_code(zoo, remote_model, tmp_path):  # noqa: F811
+def test_eval_and_sweep_run_no_remote_code(zoo, remote_model, tmp_path):  # noqa: F811
     from tests.test_eval_cli import write_tasks
 
     model, marker = remote_model
     tasks = write_tasks(tmp_path / "tasks")
     code, output = invoke(["eval", "--target", model, "--donor", zoo["d"], "--merged", zoo["d"], "--tasks", "tiny_mc",
                            "--include-path", tasks, "--limit", "2", "--no-cache"])
+    assert_clean_error(code, output, "trust_remote_code")
+    (tmp_path / "w.jsonl").write_text('{"text": "the cat one two"}\n')
+    code, output = invoke(["analyze", "--quiet", "--target", zoo["t"], "--donor", zoo["d"], "--workload",
+                           tmp_path / "w.jsonl", "-o", tmp_path / "r.yml", "--report", tmp_path / "report.json"])
+    assert code == 0, output
+    code, output = invoke(["sweep", "--report", tmp_path / "report.json", "--target", model, "--tasks", "tiny_mc",
+                           "--include-path", tasks, "--limit", "2", "--random-controls", "1", "--no-whole-model",
+                           "--k", "1"])
     assert_clean_error(code, output, "trust_remote_code")
     assert not marker.exists()
 
