@@ -104,6 +104,27 @@ def _raise_interrupt(signum, frame):  # pragma: no cover - exercised via subproc
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+@contextlib.contextmanager
+def interrupts_unwind() -> Iterator[None]:
+    """``interrupt_on_sigterm`` for the duration of one command, then the previous handlers.
+
+    The CLI runs each command inside this, so that a command run in process
+    (tests, notebooks, embedding) neither leaks its handlers nor an
+    interrupted flag into the caller's later writes.
+    """
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    _INTERRUPTED["signal"] = None
+    interrupt_on_sigterm()
+    try:
+        yield
+    finally:
+        _INTERRUPTED["signal"] = None
+        with contextlib.suppress(ValueError, TypeError):  # not in the main thread / not a Python handler
+            for sig, handler in previous.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
+
+
 def interrupt_on_sigterm() -> None:
     """Make SIGTERM unwind the stack like Ctrl-C, so temp files are cleaned up.
 

@@ -86,13 +86,13 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
     def invoke(self, ctx):
-        from mergekit_transplant.atomic import interrupt_on_sigterm
+        from mergekit_transplant.atomic import interrupts_unwind
         from mergekit_transplant.errors import TransplantError
 
-        interrupt_on_sigterm()
-        sys.unraisablehook = _quiet_unraisable
+        previous_hook, sys.unraisablehook = sys.unraisablehook, _quiet_unraisable
         try:
-            return super().invoke(ctx)
+            with interrupts_unwind():
+                return super().invoke(ctx)
         except TransplantError as error:
             if _DEBUG["on"]:
                 raise
@@ -112,6 +112,8 @@ class LazyGroup(click.Group):
                 f"error: {type(error).__name__}: {error} (run with --debug for the traceback)", err=True
             )
             ctx.exit(1)
+        finally:
+            sys.unraisablehook = previous_hook
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
