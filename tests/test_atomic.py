@@ -86,6 +86,18 @@ def test_swallowed_interrupt_still_blocks_the_commit(tmp_path, monkeypatch):
     assert leftovers(tmp_path) == []
 
 
+def test_cli_in_process_restores_signal_handlers_and_flag(tmp_path, monkeypatch):
+    """A command run from Python (tests, notebooks) must not change the caller's signal handling."""
+    from tests.test_reliability import invoke
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.unraisablehook
+    code, output = invoke(["check", tmp_path / "missing.yml"])
+    assert code == 2, output
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.unraisablehook) == before
+    assert atomic._INTERRUPTED["signal"] is None
+    atomic.write_text(tmp_path / "after.txt", "writes still work")
+
+
 SLOW_WRITER = textwrap.dedent("""
     import sys, time
     from mergekit_transplant import atomic
