@@ -10,12 +10,14 @@ timed by wall clock:
   ``lm-eval run --model hf --model_args pretrained=out/ ...`` on the same tasks.
 
 The naive loop is timed on ``--naive-points`` of the sweep's points (analysis
-points, spread over K); its cost for the whole sweep is that mean per-point
+points, spread over K). One untimed naive point runs before anything is
+timed, to warm the page cache for both ways; its cost for the whole sweep is that mean per-point
 time × the number of points the sweep scores (references included; every
 point of the naive loop costs the same merge + load + evaluate whatever it
 holds). Goal: in-memory ≤ 0.35 × naive.
 
-The pair: the demo family (``demo/models/base`` + ``demo/models/tuned`` with
+The pair: the demo family (``demo/models/base`` + ``demo/models/tuned-local``,
+or ``--demo-donor tuned``, with
 the ``demo_skill_select`` / ``demo_skill_test`` tasks in ``demo/tasks``) when
 it exists, else a tiny Llama pair built here (donor = target + noise in 4
 tensors) with two local perplexity tasks. The ranking comes from
@@ -57,14 +59,14 @@ def run(cmd, env=None) -> float:
     return elapsed
 
 
-def demo_pair():
-    base, tuned, tasks = DEMO / "models" / "base", DEMO / "models" / "tuned", DEMO / "tasks"
+def demo_pair(donor: str):
+    base, tuned, tasks = DEMO / "models" / "base", DEMO / "models" / donor, DEMO / "tasks"
     if not ((base / "config.json").exists() and (tuned / "config.json").exists()):
         return None
     yamls = " ".join(p.read_text() for p in tasks.glob("**/*.yaml"))
     if "demo_skill_select" not in yamls or "demo_skill_test" not in yamls:
         return None
-    return {"name": "demo", "target": base, "donor": tuned, "tasks": tasks,
+    return {"name": f"demo base + {donor}", "target": base, "donor": tuned, "tasks": tasks,
             "select": "demo_skill_select", "report": "demo_skill_test",
             "workload": ["--lm-eval-task", "demo_skill_select", "--include-path", str(tasks)]}
 
@@ -100,9 +102,13 @@ def main() -> None:
     ap.add_argument("--random-controls", type=int, default=2)
     ap.add_argument("--naive-points", type=int, default=3)
     ap.add_argument("--docs", type=int, default=40, help="documents per local task")
-    ap.add_argument("--batch-size", default="8")
+    ap.add_argument("--batch-size", default="8", help="lm-eval batch size, the same for both ways")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in every subprocess")
+    ap.add_argument("--no-warmup", dest="warmup", action="store_false",
+                    help="do not run one untimed naive point before the timed ones")
     ap.add_argument("--force-local", action="store_true", help="use the local tiny pair even if the demo exists")
+    ap.add_argument("--demo-donor", default=None,
+                    help="demo donor model (default tuned-local, the pair built for transplanting, else tuned)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -110,7 +116,8 @@ def main() -> None:
                TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     root = Path(tempfile.mkdtemp(prefix="sweep-bench-"))
     try:
-        pair = None if args.force_local else demo_pair()
+        donor = args.demo_donor or ("tuned-local" if (DEMO / "models" / "tuned-local").exists() else "tuned")
+        pair = None if args.force_local else demo_pair(donor)
         pair = pair or local_pair(root, args.docs)
         from mergekit_transplant.checkpoint import read_index
 
@@ -125,22 +132,11 @@ def main() -> None:
         score = ranking["settings"]["score"]
         order = ranking["ranking"][score]
 
-        sweep_json = root / "sweep.json"
-        sweep_s = run([BIN / "mergekit-transplant", "sweep", "--report", report, "--k", args.k,
-                       "--strength", args.strength, "--select-split", pair["select"], "--report-split",
-                       pair["report"], "--include-path", pair["tasks"], "--random-controls",
-                       str(args.random_controls), "--batch-size", args.batch_size, "--output", sweep_json], env)
-        swept = json.loads(sweep_json.read_text())
-        n_points = swept["timing"]["points"]
-
         from mergekit_transplant.recipe import Selection, render_recipe
 
-        ks = [int(k) for k in args.k.split(",")]
-        picks = [ks[round(i * (len(ks) - 1) / max(1, args.naive_points - 1))] for i in range(args.naive_points)]
-        naive = []
-        for i, k in enumerate(picks):
-            recipe = root / f"naive-{i}.yml"
-            out = root / f"naive-{i}"
+        def naive_point(tag: str, k: int):
+            """Per point of the naive loop: merge to disk with mergekit-yaml, then a fresh lm-eval."""
+            recipe, out = root / f"naive-{tag}.yml", root / f"naive-{tag}"
             recipe.write_text(render_recipe(str(pair["target"]), [Selection(t, str(pair["donor"]), 1.0)
                                                                   for t in order[:k]]))
             merge_s = run([BIN / "mergekit-yaml", recipe, out], env)
@@ -148,8 +144,29 @@ def main() -> None:
                           "--tasks", pair["select"], pair["report"], "--include_path", pair["tasks"],
                           "--batch_size", args.batch_size, "--device", "cpu"], env)
             shutil.rmtree(out)
-            naive.append({"k": k, "merge_s": round(merge_s, 2), "eval_s": round(eval_s, 2)})
-            print(f"naive point K={k}: merge {merge_s:.1f} s + lm-eval {eval_s:.1f} s", file=sys.stderr)
+            return {"k": k, "merge_s": round(merge_s, 2), "eval_s": round(eval_s, 2)}
+
+        ks = [int(k) for k in args.k.split(",")]
+        if args.warmup:
+            # one untimed naive point first: warms the page cache (lm-eval's ~15k task YAMLs, the
+            # packages) for both ways, so neither is timed on its very first run
+            naive_point("warmup", ks[0])
+
+        sweep_json = root / "sweep.json"
+        sweep_s = run([BIN / "mergekit-transplant", "sweep", "--report", report, "--k", args.k,
+                       "--strength", args.strength, "--select-split", pair["select"], "--report-split",
+                       pair["report"], "--include-path", pair["tasks"], "--random-controls",
+                       str(args.random_controls), "--batch-size", args.batch_size, "--output", sweep_json], env)
+        swept = json.loads(sweep_json.read_text())
+        n_points = swept["timing"]["points"]
+        print(f"sweep: {n_points} points in {sweep_s:.1f} s", file=sys.stderr)
+
+        picks = [ks[round(i * (len(ks) - 1) / max(1, args.naive_points - 1))] for i in range(args.naive_points)]
+        naive = []
+        for i, k in enumerate(picks):
+            naive.append(naive_point(str(i), k))
+            print(f"naive point K={k}: merge {naive[-1]['merge_s']} s + lm-eval {naive[-1]['eval_s']} s",
+                  file=sys.stderr)
         per_point = statistics.fmean(p["merge_s"] + p["eval_s"] for p in naive)
         naive_total = per_point * n_points
         result = {
@@ -158,7 +175,7 @@ def main() -> None:
             "random_controls": args.random_controls, "points": n_points,
             "evaluations": swept["timing"]["evaluations"], "analyze_s": round(analyze_s, 2),
             "sweep_wall_s": round(sweep_s, 2), "sweep_timing": swept["timing"],
-            "naive_points": naive, "naive_per_point_s": round(per_point, 2),
+            "naive_points": naive, "naive_warmup": args.warmup, "naive_per_point_s": round(per_point, 2),
             "naive_total_estimate_s": round(naive_total, 1), "ratio": round(sweep_s / naive_total, 4),
             "goal_ratio": 0.35,
         }

@@ -134,7 +134,7 @@ class Scorer:
         self.progress = progress or (lambda message: None)
         self.lm_eval_calls = 0
         self.fingerprints: Dict[str, str] = {}
-        self._version = lm_eval_version()
+        self.lm_eval_version = lm_eval_version()
         self.device = settings.device
         if self.device is None and settings.backend == "hf" and "parallelize" not in (settings.model_args or ""):
             self.device = default_device()
@@ -145,7 +145,7 @@ class Scorer:
             model=fingerprint, task=task, task_config=self.tasks.config_hash(task), limit=s.limit,
             num_fewshot=s.num_fewshot, backend=s.backend, model_args=s.model_args or "",
             trust_remote_code=s.trust_remote_code, bootstrap_iters=s.bootstrap_iters, seed=s.seed,
-            lm_eval=self._version,
+            lm_eval=self.lm_eval_version,
         )
 
     def score(self, role: str, ref: str, names: Sequence[str]) -> Dict[str, TaskScores]:
@@ -253,7 +253,7 @@ def evaluate_models(
         t, m = scores["target"][name], scores["merged"][name]
         retain_out[name] = retain_row(t, m, t.primary(settings.metric))
     settings_out = asdict(settings)
-    settings_out["lm_eval_version"] = scorer._version
+    settings_out["lm_eval_version"] = scorer.lm_eval_version
     settings_out["cache_dir"] = str(scorer.cache.root)
     settings_out["device"] = scorer.device
     data = {

@@ -61,6 +61,7 @@ class TaskSet:
     manager: Any
     names: List[str]  # requested names, tags expanded
     _loaded: Dict[str, Any] = field(default_factory=dict)
+    _hashes: Dict[str, str] = field(default_factory=dict)
 
     def expand(self, names: Sequence[str]) -> List[str]:
         """Names with tags replaced by their member tasks (order kept, no duplicates)."""
@@ -97,10 +98,12 @@ class TaskSet:
         return out
 
     def config_hash(self, name: str) -> str:
-        """sha256 over the task's config, YAML, helper code and local data files."""
-        digest = hashlib.sha256()
-        self._feed(name, digest, set())
-        return digest.hexdigest()
+        """sha256 over the task's config, YAML, helper code and local data files (once per task)."""
+        if name not in self._hashes:
+            digest = hashlib.sha256()
+            self._feed(name, digest, set())
+            self._hashes[name] = digest.hexdigest()
+        return self._hashes[name]
 
     def _feed(self, name: str, digest, seen: set) -> None:
         if name in seen:
@@ -117,7 +120,8 @@ class TaskSet:
             digest.update(yaml_path.read_bytes())
             for helper in sorted(yaml_path.parent.glob("*.py")):
                 digest.update(helper.name.encode() + helper.read_bytes())
-        for path in sorted(_local_paths(cfg)):
+        base = Path(entry.yaml_path).parent if entry.yaml_path is not None else None
+        for path in sorted(set(_local_paths(cfg, base))):
             digest.update(path.encode() + _file_digest(Path(path)).encode())
         if entry.kind.name == "TAG":
             for member in sorted(entry.tags):
@@ -131,8 +135,12 @@ class TaskSet:
                     self._feed(child_name, digest, seen)
 
 
-def _local_paths(cfg: Any) -> Iterable[str]:
-    """The local files or folders a task reads its data from (dataset_path, dataset_kwargs)."""
+def _local_paths(cfg: Any, base: Optional[Path] = None) -> Iterable[str]:
+    """The local files or folders a task reads its data from (dataset_path, dataset_kwargs).
+
+    Relative paths are tried against the working directory and against the
+    YAML's own folder (where a ``custom_dataset`` loader may resolve them).
+    """
     if not isinstance(cfg, dict):
         return
     candidates = [cfg.get("dataset_path")]
@@ -149,8 +157,10 @@ def _local_paths(cfg: Any) -> Iterable[str]:
         if isinstance(value, str) and len(value) < 4096 and value not in (".", ".."):
             path = os.path.expanduser(value)
             if os.path.isabs(path) or os.sep in path:
-                if os.path.exists(path):
-                    yield os.path.abspath(path)
+                tries = [path] if os.path.isabs(path) or base is None else [path, str(base / path)]
+                for candidate in tries:
+                    if os.path.exists(candidate):
+                        yield os.path.abspath(candidate)
 
 
 def _file_digest(path: Path) -> str:
