@@ -253,10 +253,11 @@ def test_embeddings_only_when_asked(tmp_path):
     names = {c["module"] for c in plain.report["candidates"]}
     assert "model.embed_tokens" not in names and "lm_head" not in names
     wide = analyze(str(target), str(donor), load_workload(work), top_k=1, include_embeddings=True,
-                   progress=False)
+                   also=["attribution"], progress=False)
     assert wide.ranking()[0] == "model.embed_tokens.weight"
     assert "lm_head.weight" in wide.ranking()
     assert wide.report["candidates"][0]["scores"]["local"] > 0
+    assert all(c["scores"]["attribution"] > 0 for c in wide.report["candidates"])
 
 
 def test_refuses_different_architectures_and_same_models(pair, tmp_path):

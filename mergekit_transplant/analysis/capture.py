@@ -168,11 +168,6 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
     device = _input_device(model)
     ctx = _Context(device)
     modules = dict(model.named_modules())
-    probes = [
-        Probe(i, c, modules[c.module], ctx, stats=stats, donor=donor, target_files=target_files,
-              attribution=attribution)
-        for i, c in enumerate(candidates)
-    ]
     names = list(stats) + (["local_relative"] if "local" in stats else []) + (["attribution"] if attribution else [])
     out = {name: torch.zeros(len(seqs), len(candidates), dtype=torch.float64) for name in names}
     keep_last = _can_keep_last(model) and not attribution and not any(
@@ -181,8 +176,14 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
     if attribution:
         for p in model.parameters():
             p.requires_grad_(False)
+        # registered before the probes (hooks run in order), so an embedding probe sees a graph too
         embed_hook = model.get_input_embeddings().register_forward_hook(
             lambda m, i, o: o.requires_grad_(True))
+    probes = [
+        Probe(i, c, modules[c.module], ctx, stats=stats, donor=donor, target_files=target_files,
+              attribution=attribution)
+        for i, c in enumerate(candidates)
+    ]
     start, tokens, n_batches = time.perf_counter(), 0, 0
     bar = tqdm(total=len(seqs), desc=desc, unit="sample", disable=not progress, leave=False)
     try:

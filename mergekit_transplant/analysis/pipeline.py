@@ -298,11 +298,18 @@ def _eos_ids(tokenizer, model) -> List[int]:
 
 
 def _free(device: str) -> None:
+    """Release the first model before the second loads (the two are never resident together)."""
     import torch
 
     gc.collect()
     if str(device).startswith("cuda") and torch.cuda.is_available():
         torch.cuda.empty_cache()
+    try:  # hand freed heap pages back to the OS (glibc keeps them otherwise)
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _peak_rss_mb() -> float:

@@ -1,56 +1,125 @@
 """Read single tensors from a checkpoint on demand, never the whole model.
 
 The ``local`` score needs each module's donor weight only while that module
-runs in the target's forward pass. ``safe_open(...).get_tensor`` reads one
-tensor (memory-mapped, so repeated reads of a hot file come from the page
-cache), which keeps the resident set at one model plus one tensor.
+runs in the target's forward pass, once per batch. Each tensor is read with
+plain file reads (the safetensors header gives its byte range) into a
+buffer reused for every tensor of that shape: no allocation per batch, and
+no memory map whose touched pages would count toward the process's
+resident set. Repeated reads of a hot file come from the OS page cache,
+which the kernel may drop at will, so the resident set stays at one model
+plus a few tensor-sized buffers. Dtypes with no plain view (float8) fall
+back to ``safe_open``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Dict
+from typing import BinaryIO, Dict
 
-from mergekit_transplant.checkpoint import ModelIndex
+from mergekit_transplant.checkpoint import ModelIndex, TensorInfo
 from mergekit_transplant.errors import TransplantError
+
+_TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                 "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
 class TensorStreamer(contextlib.AbstractContextManager):
     def __init__(self, index: ModelIndex):
         self.index = index
+        self._files: Dict[str, BinaryIO] = {}
         self._handles: Dict[str, object] = {}
+        self._buffers: Dict[tuple, object] = {}  # (shape, dtype) -> read buffer
+        self._scratch: Dict[tuple, object] = {}  # (shape, device) -> float32 delta
         self.bytes_read = 0
 
-    def get(self, name: str):
-        """The named tensor, on the CPU, in its stored dtype."""
-        from safetensors import safe_open
+    def get(self, name: str, *, reuse: bool = False):
+        """The named tensor on the CPU, in its stored dtype.
+
+        With ``reuse`` the tensor is a buffer that the next read of the same
+        shape and dtype overwrites: use it before then.
+        """
+        import torch
 
         info = self.index.tensors.get(name)
         if info is None:
             raise TransplantError(f"model {self.index.ref}: no tensor {name}")
-        handle = self._handles.get(info.file)
-        if handle is None:
-            handle = safe_open(info.file, framework="pt", device="cpu")
-            self._handles[info.file] = handle
         self.bytes_read += info.nbytes
-        return handle.get_tensor(name)
+        dtype = getattr(torch, _TORCH_DTYPES.get(info.dtype, ""), None)
+        if dtype is None:
+            return self._safe_open(info.file).get_tensor(name)
+        key = (tuple(info.shape), info.dtype)
+        out = self._buffers.get(key) if reuse else None
+        if out is None:
+            out = torch.empty(info.shape, dtype=dtype)
+            if reuse:
+                self._buffers[key] = out
+        self._read_into(info, out)
+        return out
+
+    def _read_into(self, info: TensorInfo, out) -> None:
+        fh = self._files.get(info.file)
+        if fh is None:
+            fh = self._files[info.file] = open(info.file, "rb", buffering=0)
+        view = memoryview(out.view(-1).view(torch_uint8()).numpy()) if out.numel() else memoryview(b"")
+        fh.seek(info.begin)
+        done = 0
+        while done < info.nbytes:
+            n = fh.readinto(view[done:])
+            if not n:
+                raise TransplantError(f"{info.file}: ends inside tensor {info.name} (truncated file?)")
+            done += n
+
+    def _safe_open(self, file: str):
+        from safetensors import safe_open
+
+        handle = self._handles.get(file)
+        if handle is None:
+            handle = safe_open(file, framework="pt", device="cpu")
+            self._handles[file] = handle
+        return handle
 
     def delta(self, name: str, current):
         """``stored - current`` in float32 on ``current``'s device.
 
         The stored tensor is first cast to ``current``'s dtype, so a tensor the
         two checkpoints share gives an exact zero even when the model runs in a
-        lower precision than it is stored in.
+        lower precision than it is stored in. The result lives in a scratch
+        buffer reused for every tensor of that shape: use it before the next
+        call.
         """
-        other = self.get(name).to(device=current.device, dtype=current.dtype, non_blocking=True)
-        if other.shape != current.shape:
+        import torch
+
+        info = self.index.tensors.get(name)
+        if info is None:
+            raise TransplantError(f"model {self.index.ref}: no tensor {name}")
+        if tuple(info.shape) != tuple(current.shape):
             raise TransplantError(
-                f"{name}: shape {list(other.shape)} in {self.index.ref} but {list(current.shape)} in the loaded model"
+                f"{name}: shape {list(info.shape)} in {self.index.ref} but {list(current.shape)} in the loaded model"
             )
-        return other.float() - current.float()
+        key = (tuple(current.shape), str(current.device))
+        out = self._scratch.get(key)
+        if out is None:
+            out = self._scratch[key] = torch.empty(current.shape, dtype=torch.float32, device=current.device)
+        if info.dtype == "F32" and current.dtype == torch.float32 and current.device.type == "cpu":
+            self.bytes_read += info.nbytes
+            self._read_into(info, out)  # straight into the scratch buffer: no second copy
+        else:
+            out.copy_(self.get(name, reuse=True).to(device=current.device, dtype=current.dtype))
+        return out.sub_(current)  # in float32: the donor tensor is already cast, the target's is promoted
 
     def close(self) -> None:
+        for fh in self._files.values():
+            fh.close()
+        self._files.clear()
         self._handles.clear()
+        self._buffers.clear()
+        self._scratch.clear()
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def torch_uint8():
+    import torch
+
+    return torch.uint8

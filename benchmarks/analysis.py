@@ -1,0 +1,278 @@
+"""Benchmark ``analyze``: wall time against plain forward passes, and peak memory.
+
+Builds a ~100M-parameter Llama locally (``testing.make_model``: hidden 768,
+12 layers, MLP 3072; random weights) and a donor that differs in 4 tensors,
+then times, each in a fresh subprocess (so peak RSS is per run):
+
+- ``forward1`` / ``forward2``: load the target (and then the donor) and run
+  plain forward passes, no hooks, over the same batches the analysis uses;
+- ``local``, ``activation``, ``attribution``: ``analyze()`` end to end;
+- ``idle``: import torch + transformers only (the runtime's own memory).
+
+Goals (docs/performance.md): ``activation`` <= 1.2 x two forward passes,
+``local`` <= 1.3 x one forward pass, peak RSS <= 1.25 x the larger model
+plus runtime overhead.
+
+    python benchmarks/analysis.py [--samples 32] [--words 128] [--threads 1] [--repeats 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CHANGED = ["model.layers.2.mlp.down_proj.weight", "model.layers.5.self_attn.v_proj.weight",
+           "model.layers.8.mlp.up_proj.weight", "model.layers.10.self_attn.o_proj.weight"]
+MODES = ("idle", "forward1", "forward2", "local", "activation", "attribution")
+#: in one process, on one loaded model, alternating: the hooks' cost without load-time noise
+PASSES = ("plain", "activation", "local", "attribution")
+
+
+def build(root: Path, samples: int, words: int, seed: int = 0) -> dict:
+    from mergekit_transplant.testing import WORDS, make_model, perturbed_copy
+
+    target, donor, work = root / "target", root / "donor", root / "work.jsonl"
+    if not target.exists():
+        make_model(target, "llama", hidden=768, layers=12, intermediate=3072, heads=12, kv_heads=4,
+                   vocab_size=96, max_positions=512, seed=seed)
+    if not donor.exists():
+        # like a full fine-tune: every linear weight moves a little, four of them a lot
+        from mergekit_transplant.testing import linear_weight_names
+
+        everywhere = perturbed_copy(target, root / "donor-base", linear_weight_names(target), scale=0.02, seed=2)
+        perturbed_copy(everywhere, donor, CHANGED, scale=0.5)
+        import shutil
+
+        shutil.rmtree(everywhere)
+    rnd = random.Random(seed)
+    rows = []
+    for i in range(samples):
+        n = rnd.randint(words // 2, words)
+        row = {"text": " ".join(rnd.choice(WORDS) for _ in range(n))}
+        if i % 2:
+            row["continuation"] = " " + " ".join(rnd.choice(WORDS) for _ in range(8))
+        rows.append(json.dumps(row))
+    work.write_text("\n".join(rows) + "\n")
+    return {"target": str(target), "donor": str(donor), "workload": str(work)}
+
+
+def _peak_rss_mb() -> float:
+    """This process's high-water RSS (VmHWM: unlike ru_maxrss, not inherited from the parent)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(mode: str, paths: dict, threads: int, batch_size: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    import transformers  # noqa: F401  (the runtime, for the idle baseline)
+
+    if mode == "interleaved":
+        return interleaved(paths, threads, batch_size, int(os.environ.get("BENCH_REPEATS", "3")))
+    if mode == "idle":
+        return {"mode": mode, "peak_rss_mb": _peak_rss_mb()}
+    if mode.startswith("forward"):
+        return _plain_forward(mode, paths, batch_size)
+    from mergekit_transplant.analysis import analyze, load_workload
+
+    start = time.perf_counter()
+    result = analyze(paths["target"], paths["donor"], load_workload(paths["workload"]), score=mode, top_k=4,
+                     batch_size=batch_size, progress=False)
+    wall = time.perf_counter() - start
+    timing = result.report["timing"]
+    passes = timing.get("target_pass_s", 0.0) + timing.get("donor_pass_s", 0.0)
+    return {"mode": mode, "wall_s": wall, "passes_s": passes, "peak_rss_mb": _peak_rss_mb(),
+            "top4": result.ranking(mode)[:4], "tokens": timing.get("target_tokens") or timing.get("donor_tokens"),
+            "timing": timing}
+
+
+def _plain_forward(mode: str, paths: dict, batch_size: int) -> dict:
+    """What the analysis is compared with: the same batches, no hooks, no statistics."""
+    import torch
+
+    from mergekit_transplant.analysis import load_workload
+    from mergekit_transplant.analysis.tokens import batches, context_limit, encode
+    from mergekit_transplant.loading import load_causal_lm
+
+    start = time.perf_counter()
+    passes = 0.0
+    refs = [paths["target"]] + ([paths["donor"]] if mode == "forward2" else [])
+    tokens = 0
+    for ref in refs:
+        model, tok = load_causal_lm(ref)
+        seqs = encode(tok, load_workload(paths["workload"]).samples, context_limit(model, 512))
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for batch in batches(seqs, batch_size, pad_id=0, padding_side="right", device="cpu"):
+                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                      position_ids=batch.position_ids, use_cache=False, logits_to_keep=1)
+                tokens += batch.tokens
+        passes += time.perf_counter() - t0
+        del model
+    return {"mode": mode, "wall_s": time.perf_counter() - start, "passes_s": passes, "peak_rss_mb": _peak_rss_mb(),
+            "tokens": tokens}
+
+
+def interleaved(paths: dict, threads: int, batch_size: int, repeats: int) -> dict:
+    """Time a plain pass and each kind of hooked pass on the same model, alternating.
+
+    Other processes share the machine, so each kind runs ``repeats`` times in
+    turn and the minimum (least disturbed) and median are reported.
+    """
+    import statistics
+
+    import torch
+
+    torch.set_num_threads(threads)
+    from mergekit_transplant.analysis import load_workload
+    from mergekit_transplant.analysis.candidates import find_candidates
+    from mergekit_transplant.analysis.capture import run_pass
+    from mergekit_transplant.analysis.streaming import TensorStreamer
+    from mergekit_transplant.analysis.tokens import batches, context_limit, encode
+    from mergekit_transplant.checkpoint import read_index
+    from mergekit_transplant.loading import load_causal_lm
+
+    model, tok = load_causal_lm(paths["target"])
+    target, donor = read_index(paths["target"]), read_index(paths["donor"])
+    seqs = encode(tok, load_workload(paths["workload"]).samples, context_limit(model, 512))
+    cands, _ = find_candidates(model, target, donor)
+
+    def plain():
+        with torch.inference_mode():
+            for b in batches(seqs, batch_size, pad_id=0, padding_side="right", device="cpu"):
+                model(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids,
+                      use_cache=False, logits_to_keep=1)
+
+    def hooked(kind):
+        with TensorStreamer(donor) as files:
+            run_pass(model, cands, seqs, stats=["activation"] + (["local"] if kind == "local" else []),
+                     batch_size=batch_size, pad_id=0, padding_side="right", donor=files,
+                     attribution=kind == "attribution", progress=False)
+
+    times = {k: [] for k in PASSES}
+    for _ in range(repeats):
+        for kind in PASSES:
+            start = time.perf_counter()
+            plain() if kind == "plain" else hooked(kind)
+            times[kind].append(time.perf_counter() - start)
+    return {k: {"min_s": min(v), "median_s": statistics.median(v), "all_s": v} for k, v in times.items()}
+
+
+def run_worker(mode: str, paths: dict, threads: int, batch_size: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", mode, "--paths", json.dumps(paths), "--threads", str(threads),
+           "--batch-size", str(batch_size)]
+    env = dict(os.environ, TQDM_DISABLE="1", TRANSFORMERS_VERBOSITY="error")
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--words", type=int, default=128, help="longest prompt in words (tokens, roughly)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2, help="runs per mode; the fastest wall time is kept")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--interleaved", type=int, default=5,
+                        help="repeats of the in-process alternating pass timing (0: skip)")
+    parser.add_argument("--dir", help="folder for the models (kept between runs); default: a temp folder")
+    parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--paths", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, json.loads(args.paths), args.threads, args.batch_size)))
+        return
+
+    root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench-analysis-"))
+    root.mkdir(parents=True, exist_ok=True)
+    paths = build(root, args.samples, args.words)
+    from mergekit_transplant.checkpoint import read_index
+
+    index = read_index(paths["target"])
+    size_mb = sum(t.nbytes for t in index.tensors.values()) / 2**20
+    results = {}
+    if args.interleaved:
+        os.environ["BENCH_REPEATS"] = str(args.interleaved)
+        results["interleaved"] = run_worker("interleaved", paths, args.threads, args.batch_size)
+        print(f"interleaved: {json.dumps(results['interleaved'])}", file=sys.stderr, flush=True)
+    for mode in [m for m in args.modes.split(",") if m]:
+        runs = [run_worker(mode, paths, args.threads, args.batch_size) for _ in range(args.repeats)]
+        best = min(runs, key=lambda r: r.get("wall_s", 0.0))
+        best["all_wall_s"] = [r.get("wall_s") for r in runs]
+        best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+        results[mode] = best
+        print(f"{mode}: {json.dumps({k: v for k, v in best.items() if k != 'timing'})}", file=sys.stderr, flush=True)
+    summary = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}, "
+                   f"torch threads {args.threads}",
+        "model": {"parameters": index.num_parameters, "size_mb": size_mb},
+        "workload": {"samples": args.samples, "tokens_per_pass": results.get("forward1", {}).get("tokens")},
+        "results": results,
+    }
+    print(_markdown(summary, args))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
+def _markdown(summary: dict, args) -> str:
+    r = summary["results"]
+    size = summary["model"]["size_mb"]
+    idle = r.get("idle", {}).get("peak_rss_mb")
+    out = []
+    if "interleaved" in r:
+        inter = r["interleaved"]
+        plain = inter["plain"]
+        out.append("In one process, same loaded target, passes alternating "
+                   f"({len(plain['all_s'])} rounds; min and median seconds):\n")
+        out.append("| pass | min s | median s | min / plain | median / plain |")
+        out.append("|---|---:|---:|---:|---:|")
+        for kind in PASSES:
+            x = inter[kind]
+            out.append(f"| {kind} | {x['min_s']:.2f} | {x['median_s']:.2f} | {x['min_s'] / plain['min_s']:.2f}x | "
+                       f"{x['median_s'] / plain['median_s']:.2f}x |")
+        out.append("")
+    rows = ["| run | wall s | passes s | wall / baseline | passes / baseline | goal | peak RSS MB | RSS - idle, x model |",
+            "|---|---:|---:|---:|---:|---|---:|---:|"]
+    goals = {"local": ("forward1", 1.3), "activation": ("forward2", 1.2), "attribution": ("forward1", None)}
+    for mode in MODES:
+        if mode not in r or mode == "interleaved":
+            continue
+        x = r[mode]
+        base, goal = goals.get(mode, (None, None))
+        ratio_wall = ratio_pass = "-"
+        verdict = ""
+        if base and base in r:
+            ratio_wall = f"{x['wall_s'] / r[base]['wall_s']:.2f}x {base}"
+            ratio_pass = f"{x['passes_s'] / r[base]['passes_s']:.2f}x"
+            if goal:
+                met = x["wall_s"] / r[base]["wall_s"] <= goal
+                verdict = f"<= {goal}x: {'met' if met else 'MISSED'}"
+        mem = f"{(x['peak_rss_mb'] - idle) / size:.2f}x" if idle and mode != "idle" else "-"
+        rows.append(f"| {mode} | {x.get('wall_s', 0):.2f} | {x.get('passes_s', 0):.2f} | {ratio_wall} | "
+                    f"{ratio_pass} | {verdict} | {x['peak_rss_mb']:.0f} | {mem} |")
+    head = (f"{summary['model']['parameters'] / 1e6:.1f}M parameters ({size:.0f} MB float32), "
+            f"{summary['workload']['samples']} samples, {summary['workload']['tokens_per_pass']} tokens per pass, "
+            f"batch {args.batch_size}; {summary['machine']}")
+    return head + "\n\n" + "\n".join(out + ["End to end, one subprocess per run (load included; fastest of "
+                                             f"{args.repeats}):", ""] + rows)
+
+
+if __name__ == "__main__":
+    main()
