@@ -275,3 +275,20 @@ def test_recipe_text_is_the_rendered_yaml(pair):
     assert doc["merge_method"] == "transplant" and doc["base_model"] == str(pair[0])
     strength = doc["models"][0]["parameters"]["strength"]
     assert strength[-1] == {"value": 0.0}
+
+
+def test_overlong_samples_are_truncated_with_a_warning(pair):
+    result = _run(pair, top_k=2, max_length=6)
+    assert any("longer than 6 tokens" in w for w in result.warnings)
+    assert result.report["warnings"] == result.warnings
+    assert sorted(s.tensor for s in result.selections) == sorted(KNOWN)
+
+
+def test_device_map_auto_gives_the_same_scores(pair):
+    pytest.importorskip("accelerate")
+    plain = _run(pair, top_k=2)
+    mapped = _run(pair, top_k=2, device_map="auto")
+    a = {c["tensor"]: c["scores"]["local"] for c in plain.report["candidates"]}
+    b = {c["tensor"]: c["scores"]["local"] for c in mapped.report["candidates"]}
+    assert a.keys() == b.keys()
+    assert all(b[t] == pytest.approx(a[t], rel=1e-5, abs=1e-9) for t in a)

@@ -120,6 +120,7 @@ def test_lm_eval_task_prompts_and_gold_continuations(tmp_path, monkeypatch):
     assert [(s.text, s.continuation) for s in gen.samples] == [
         ("one plus two equals", " three"), ("two plus two equals", " four")]
     assert gen.kind == "lm-eval" and gen.source == "lm-eval:tiny_gen" and len(gen.sha256) == 64
+    assert load_workload("lm-eval:tiny_gen", include_path=tmp_path).samples == gen.samples
     mc = load_workload(lm_eval_task="tiny_mc", include_path=str(tmp_path))
     assert [s.continuation for s in mc.samples] == [" three", " four"]  # index -> the gold choice
     with pytest.raises(TransplantError, match="not found"):

@@ -21,6 +21,7 @@ from typing import List, Optional, Sequence, Union
 from mergekit_transplant.errors import TransplantError
 
 MAX_WORKLOAD_BYTES = 512 * 1024 * 1024
+TASK_PREFIX = "lm-eval:"
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,13 @@ def load_workload(
 ) -> Workload:
     """Read a workload from a ``.jsonl`` / ``.txt`` file or an lm-eval task.
 
-    ``limit`` keeps a seeded random subset of that many samples, in their
-    original order (the same ``seed`` always keeps the same ones).
+    The task is ``lm_eval_task="NAME"``, or ``path_or_task="lm-eval:NAME"``
+    (the form ``Workload.source`` records). ``limit`` keeps a seeded random
+    subset of that many samples, in their original order (the same ``seed``
+    always keeps the same ones).
     """
+    if isinstance(path_or_task, str) and path_or_task.startswith(TASK_PREFIX) and lm_eval_task is None:
+        path_or_task, lm_eval_task = None, path_or_task[len(TASK_PREFIX):]
     if (path_or_task is None) == (lm_eval_task is None):
         raise TransplantError("give exactly one workload: a .jsonl/.txt file or an lm-eval task name")
     if limit is not None and limit < 1:
@@ -168,7 +173,7 @@ def _from_lm_eval(name: str, include_path) -> Workload:
         samples.extend(_task_samples(task_name, tasks[task_name]))
     canonical = json.dumps([[s.text, s.continuation] for s in samples], ensure_ascii=False).encode("utf-8")
     return Workload(
-        samples=samples, source=f"lm-eval:{name}", kind="lm-eval",
+        samples=samples, source=f"{TASK_PREFIX}{name}", kind="lm-eval",
         sha256=hashlib.sha256(canonical).hexdigest(), total=len(samples),
     )
 
