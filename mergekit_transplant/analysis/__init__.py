@@ -35,6 +35,10 @@ def write_outputs(result: AnalysisResult, *, recipe: Union[str, Path, None] = No
     from mergekit_transplant.analysis.report import dumps
     from mergekit_transplant.atomic import write_text
 
+    if plot is not None:  # the one output that can fail on its name: check it before writing anything
+        from mergekit_transplant.analysis.heatmap import check_plot_path
+
+        check_plot_path(plot)
     if recipe is not None:
         write_text(recipe, result.recipe_text)
     if report is not None:

@@ -160,8 +160,14 @@ def _input_device(model):
 def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequence], *, stats: Sequence[str],
              batch_size: int, pad_id: int, padding_side: str, donor: Optional[TensorStreamer] = None,
              target_files: Optional[TensorStreamer] = None, attribution: bool = False,
-             desc: str = "capture", progress: bool = True) -> PassResult:
-    """One pass of ``model`` over ``seqs`` with every candidate probed."""
+             desc: str = "capture", progress: bool = True,
+             sources: Sequence[tuple] = ()) -> PassResult:
+    """One pass of ``model`` over ``seqs`` with every candidate probed.
+
+    ``sources``: ``(role, TensorStreamer)`` pairs whose tensors are checked
+    for NaN/Inf when a statistic comes out non-finite, so the error can name
+    the checkpoint and tensor at fault.
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -209,7 +215,7 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
             probe.remove()
         if embed_hook is not None:
             embed_hook.remove()
-    _check_finite(out, candidates, desc)
+    _check_finite(out, candidates, desc, sources)
     return PassResult(out, time.perf_counter() - start, tokens, n_batches,
                       streamed_bytes=donor.bytes_read if donor else 0)
 
@@ -240,16 +246,25 @@ def _collect(ctx: _Context, out, n_candidates: int, batch: Batch) -> None:
         out[stat][rows] = stacked.to("cpu", torch.float64)
 
 
-def _check_finite(out, candidates, desc) -> None:
+def _check_finite(out, candidates, desc, sources=()) -> None:
     import torch
 
     for stat, matrix in out.items():
         bad = (~torch.isfinite(matrix)).any(0).nonzero().flatten().tolist()
-        if bad:
-            raise TransplantError(
-                f"{desc}: non-finite {stat} values in {candidates[bad[0]].module} "
-                f"(and {len(bad) - 1} more); try --dtype float32"
-            )
+        if not bad:
+            continue
+        first = candidates[bad[0]]  # candidates are in model order: the most upstream one
+        for role, files in sources:
+            for name in first.tensors:
+                if not bool(torch.isfinite(files.get(name).float()).all()):
+                    raise TransplantError(
+                        f"{role} {files.index.ref}: tensor {name} contains NaN or Inf values "
+                        f"({desc}: non-finite {stat} values from {first.module})"
+                    )
+        raise TransplantError(
+            f"{desc}: non-finite {stat} values in {first.module} (and {len(bad) - 1} more); "
+            "the weights are finite there, so this is an overflow: try --dtype float32"
+        )
 
 
 def _can_keep_last(model) -> bool:

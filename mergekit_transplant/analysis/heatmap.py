@@ -15,6 +15,22 @@ from mergekit_transplant.atomic import replacing
 from mergekit_transplant.errors import TransplantError
 
 
+def check_plot_path(path: Union[str, Path]) -> None:
+    """Fail before any work if matplotlib is missing or cannot write ``path``'s format."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise TransplantError("--plot needs matplotlib: pip install 'mergekit-transplant[plot]'") from None
+    suffix = Path(path).suffix.lstrip(".").lower()
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix not in formats:
+        raise TransplantError(f"--plot {path}: cannot write a {('.' + suffix) if suffix else 'suffix-less'} image; "
+                              f"use one of {', '.join('.' + f for f in sorted(formats))}")
+
+
 def plot_heatmap(report: dict, path: Union[str, Path], *, score: str = None) -> Path:
     try:
         import matplotlib
@@ -24,6 +40,7 @@ def plot_heatmap(report: dict, path: Union[str, Path], *, score: str = None) -> 
         from matplotlib.patches import Rectangle
     except ImportError:
         raise TransplantError("--plot needs matplotlib: pip install 'mergekit-transplant[plot]'") from None
+    check_plot_path(path)
     score = score or report["settings"]["score"]
     cands = [c for c in report["candidates"] if c["layer"] is not None]
     if not cands:
@@ -56,7 +73,7 @@ def plot_heatmap(report: dict, path: Union[str, Path], *, score: str = None) -> 
     fig.tight_layout()
     path = Path(path)
     with replacing(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", dpi=110)
+        fig.savefig(tmp, format=path.suffix.lstrip(".").lower(), dpi=110)
     plt.close(fig)
     return path
 

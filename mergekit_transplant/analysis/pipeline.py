@@ -122,12 +122,20 @@ def analyze(
     if run_target and run_donor:
         wanted.add("activation")
 
-    target_index, donor_index = read_index(target, allow_pickle=allow_pickle), read_index(donor, allow_pickle=allow_pickle)
+    _check_device(device, device_map)
+    target_index, target_pickled = _read(target, allow_pickle)
+    donor_index, donor_pickled = _read(donor, allow_pickle)
     warnings: List[str] = []
     if target_index.architecture != donor_index.architecture:
         raise TransplantError(
             f"target is {target_index.architecture} but donor is {donor_index.architecture}: "
             "transplants need structurally identical models"
+        )
+    if target_index.vocab_size != donor_index.vocab_size:
+        raise TransplantError(
+            f"vocab size mismatch: target {target} has {target_index.vocab_size} tokens, donor {donor} has "
+            f"{donor_index.vocab_size}; the analysis runs both models on the target's tokenizer, so they must "
+            "share it"
         )
     timing: Dict[str, float] = {}
     load = dict(device=device, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code,
@@ -138,9 +146,10 @@ def analyze(
     donor_stats: Dict[str, "torch.Tensor"] = {}
     generations: Dict[str, List[str]] = {}
 
-    def prepare(model, tokenizer, role: str):
-        """Tokenise once (with the first model's tokenizer) and find the candidates."""
+    def prepare(model, role: str):
+        """Tokenise once (always with the target's tokenizer) and find the candidates."""
         if "seqs" not in state:
+            tokenizer = _tokenizer(target, trust_remote_code)
             limit_len = context_limit(model, max_length)
             seqs = encode(tokenizer, workload.samples, limit_len)
             truncated = sum(s.truncated for s in seqs)
@@ -152,6 +161,11 @@ def analyze(
             cands, skipped = find_candidates(model, target_index, donor_index, modules=modules,
                                              include_embeddings=include_embeddings)
             state.update(candidates=cands, skipped=skipped)
+            if skipped:
+                shapes = [s for s in skipped if " has shape " in s]
+                what = f"{len(shapes)} differ in shape between target and donor" if shapes else "are not in both checkpoints"
+                warnings.append(f"{len(skipped)} linear modules are not candidates: {what} "
+                                f"(first: {skipped[0]}); see the report's skipped_modules")
         return state["seqs"]
 
     def sequences_for(model, role: str) -> List[TokenSequence]:
@@ -168,37 +182,39 @@ def analyze(
 
     if run_target:
         t0 = time.perf_counter()
-        model, tokenizer = _load(target, load)
+        model = _load(target, load)
         timing["target_load_s"] = time.perf_counter() - t0
-        prepare(model, tokenizer, "target")
+        prepare(model, "target")
         seqs = sequences_for(model, "target")
-        with TensorStreamer(donor_index) as donor_files, TensorStreamer(target_index) as target_files:
+        with TensorStreamer(donor_index, donor_pickled) as donor_files, \
+                TensorStreamer(target_index, target_pickled) as target_files:
             result = capture_mod.run_pass(
                 model, state["candidates"], seqs, stats=["activation"] + (["local"] if need_local else []),
                 batch_size=batch_size, pad_id=state["pad_id"], padding_side=padding_side,
                 donor=donor_files if need_local else None, target_files=target_files,
-                desc="target pass", progress=progress)
+                desc="target pass", progress=progress,
+                sources=[("target", target_files)] + ([("donor", donor_files)] if need_local else []))
         target_stats = result.stats
         timing.update(target_pass_s=result.seconds, target_tokens=result.tokens,
                       donor_streamed_bytes=result.streamed_bytes)
-        del model, tokenizer
+        del model
         _free(device)
     if run_donor:
         t0 = time.perf_counter()
-        model, tokenizer = _load(donor, load)
+        model = _load(donor, load)
         timing["donor_load_s"] = time.perf_counter() - t0
-        prepare(model, tokenizer, "donor")
+        prepare(model, "donor")
         _check_modules(model, state["candidates"])
         seqs = sequences_for(model, "donor")
-        with TensorStreamer(donor_index) as donor_files:
+        with TensorStreamer(donor_index, donor_pickled) as donor_files:
             result = capture_mod.run_pass(
                 model, state["candidates"], seqs, stats=["activation"], batch_size=batch_size,
                 pad_id=state["pad_id"], padding_side=padding_side, target_files=donor_files,
                 attribution=need_attr, desc="donor pass" + (" (gradients)" if need_attr else ""),
-                progress=progress)
+                progress=progress, sources=[("donor", donor_files)])
         donor_stats = result.stats
         timing.update(donor_pass_s=result.seconds, donor_tokens=result.tokens)
-        del model, tokenizer
+        del model
         _free(device)
 
     candidates: List[Candidate] = state["candidates"]
@@ -265,10 +281,44 @@ def _validate(score, also, capture, granularity, padding_side, batch_size, max_l
         raise TransplantError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
 
 
+def _read(ref: str, allow_pickle: bool):
+    """Header index of a checkpoint; for pickle-only weights (``allow_pickle``), their mmapped tensors too."""
+    from mergekit_transplant.analysis.streaming import pickled_index
+
+    index = read_index(ref, allow_pickle=allow_pickle)
+    pickled = pickled_index(index, allow_pickle=allow_pickle) if not index.tensors else None
+    return index, pickled
+
+
+def _check_device(device: str, device_map: Optional[str]) -> None:
+    """Name a missing GPU before any model is read (torch would fail deep inside loading)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise TransplantError(f"--device {device!r}: not a device torch knows ({error})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TransplantError(f"device {device} was asked for, but torch sees no CUDA GPU here "
+                                  "(use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise TransplantError(f"device {device} was asked for, but torch sees only "
+                                  f"{torch.cuda.device_count()} CUDA GPU(s)")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise TransplantError(f"device {device} was asked for, but MPS is not available here")
+
+
 def _load(ref: str, load: dict):
     from mergekit_transplant.loading import load_causal_lm
 
-    return load_causal_lm(ref, **load)
+    return load_causal_lm(ref, with_tokenizer=False, **load)[0]
+
+
+def _tokenizer(ref: str, trust_remote_code: bool):
+    from mergekit_transplant.loading import load_tokenizer
+
+    return load_tokenizer(ref, trust_remote_code=trust_remote_code)
 
 
 def _check_modules(model, candidates: Sequence[Candidate]) -> None:

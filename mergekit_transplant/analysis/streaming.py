@@ -14,7 +14,7 @@ back to ``safe_open``.
 from __future__ import annotations
 
 import contextlib
-from typing import BinaryIO, Dict
+from typing import BinaryIO, Dict, Optional
 
 from mergekit_transplant.checkpoint import ModelIndex, TensorInfo
 from mergekit_transplant.errors import TransplantError
@@ -23,9 +23,46 @@ _TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "
                  "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
+def pickled_index(index: ModelIndex, *, allow_pickle: bool) -> Dict[str, object]:
+    """For a checkpoint with only pickle weights (``--allow-pickle``): its tensors, memory-mapped.
+
+    ``read_index`` cannot see inside pickle files, so they are opened with
+    ``torch.load(mmap=True, weights_only=True)``: tensors stay on disk until
+    touched, and ``weights_only`` refuses pickled code. Fills ``index.tensors``
+    (names, shapes, dtypes) so candidates and fingerprints work as for
+    safetensors, and returns the tensors for ``TensorStreamer``.
+    """
+    import torch
+
+    from mergekit_transplant.checkpoint import weight_files
+
+    files = [f for f in weight_files(index.root, allow_pickle=allow_pickle) if f.suffix != ".safetensors"]
+    codes = {getattr(torch, v): k for k, v in _TORCH_DTYPES.items()}
+    state: Dict[str, object] = {}
+    for file in files:
+        try:
+            loaded = torch.load(str(file), map_location="cpu", mmap=True, weights_only=True)
+        except Exception as error:  # not a zip checkpoint, or pickled code
+            try:
+                loaded = torch.load(str(file), map_location="cpu", weights_only=True)
+            except Exception:
+                raise TransplantError(f"{file}: cannot read it as a weights-only torch checkpoint ({error})") from None
+        if not isinstance(loaded, dict):
+            raise TransplantError(f"{file}: not a state dict (a {type(loaded).__name__})")
+        for name, tensor in loaded.items():
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            code = codes.get(tensor.dtype, str(tensor.dtype))
+            nbytes = tensor.numel() * tensor.element_size()
+            index.tensors[name] = TensorInfo(name, tuple(tensor.shape), code, str(file), 0, nbytes)
+            state[name] = tensor
+    return state
+
+
 class TensorStreamer(contextlib.AbstractContextManager):
-    def __init__(self, index: ModelIndex):
+    def __init__(self, index: ModelIndex, pickled: Optional[Dict[str, object]] = None):
         self.index = index
+        self._pickled = pickled or {}
         self._files: Dict[str, BinaryIO] = {}
         self._handles: Dict[str, object] = {}
         self._buffers: Dict[tuple, object] = {}  # (shape, dtype) -> read buffer
@@ -44,6 +81,8 @@ class TensorStreamer(contextlib.AbstractContextManager):
         if info is None:
             raise TransplantError(f"model {self.index.ref}: no tensor {name}")
         self.bytes_read += info.nbytes
+        if name in self._pickled:
+            return self._pickled[name]
         dtype = getattr(torch, _TORCH_DTYPES.get(info.dtype, ""), None)
         if dtype is None:
             return self._safe_open(info.file).get_tensor(name)
@@ -100,7 +139,8 @@ class TensorStreamer(contextlib.AbstractContextManager):
         out = self._scratch.get(key)
         if out is None:
             out = self._scratch[key] = torch.empty(current.shape, dtype=torch.float32, device=current.device)
-        if info.dtype == "F32" and current.dtype == torch.float32 and current.device.type == "cpu":
+        if (info.dtype == "F32" and current.dtype == torch.float32 and current.device.type == "cpu"
+                and name not in self._pickled):
             self.bytes_read += info.nbytes
             self._read_into(info, out)  # straight into the scratch buffer: no second copy
         else:

@@ -47,7 +47,8 @@ SCORE_CHOICES = ("local", "activation", "attribution")
               help="Longest sequence in tokens (capped by the model's context); longer ones are truncated.")
 @click.option("--padding-side", type=click.Choice(("right", "left")), default="right", show_default=True)
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the Hub.")
-@click.option("--allow-pickle", is_flag=True, help="Accept pickle (.bin/.pt) checkpoints.")
+@click.option("--allow-pickle", is_flag=True,
+              help="Accept pickle (.bin/.pt) checkpoints (read weights-only, memory-mapped).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Recipe file to write.")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the full report (JSON) here.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a layers x module heatmap (PNG) here.")
@@ -79,6 +80,10 @@ def analyze(**opts) -> None:
         raise TransplantError("give exactly one of --workload FILE or --lm-eval-task NAME")
     if opts["include_path"] and not opts["lm_eval_task"]:
         raise TransplantError("--include-path only applies with --lm-eval-task")
+    if opts["plot"]:
+        from mergekit_transplant.analysis.heatmap import check_plot_path
+
+        check_plot_path(opts["plot"])  # before the analysis, not after the recipe is written
     workload = load_workload(
         opts["workload"], lm_eval_task=opts["lm_eval_task"], include_path=list(opts["include_path"]) or None,
         limit=opts["limit"], seed=opts["seed"],
