@@ -213,12 +213,25 @@ def test_eval_unknown_include_path(zoo, files, tmp_path):  # noqa: F811
     assert code == 2 and "nope" in output and "Traceback" not in output
 
 
-@pytest.mark.xfail(strict=True, reason="eval scores target and donor with lm-eval before it finds that "
-                   "--merged does not exist (hours lost on real models)")
-def test_eval_checks_every_model_before_scoring(zoo, files, tmp_path):  # noqa: F811
-    code, output = _eval(zoo, files, tmp_path, merged=tmp_path / "missing")
-    assert_clean_error(code, output, "no such folder")
-    assert "scoring" not in output
+def test_eval_checks_every_model_before_scoring(zoo, files, tmp_path, monkeypatch):  # noqa: F811
+    import lm_eval
+
+    calls = []
+    monkeypatch.setattr(lm_eval, "simple_evaluate", lambda *a, **k: calls.append(a) or pytest.fail("scored"))
+    unknown_type = tmp_path / "unknown-type"
+    shutil.copytree(files["merged"], unknown_type)
+    cfg = json.loads((unknown_type / "config.json").read_text())
+    cfg["model_type"] = "no_such_model_type"
+    (unknown_type / "config.json").write_text(json.dumps(cfg))
+    for kwargs, needles in (
+        (dict(merged=tmp_path / "missing"), ["--merged", "no such folder"]),
+        (dict(merged=zoo["trunc"]), ["--merged", "truncated or corrupted"]),
+        (dict(merged=unknown_type), ["--merged", "config.json", "no_such_model_type"]),
+        (dict(tasks="tiny_mc,tiny_empty"), ["tiny_empty"]),
+    ):
+        code, output = _eval(zoo, files, tmp_path, **kwargs)
+        assert_clean_error(code, output, *needles)
+        assert "scoring" not in output and calls == []
 
 
 @pytest.mark.xfail(strict=True, reason="eval refuses a pickle donor with 'pass --allow-pickle', but eval has no "

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from mergekit_transplant import atomic
-from mergekit_transplant.checkpoint import split_revision
+from mergekit_transplant.checkpoint import read_index, split_revision
 from mergekit_transplant.errors import TransplantError
 from mergekit_transplant.evaluation import metrics as M
 from mergekit_transplant.evaluation.cache import ResultCache, cache_key
@@ -124,8 +124,56 @@ class EvalReport:
         return eval_markdown(self.data)
 
 
+MODEL_OPTIONS = {"target": "--target", "donor": "--donor", "merged": "--merged"}
+
+
+def check_model(ref: str, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> None:
+    """Find what lm-eval would trip over, from headers and config only, before anything is scored.
+
+    The folder or Hub id must resolve, ``config.json`` must parse and be one
+    transformers knows, and the weights must be safetensors (or pickles the
+    user allowed) with intact headers. Scoring a real model takes hours, so a
+    typo in the third model must not surface only after the first two.
+    """
+    index = read_index(ref, allow_pickle=allow_pickle)  # folder, config.json, weight files, headers
+    if "auto_map" in index.config:
+        if trust_remote_code:
+            return  # its config class is the model's own code, which lm-eval fetches and runs itself
+        raise TransplantError(
+            f"model {ref!r}: its config.json maps to custom code (auto_map), which transformers runs only "
+            "with trust_remote_code=True; pass --trust-remote-code if you trust this model"
+        )
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(str(index.root), trust_remote_code=trust_remote_code)
+    except Exception as error:
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise TransplantError(
+            f"model {ref!r}: transformers cannot read its config.json ({type(error).__name__}: {first_line})"
+        ) from None
+
+
+def check_models(refs: Dict[str, str], settings: EvalSettings) -> None:
+    """``check_model`` for each role, naming the option at fault."""
+    seen = set()
+    for role, ref in refs.items():
+        if ref in seen:
+            continue
+        seen.add(ref)
+        try:
+            check_model(ref, allow_pickle=settings.allow_pickle, trust_remote_code=settings.trust_remote_code)
+        except TransplantError as error:
+            raise TransplantError(f"{MODEL_OPTIONS.get(role, role)}: {error}") from None
+
+
 class Scorer:
-    """Scores models task by task, through the cache, with one lm-eval call per model."""
+    """Scores models task by task, through the cache, with one lm-eval call per model.
+
+    ``plan`` (fingerprint and cache lookup) runs for every model before
+    ``score`` runs lm-eval on any, so the tasks that need scoring are known,
+    and loaded, up front.
+    """
 
     def __init__(self, tasks: TaskSet, settings: EvalSettings, progress: Optional[Callable[[str], None]] = None):
         self.tasks = tasks
@@ -134,6 +182,8 @@ class Scorer:
         self.progress = progress or (lambda message: None)
         self.lm_eval_calls = 0
         self.fingerprints: Dict[str, str] = {}
+        self.cached: Dict[str, Dict[str, TaskScores]] = {}
+        self.missing: Dict[str, List[str]] = {}
         self.lm_eval_version = lm_eval_version()
         self.device = settings.device
         if self.device is None and settings.backend == "hf" and "parallelize" not in (settings.model_args or ""):
@@ -148,17 +198,27 @@ class Scorer:
             lm_eval=self.lm_eval_version,
         )
 
-    def score(self, role: str, ref: str, names: Sequence[str]) -> Dict[str, TaskScores]:
+    def plan(self, role: str, ref: str, names: Sequence[str]) -> List[str]:
+        """Fingerprint ``ref`` and read its cached results; return the tasks lm-eval must score."""
         fingerprint = model_fingerprint(ref, allow_pickle=self.settings.allow_pickle)
         self.fingerprints[role] = fingerprint
-        out: Dict[str, TaskScores] = {}
+        cached: Dict[str, TaskScores] = {}
         missing = []
         for name in names:
-            cached = self.cache.get(self.key(fingerprint, name))
-            if cached is not None:
-                out[name] = TaskScores.from_dict(cached)
+            entry = self.cache.get(self.key(fingerprint, name))
+            if entry is not None:
+                cached[name] = TaskScores.from_dict(entry)
             else:
                 missing.append(name)
+        self.cached[role], self.missing[role] = cached, missing
+        return missing
+
+    def score(self, role: str, ref: str, names: Sequence[str]) -> Dict[str, TaskScores]:
+        if role not in self.cached:
+            self.plan(role, ref, names)
+        fingerprint = self.fingerprints[role]
+        out = dict(self.cached[role])
+        missing = self.missing[role]
         if len(missing) < len(names):
             self.progress(f"{role}: {len(names) - len(missing)} task(s) from the cache")
         if missing:
@@ -233,13 +293,20 @@ def evaluate_models(
         raise TransplantError("no lm-eval task given (--tasks)")
     task_set = find_tasks(settings.tasks + settings.retain_tasks, settings.include_path)
     main, retain = task_set.expand(settings.tasks), task_set.expand(settings.retain_tasks)
-    scorer = Scorer(task_set, settings, progress)
     refs = {"target": target, "donor": donor, "merged": merged}
-    scores = {
-        "target": scorer.score("target", target, main + [t for t in retain if t not in main]),
-        "donor": scorer.score("donor", donor, main),
-        "merged": scorer.score("merged", merged, main + [t for t in retain if t not in main]),
+    check_models(refs, settings)
+    scorer = Scorer(task_set, settings, progress)
+    wanted = {
+        "target": main + [t for t in retain if t not in main],
+        "donor": main,
+        "merged": main + [t for t in retain if t not in main],
     }
+    # every model's fingerprint and cache lookup, then every task it needs loaded, before any scoring
+    needed: List[str] = []
+    for role in ROLES:
+        needed += [t for t in scorer.plan(role, refs[role], wanted[role]) if t not in needed]
+    task_set.load(needed)
+    scores = {role: scorer.score(role, refs[role], wanted[role]) for role in ROLES}
     tasks_out: Dict[str, Any] = {}
     for name in main:
         per_role = {role: scores[role][name] for role in ROLES}
