@@ -234,12 +234,25 @@ def test_eval_checks_every_model_before_scoring(zoo, files, tmp_path, monkeypatc
         assert "scoring" not in output and calls == []
 
 
-@pytest.mark.xfail(strict=True, reason="eval refuses a pickle donor with 'pass --allow-pickle', but eval has no "
-                   "--allow-pickle option")
 def test_eval_pickle_message_matches_its_options(zoo, files, tmp_path):  # noqa: F811
     code, output = _eval(zoo, files, tmp_path, donor=files["pick"])
     code2, help_text = invoke(["eval", "--help"])
     assert "--allow-pickle" not in output or "--allow-pickle" in help_text
+
+
+def test_eval_allow_pickle_scores_the_pickled_weights(zoo, files, tmp_path):  # noqa: F811
+    pick = tmp_path / "pick"
+    shutil.copytree(zoo["d"], pick, ignore=shutil.ignore_patterns("*.safetensors"))
+    shutil.copy(files["pick"] / "pytorch_model.bin", pick)
+    # the same weights as safetensors (target) and as a pickle (donor): the same perplexity, to the bit
+    code, output = _eval(zoo, files, tmp_path, "--allow-pickle", target=zoo["d"], donor=pick, tasks="tiny_ppl")
+    assert code == 0, output
+    row = json.loads((tmp_path / "results.json").read_text())["tasks"]["tiny_ppl"]
+    assert row["donor"] == row["target"] and row["merged"] != row["target"]
+    (pick / "tokenizer.json").unlink()
+    (pick / "tokenizer_config.json").unlink()
+    code, output = _eval(zoo, files, tmp_path, "--allow-pickle", donor=pick)
+    assert_clean_error(code, output, "--donor", "no tokenizer files")
 
 
 # --------------------------------------------------------------------------- sweep
@@ -281,6 +294,22 @@ def test_sweep_rejects_bad_reports_and_settings(zoo, files, analysis_report, tmp
 def test_sweep_refuses_architecture_mismatch(zoo, files, analysis_report, tmp_path):  # noqa: F811
     code, output = _sweep(files, tmp_path, analysis_report, "--donor", zoo["qwen"])
     assert_clean_error(code, output, "Qwen2ForCausalLM")
+
+
+def test_sweep_allow_pickle_reads_the_pickled_donor(zoo, files, analysis_report, tmp_path):  # noqa: F811
+    code, output = _sweep(files, tmp_path, analysis_report, "--donor", files["pick"])
+    assert_clean_error(code, output, "pickle", "--allow-pickle")
+    scores = {}
+    for name, donor in (("safetensors", zoo["d"]), ("pickle", files["pick"])):
+        # perplexity: continuous, so any difference in the donor's weights shows
+        code, output = _sweep(files, tmp_path, analysis_report, "--donor", donor, "--allow-pickle",
+                              "--tasks", "tiny_ppl")
+        assert code == 0, output
+        data = json.loads((tmp_path / "sweep.json").read_text())
+        scores[name] = (data["references"], [(p["selection"], p["score"]) for p in data["points"]])
+    assert scores["pickle"] == scores["safetensors"]
+    references = scores["pickle"][0]
+    assert references["donor"] != references["target"]
 
 
 def test_sweep_shape_mismatch_is_a_clean_error(zoo, files, analysis_report, tmp_path):  # noqa: F811

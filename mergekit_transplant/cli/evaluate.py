@@ -65,9 +65,13 @@ limit_type = _Limit()
               help="Result cache folder (default ~/.cache/mergekit-transplant/eval, or $MERGEKIT_TRANSPLANT_EVAL_CACHE).")
 @click.option("--no-cache", is_flag=True, help="Score every model again and do not store results.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the Hub.")
+@click.option("--allow-pickle", is_flag=True,
+              help="Accept models whose only weights are pickle files (pytorch_model.bin); transformers loads "
+              "them with torch's weights-only unpickler. Only for sources you trust.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write results.json here.")
 def evaluate(target, donor, merged, tasks, retain_tasks, include_path, metric, limit, num_fewshot, batch_size,
-             device, backend, model_args, bootstrap_iters, seed, cache_dir, no_cache, trust_remote_code, output):
+             device, backend, model_args, bootstrap_iters, seed, cache_dir, no_cache, trust_remote_code, allow_pickle,
+             output):
     """Score TARGET, DONOR and MERGED on the same lm-eval tasks with the same settings.
 
     \b
@@ -85,7 +89,7 @@ def evaluate(target, donor, merged, tasks, retain_tasks, include_path, metric, l
         tasks=tasks, retain_tasks=retain_tasks, include_path=include_path, limit=limit, num_fewshot=num_fewshot,
         batch_size=batch_size, device=device, backend=backend, model_args=model_args, metric=metric,
         cache_dir=cache_dir, use_cache=not no_cache, bootstrap_iters=bootstrap_iters, seed=seed,
-        trust_remote_code=trust_remote_code,
+        trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
     )
     report = evaluate_models(target, donor, merged, settings, progress=lambda m: click.echo(m, err=True))
     if output:

@@ -51,6 +51,9 @@ def _floats(ctx, param, value):
 @click.option("--device-map", default=None, help="accelerate device map (e.g. auto) for a target larger than one device.")
 @click.option("--dtype", default=None, help="Load the target in this dtype (default: the checkpoint's).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the Hub.")
+@click.option("--allow-pickle", is_flag=True,
+              help="Accept models whose only weights are pickle files (pytorch_model.bin), read with torch's "
+              "weights-only unpickler. Only for sources you trust.")
 @click.option("-o", "--output-recipe", type=click.Path(dir_okay=False), default=None,
               help="Write the best analysis point as a recipe (best-recipe.yml).")
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
@@ -58,7 +61,7 @@ def _floats(ctx, param, value):
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the score-vs-K plot (PNG/SVG/PDF).")
 def sweep(report_path, target, donor, workload, score, ks, strengths, tasks, select_split, report_split,
           include_path, metric, random_controls, no_whole_model, seed, limit, num_fewshot, batch_size,
-          device, device_map, dtype, trust_remote_code, output_recipe, output, plot):
+          device, device_map, dtype, trust_remote_code, allow_pickle, output_recipe, output, plot):
     """Sweep K and strength in memory, against random-module and whole-model controls.
 
     \b
@@ -92,7 +95,7 @@ def sweep(report_path, target, donor, workload, score, ks, strengths, tasks, sel
         ranking = ranking_from_report(report_path, score=score, target=target, donor=donor)
     elif workload and target and donor:
         ranking = ranking_from_analysis(target, donor, workload, score=score, device=device, dtype=dtype,
-                                        trust_remote_code=trust_remote_code)
+                                        trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     else:
         raise TransplantError("pass --report report.json, or --target, --donor and --workload")
 
@@ -100,7 +103,7 @@ def sweep(report_path, target, donor, workload, score, ks, strengths, tasks, sel
         ks=ks, strengths=strengths, select_tasks=select_tasks, report_tasks=report_tasks,
         include_path=include_path, random_controls=random_controls, seed=seed, whole_model=not no_whole_model,
         limit=limit, num_fewshot=num_fewshot, batch_size=batch_size, device=device, device_map=device_map,
-        dtype=dtype, metric=metric, trust_remote_code=trust_remote_code,
+        dtype=dtype, metric=metric, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
     )
     result = run_sweep(ranking, settings)
     click.echo(markdown_table(result), nl=False)

@@ -125,15 +125,19 @@ class EvalReport:
 
 
 MODEL_OPTIONS = {"target": "--target", "donor": "--donor", "merged": "--merged"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "tokenizer.tiktoken")
 
 
-def check_model(ref: str, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> None:
-    """Find what lm-eval would trip over, from headers and config only, before anything is scored.
+def check_model(
+    ref: str, *, allow_pickle: bool = False, trust_remote_code: bool = False, tokenizer: bool = True
+) -> None:
+    """Find what lm-eval would trip over, from headers, config and tokenizer only, before anything is scored.
 
     The folder or Hub id must resolve, ``config.json`` must parse and be one
-    transformers knows, and the weights must be safetensors (or pickles the
-    user allowed) with intact headers. Scoring a real model takes hours, so a
-    typo in the third model must not surface only after the first two.
+    transformers knows, the weights must be safetensors (or pickles the user
+    allowed) with intact headers, and a local folder's tokenizer must load.
+    Scoring a real model takes hours, so a typo in the third model must not
+    surface only after the first two.
     """
     index = read_index(ref, allow_pickle=allow_pickle)  # folder, config.json, weight files, headers
     if "auto_map" in index.config:
@@ -148,10 +152,25 @@ def check_model(ref: str, *, allow_pickle: bool = False, trust_remote_code: bool
     try:
         AutoConfig.from_pretrained(str(index.root), trust_remote_code=trust_remote_code)
     except Exception as error:
-        first_line = (str(error).strip().splitlines() or [""])[0]
         raise TransplantError(
-            f"model {ref!r}: transformers cannot read its config.json ({type(error).__name__}: {first_line})"
+            f"model {ref!r}: transformers cannot read its config.json ({type(error).__name__}: {_first_line(error)})"
         ) from None
+    if tokenizer and os.path.isdir(split_revision(ref)[0]):  # a Hub id's tokenizer files are fetched by lm-eval
+        from transformers import AutoTokenizer
+
+        hint = "lm-eval scores every model with its own tokenizer (or pass tokenizer=... in --model-args)"
+        if not any((index.root / name).is_file() for name in TOKENIZER_FILES):
+            raise TransplantError(f"model {ref!r}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}); {hint}")
+        try:
+            AutoTokenizer.from_pretrained(str(index.root), trust_remote_code=trust_remote_code)
+        except Exception as error:
+            raise TransplantError(
+                f"model {ref!r}: cannot load its tokenizer ({type(error).__name__}: {_first_line(error)}); {hint}"
+            ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0].strip()
 
 
 def check_models(refs: Dict[str, str], settings: EvalSettings) -> None:
@@ -162,7 +181,8 @@ def check_models(refs: Dict[str, str], settings: EvalSettings) -> None:
             continue
         seen.add(ref)
         try:
-            check_model(ref, allow_pickle=settings.allow_pickle, trust_remote_code=settings.trust_remote_code)
+            check_model(ref, allow_pickle=settings.allow_pickle, trust_remote_code=settings.trust_remote_code,
+                        tokenizer="tokenizer=" not in (settings.model_args or ""))
         except TransplantError as error:
             raise TransplantError(f"{MODEL_OPTIONS.get(role, role)}: {error}") from None
 

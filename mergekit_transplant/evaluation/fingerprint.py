@@ -5,7 +5,8 @@ table) with a digest of every weight file and of the small files that change
 scores (tokenizer, generation config, chat template). Weight files up to
 ``CONTENT_HASH_LIMIT`` are hashed by content, so a re-saved but identical
 model keeps its cache entries; larger files are identified by their
-safetensors header, size and mtime, which costs no data reads.
+safetensors header, size and mtime, which costs no data reads (pickle files
+allowed with ``--allow-pickle``: by size and mtime).
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ def _weight_digest(path: Path) -> str:
     if memo_key in _MEMO:
         return _MEMO[memo_key]
     digest = hashlib.sha256()
-    if st.st_size <= CONTENT_HASH_LIMIT:
+    if st.st_size > CONTENT_HASH_LIMIT and path.suffix != ".safetensors":  # a large allowed pickle: no header
+        value = f"size={st.st_size},mtime_ns={st.st_mtime_ns}"
+    elif st.st_size <= CONTENT_HASH_LIMIT:
         with open(path, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)

@@ -6,8 +6,9 @@ tensors are copied (to CPU) before they are touched and copied back after,
 so restoration is exact whatever the arithmetic; ``method.blend`` makes the
 endpoints exact too (s = 1 is the donor's tensor, s = 0 leaves the target's),
 exactly as ``merge_method: transplant`` computes them. Donor tensors are read
-one at a time from the donor's safetensors files (``safe_open``), only the
-ones a point needs; the donor model is never loaded.
+one at a time from the donor's safetensors files (``safe_open``, or a
+memory-mapped pickle the user allowed), only the ones a point needs; the
+donor model is never loaded.
 """
 
 from __future__ import annotations
@@ -21,12 +22,22 @@ from mergekit_transplant.method import blend
 
 
 class DonorTensors:
-    """Read single donor tensors by name from its safetensors files."""
+    """Read single donor tensors by name from its safetensors files.
+
+    A donor whose only weights are pickle files (``allow_pickle``) is opened
+    with ``torch.load(mmap=True, weights_only=True)``: its tensors stay on
+    disk until a point reads them, and pickled code is refused.
+    """
 
     def __init__(self, ref: str, *, allow_pickle: bool = False):
         self.ref = ref
         self.index = read_index(ref, allow_pickle=allow_pickle)
         self._handles: Dict[str, object] = {}
+        self._pickled: Dict[str, object] = {}
+        if self.index.pickled and not self.index.tensors:
+            from mergekit_transplant.analysis.streaming import pickled_index
+
+            self._pickled = pickled_index(self.index, allow_pickle=True)  # also fills index.tensors
 
     def get(self, name: str):
         from safetensors import safe_open
@@ -34,6 +45,8 @@ class DonorTensors:
         info = self.index.tensors.get(name)
         if info is None:
             raise TransplantError(f"donor {self.ref} has no tensor {name}")
+        if name in self._pickled:
+            return self._pickled[name]
         handle = self._handles.get(info.file)
         if handle is None:
             handle = self._handles[info.file] = safe_open(info.file, "pt")
@@ -41,6 +54,7 @@ class DonorTensors:
 
     def close(self) -> None:
         self._handles.clear()
+        self._pickled.clear()
 
 
 class LiveTransplant:

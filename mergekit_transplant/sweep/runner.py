@@ -56,6 +56,7 @@ class SweepSettings:
     metric: Optional[str] = None
     bootstrap_iters: int = 0  # the sweep compares point scores; stderrs are not used
     trust_remote_code: bool = False
+    allow_pickle: bool = False
 
     def __post_init__(self):
         self.select_tasks = split_names(self.select_tasks)
@@ -234,10 +235,10 @@ class Sweeper:
         start = time.perf_counter()
         self.model, tokenizer = load_causal_lm(
             ranking.target, device=settings.device, dtype=settings.dtype, device_map=settings.device_map,
-            trust_remote_code=settings.trust_remote_code,
+            trust_remote_code=settings.trust_remote_code, allow_pickle=settings.allow_pickle,
         )
         self.lm = HFLM(pretrained=self.model, tokenizer=tokenizer, batch_size=settings.batch_size)
-        self.live = LiveTransplant(self.model, DonorTensors(ranking.donor))
+        self.live = LiveTransplant(self.model, DonorTensors(ranking.donor, allow_pickle=settings.allow_pickle))
         self.load_s = time.perf_counter() - start
         shared = [n for n in self.live.tensors if n in self.live.donor.index.tensors]
         self.available = shared
