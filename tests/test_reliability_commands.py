@@ -289,11 +289,21 @@ def test_sweep_rejects_bad_reports_and_settings(zoo, files, analysis_report, tmp
     assert not (tmp_path / "sweep.json").exists() and leftovers(tmp_path) == []
 
 
-@pytest.mark.xfail(strict=True, reason="sweep --donor <a Qwen2 model> with a Llama target transplants across "
-                   "architectures and exits 0")
-def test_sweep_refuses_architecture_mismatch(zoo, files, analysis_report, tmp_path):  # noqa: F811
+def test_sweep_refuses_architecture_mismatch(zoo, files, analysis_report, tmp_path, monkeypatch):  # noqa: F811
+    _never_score(monkeypatch)
     code, output = _sweep(files, tmp_path, analysis_report, "--donor", zoo["qwen"])
-    assert_clean_error(code, output, "Qwen2ForCausalLM")
+    assert_clean_error(code, output, "Qwen2ForCausalLM", "LlamaForCausalLM")
+    assert not (tmp_path / "sweep.json").exists()
+
+
+def _never_score(monkeypatch):
+    """Make any lm-eval call (a scored point) or model load fail the test: the refusal must come first."""
+    import lm_eval
+
+    import mergekit_transplant.loading
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", lambda *a, **k: pytest.fail("a point was scored"))
+    monkeypatch.setattr(mergekit_transplant.loading, "load_causal_lm", lambda *a, **k: pytest.fail("loaded"))
 
 
 def test_sweep_allow_pickle_reads_the_pickled_donor(zoo, files, analysis_report, tmp_path):  # noqa: F811
@@ -312,9 +322,11 @@ def test_sweep_allow_pickle_reads_the_pickled_donor(zoo, files, analysis_report,
     assert references["donor"] != references["target"]
 
 
-def test_sweep_shape_mismatch_is_a_clean_error(zoo, files, analysis_report, tmp_path):  # noqa: F811
+def test_sweep_shape_mismatch_is_a_clean_error(zoo, files, analysis_report, tmp_path, monkeypatch):  # noqa: F811
+    _never_score(monkeypatch)
     code, output = _sweep(files, tmp_path, analysis_report, "--donor", zoo["wide"])
-    assert_clean_error(code, output, "shape")
+    assert_clean_error(code, output, "shape mismatch", "[32, 64] in the target", "[32, 96] in the donor")
+    assert not (tmp_path / "sweep.json").exists()
 
 
 # --------------------------------------------------------------------------- card

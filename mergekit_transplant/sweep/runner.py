@@ -216,6 +216,44 @@ class SweepResult:
         }
 
 
+def check_pair(ranking: Ranking, *, allow_pickle: bool = False) -> None:
+    """Refuse a target/donor pair the sweep cannot transplant between, from headers only.
+
+    Runs before the target is loaded and before any point is scored: the two
+    models must have the same architecture, and every tensor of the candidate
+    pool (which the analysis points and the random controls draw from) must
+    have the same shape in both. A report made for this very pair passes
+    (the analysis never ranks mismatched modules); ``--donor`` or
+    ``--target`` overriding the report's models is where this catches a
+    wrong model.
+    """
+    from mergekit_transplant.checkpoint import read_index
+
+    target = read_index(ranking.target, allow_pickle=allow_pickle)
+    donor = read_index(ranking.donor, allow_pickle=allow_pickle)
+    if target.architecture != donor.architecture:
+        raise TransplantError(
+            f"architecture mismatch: target {ranking.target} is {target.architecture}, donor {ranking.donor} is "
+            f"{donor.architecture}; a transplant needs structurally identical models"
+        )
+    t_tensors, d_tensors = target.all_tensors(), donor.all_tensors()
+    shared = sorted(set(t_tensors) & set(d_tensors))
+    mismatched: List[str] = []
+    for unit in ranking.pool:
+        names = [unit] if unit in t_tensors else [n for n in shared if n.startswith(unit)]
+        for name in names:
+            if name in d_tensors and tuple(t_tensors[name].shape) != tuple(d_tensors[name].shape):
+                mismatched.append(name)
+    if mismatched:
+        first = mismatched[0]
+        raise TransplantError(
+            f"shape mismatch in {len(mismatched)} tensor(s) of the candidate pool between target {ranking.target} "
+            f"and donor {ranking.donor}, e.g. {first}: {list(t_tensors[first].shape)} in the target, "
+            f"{list(d_tensors[first].shape)} in the donor; the sweep needs a donor with the target's shapes "
+            "(run analyze on this pair to rank only modules that match)"
+        )
+
+
 class Sweeper:
     """Holds the live target, the donor reader and lm-eval's wrapper; scores points."""
 
@@ -225,6 +263,7 @@ class Sweeper:
         from mergekit_transplant.loading import load_causal_lm
         from mergekit_transplant.sweep.inplace import DonorTensors, LiveTransplant
 
+        check_pair(ranking, allow_pickle=settings.allow_pickle)
         self.ranking, self.settings = ranking, settings
         self.tasks = find_tasks(settings.select_tasks + settings.report_tasks, settings.include_path)
         self.splits = {
