@@ -581,6 +581,14 @@ def _split_existing(text: str) -> Tuple[dict, str, str]:
     return meta, "", body.strip()
 
 
+def _previous(sidecar: dict, key: str, check) -> Optional[dict]:
+    """A section kept from the previous card run, or None when it is missing or no longer valid."""
+    try:
+        return check(sidecar[key], key) if isinstance(sidecar.get(key), dict) else None
+    except TransplantError:
+        return None
+
+
 def write_card(
     out_dir: os.PathLike | str,
     *,
@@ -618,16 +626,23 @@ def write_card(
             previous = load_json(out_dir / SIDECAR, "card data")
         except TransplantError:
             previous = {}
+    from mergekit_transplant.card_inputs import check_analysis_report, check_eval_results
+
     report_path = None
     if isinstance(report, (str, os.PathLike)):
         report_path = Path(report)
-        report = load_json(report_path, "analysis report")
+        report = check_analysis_report(load_json(report_path, "analysis report"), f"analysis report {report_path}")
+    elif report is not None:
+        check_analysis_report(report, "analysis report")
     if isinstance(eval_results, (str, os.PathLike)):
-        eval_results = load_json(eval_results, "eval results")
-    if report is None and isinstance(previous.get("analysis"), dict):
-        report = previous["analysis"]
-    if eval_results is None and isinstance(previous.get("evaluation"), dict):
-        eval_results = previous["evaluation"]
+        path = Path(eval_results)
+        eval_results = check_eval_results(load_json(path, "eval results"), f"eval results {path}")
+    elif eval_results is not None:
+        check_eval_results(eval_results, "eval results")
+    if report is None:
+        report = _previous(previous, "analysis", check_analysis_report)
+    if eval_results is None:
+        eval_results = _previous(previous, "evaluation", check_eval_results)
     mapping = {str(k): str(v) for k, v in (previous.get("hub_ids") or {}).items()} if isinstance(
         previous.get("hub_ids"), dict) else {}
     mapping.update(hub_ids or {})

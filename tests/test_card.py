@@ -288,7 +288,8 @@ def test_untrusted_strings_are_escaped(tmp_path, work):
     try:
         write_card(out, recipe=load_recipe(tmp_path / "recipe.yml"), report=report,
                    eval_results={"tasks": {"t|x</td><script>alert(5)</script>\n---\nfoo: 1": {
-                       "metric": "<b>acc</b>", "target": 0.1, "donor": "<i>", "merged": 0.2}}},
+                       "metric": "<b>acc</b>", "target": 0.1, "donor": 0.1, "merged": 0.2, "tir": None,
+                       "tir_reason": "<i>"}}},
                    name="# <script>alert(6)</script> [link](javascript:alert(7))")
     finally:
         os.chdir(cwd)

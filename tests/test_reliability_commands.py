@@ -359,13 +359,26 @@ def test_card_rejects_bad_inputs(files, tmp_path):
     assert list(empty.iterdir()) == [] and leftovers(out) == []
 
 
-@pytest.mark.xfail(strict=True, reason="card --eval accepts an analysis report.json (not eval results) and "
-                   "exits 0")
 def test_card_eval_file_must_be_eval_results(files, analysis_report, tmp_path):
     out = tmp_path / "card"
     shutil.copytree(files["merged"], out)
+    before = (out / "README.md").read_text()
     code, output = invoke(["card", out, "--eval", analysis_report])
-    assert_clean_error(code, output, str(analysis_report))
+    assert_clean_error(code, output, str(analysis_report), "no 'tasks' section", "pass it with --report")
+    good = {"tasks": {"t": {"metric": "acc", "target": 0.2, "donor": 0.6, "merged": 0.5}}}
+    (tmp_path / "results.json").write_text(json.dumps(good))
+    code, output = invoke(["card", out, "--report", tmp_path / "results.json"])
+    assert_clean_error(code, output, "results.json", "not the report.json", "pass it with --eval")
+    for broken, needle in (({"tasks": {}}, "lists no task"),
+                           ({"tasks": {"t": {"metric": "acc", "target": "0.2", "donor": 0.6, "merged": 0.5}}},
+                            "tasks.t.target is a str"),
+                           ({"tasks": {"t": {"metric": "acc", "target": 0.2, "donor": 0.6}}}, "no 'merged' score")):
+        (tmp_path / "bad.json").write_text(json.dumps(broken))
+        code, output = invoke(["card", out, "--eval", tmp_path / "bad.json"])
+        assert_clean_error(code, output, "bad.json", needle)
+    assert (out / "README.md").read_text() == before and leftovers(out) == []
+    code, output = invoke(["card", out, "--eval", tmp_path / "results.json", "--report", analysis_report])
+    assert code == 0, output
 
 
 # --------------------------------------------------------------------------- organ
