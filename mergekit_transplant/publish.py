@@ -7,7 +7,9 @@ count of the model its config describes × the config's dtype size, which
 catches a truncated merge, a wrong ``out_dtype`` or a duplicated tensor);
 a tokenizer is there; and the folder loads with transformers with no missing,
 unexpected or mis-shaped weights. ``--dry-run`` stops before the network and
-prints exactly what would be uploaded.
+prints exactly what would be uploaded. Offline (``HF_HUB_OFFLINE``), an
+unreachable Hub, a missing token or a refused upload are reported as such,
+after the local checks have run.
 """
 
 from __future__ import annotations
@@ -247,18 +249,67 @@ def publish(
     check.raise_for_errors()
     if dry_run:
         return check, plan, None
+    passed = f"{plan.folder} passed every local check, but nothing was uploaded: "
     if api is None:
+        if hub_offline():
+            raise TransplantError(
+                passed + "offline mode is set (HF_HUB_OFFLINE), so the Hugging Face Hub cannot be reached; "
+                "unset it to upload (--dry-run runs the checks without the network)"
+            )
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    info = api.upload_folder(
-        repo_id=repo_id, repo_type="model", folder_path=str(plan.folder),
-        allow_patterns=[_escape_glob(name) for name, _ in plan.files],
-        commit_message="Upload transplant merge (mergekit-transplant)",
-    )
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id, repo_type="model", folder_path=str(plan.folder),
+            allow_patterns=[_escape_glob(name) for name, _ in plan.files],
+            commit_message="Upload transplant merge (mergekit-transplant)",
+        )
+    except Exception as error:
+        problem = hub_problem(error, repo_id)
+        if problem is None:
+            raise
+        raise TransplantError(passed + problem) from None
     url = getattr(info, "commit_url", None) or str(info)
     return check, plan, url
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as huggingface_hub saw it at import, or as set now."""
+    from huggingface_hub import constants
+
+    now = any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+              for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return now or constants.is_offline_mode()
+
+
+def hub_problem(error: BaseException, repo_id: str) -> Optional[str]:
+    """A one-line reason for a failed Hub call that is the user's to fix, or None for a bug."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+
+    first = (str(error).strip().splitlines() or [""])[0].strip()
+    if isinstance(error, OfflineModeIsEnabled):
+        return ("offline mode is set (HF_HUB_OFFLINE), so the Hugging Face Hub cannot be reached; "
+                "unset it to upload")
+    if isinstance(error, LocalTokenNotFoundError):
+        return "no Hub token: pass --token, set HF_TOKEN or run `hf auth login`"
+    if isinstance(error, HfHubHTTPError):
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        hint = {401: "check --token / HF_TOKEN / `hf auth login`",
+                403: f"the token may not write to {repo_id.split('/')[0]}"}.get(status, "")
+        return f"the Hugging Face Hub refused it (HTTP {status}: {first})" + (f"; {hint}" if hint else "")
+    # huggingface_hub's HTTP client (httpx, or httpx2 in huggingface_hub 2.x) raises its own transport
+    # errors, not ConnectionError: match them by class name so either client is covered
+    transport = {"TransportError", "ConnectError", "TimeoutException", "NetworkError", "ProxyError", "ConnectionError",
+                 "Timeout"}
+    if isinstance(error, (ConnectionError, TimeoutError)) or any(
+        cls.__name__ in transport and cls.__module__.split(".")[0].startswith(("httpx", "requests", "urllib3"))
+        for cls in type(error).__mro__
+    ):
+        return (f"the Hugging Face Hub cannot be reached ({type(error).__name__}: {first}); "
+                "check the network, a proxy or HF_ENDPOINT")
+    return None
 
 
 def matches_plan(plan: UploadPlan, name: str) -> bool:

@@ -504,10 +504,45 @@ def test_publish_refuses_unready_folders_before_any_network(files, tmp_path):
     assert_clean_error(code, output, "not a valid Hub id")
 
 
-@pytest.mark.xfail(strict=True, reason="publish with HF_HUB_OFFLINE=1 (or no network): raw OfflineModeIsEnabled / "
-                   "ConnectError, exit 1")
+def _no_sockets(monkeypatch, allow=("127.0.0.1",)):
+    """Any connection to a host outside ``allow`` fails the test."""
+    import socket
+
+    real = socket.socket.connect
+
+    def connect(self, address):
+        if not (isinstance(address, tuple) and address[0] in allow):
+            pytest.fail(f"network access to {address}")
+        return real(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+
+
 def test_publish_offline_is_a_clean_error(files, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    _no_sockets(monkeypatch, allow=())
     code, output = invoke(["publish", files["merged"], "--repo-id", "org/name", "--skip-load"])
-    assert_clean_error(code, output, "Hub")
+    assert_clean_error(code, output, "Hub", "HF_HUB_OFFLINE", "passed every local check", "nothing was uploaded")
+    # the local checks ran first: a broken folder says what is wrong with it, not that the Hub is offline
+    broken = tmp_path / "broken"
+    shutil.copytree(files["merged"], broken)
+    (broken / "README.md").unlink()
+    code, output = invoke(["publish", broken, "--repo-id", "org/name", "--skip-load"])
+    assert_clean_error(code, output, "no model card")
+    assert "HF_HUB_OFFLINE" not in output
+    # --dry-run needs no network at all
+    code, output = invoke(["publish", files["merged"], "--repo-id", "org/name", "--dry-run"])
+    assert code == 0 and "dry run: nothing was uploaded" in output, output
+
+
+def test_publish_without_network_is_a_clean_error(files, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    _no_sockets(monkeypatch)
+    code, output = invoke(["publish", files["merged"], "--repo-id", "org/name", "--skip-load", "--token", "hf_x"])
+    assert_clean_error(code, output, "Hugging Face Hub cannot be reached", "ConnectError", "nothing was uploaded")
