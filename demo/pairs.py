@@ -43,9 +43,9 @@ class Pair:
 PAIRS = (
     Pair("local", "base", "tuned-local", 4, (1, 2, 4, 8), (1.0,),
          "base vs a sibling fine-tuned in 4 known modules only (ground truth)"),
-    Pair("tuned", "base", "tuned", 4, (2, 4, 8, 14), (0.5, 1.0),
+    Pair("tuned", "base", "tuned", 4, (2, 4, 8, 14, 20, 28), (0.5, 1.0),
          "base vs its fully fine-tuned sibling (every module trained)"),
-    Pair("generations", "gen2", "gen1", 4, (2, 4, 8, 14), (0.5, 1.0),
+    Pair("generations", "gen2", "gen1", 4, (2, 4, 8, 14, 20, 28), (0.5, 1.0),
          "a next generation that forgot the skill vs the previous generation"),
 )
 

@@ -69,7 +69,7 @@ def demo_pair(pair: Pair, limit: int, all_scores: bool) -> None:
         "--output", str(out / "results.json"),
     )
     tool(*sweep_args(pair, "local", controls=True, limit=limit))
-    if all_scores and pair.name != "local":
+    if all_scores:
         for score in SCORES[1:]:
             tool(*sweep_args(pair, score, controls=False, limit=limit))
 
