@@ -53,3 +53,23 @@ def test_missing_include_path_and_unknown_task_are_clear_errors(tmp_path):
         find_tasks(["x"], tmp_path / "nope")
     with pytest.raises(TransplantError, match="no lm-eval task given"):
         find_tasks([], None)
+
+
+def test_a_malformed_task_yaml_is_reported_as_malformed_not_unknown(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"q": "x", "choices": ["a", "b"], "label": 0}\n')
+    write(tmp_path, "task_a", tmp_path / "d.jsonl")
+    (tmp_path / "broken.yaml").write_text("task: task_b\ndataset_path: json\ndoc_to_text: [\n")
+    with pytest.raises(TransplantError) as info:
+        find_tasks(["task_a", "task_b"], tmp_path)
+    message = str(info.value)
+    assert "task_b" in message and "broken.yaml" in message and "malformed" in message
+    assert "line 4, column 1" in message and "unknown" not in message
+    # named by its file name, whatever is inside
+    (tmp_path / "task_c.yaml").write_text("task: [task_c\n")
+    with pytest.raises(TransplantError, match=r"task_c.yaml names it but is malformed \(line 2"):
+        find_tasks(["task_c"], tmp_path)
+    # a parseable YAML that is not a task config
+    (tmp_path / "task_d.yaml").write_text("- task: task_d\n")
+    with pytest.raises(TransplantError, match=r"task_d.yaml names it but is malformed \(ValueError: Expected YAML dict"):
+        find_tasks(["task_d"], tmp_path)
+    assert find_tasks(["task_a"], tmp_path).names == ["task_a"]  # the good task still loads

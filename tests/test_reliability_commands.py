@@ -207,6 +207,15 @@ def test_eval_rejects_bad_input(zoo, files, tmp_path, case):  # noqa: F811
     assert not (tmp_path / "results.json").exists() and leftovers(tmp_path) == []
 
 
+def test_eval_malformed_task_yaml_is_named(zoo, files, tmp_path):  # noqa: F811
+    tasks = shutil.copytree(files["tasks"], tmp_path / "tasks")
+    (tasks / "tiny_bad.yaml").write_text("task: tiny_bad\ndataset_path: json\ndoc_to_text: [\n")
+    code, output = invoke(["eval", "--target", zoo["t"], "--donor", zoo["d"], "--merged", files["merged"],
+                           "--tasks", "tiny_mc,tiny_bad", "--include-path", tasks, "--no-cache"])
+    assert_clean_error(code, output, "lm-eval task tiny_bad", "tiny_bad.yaml", "malformed", "line 4, column 1")
+    assert "unknown" not in output
+
+
 def test_eval_unknown_include_path(zoo, files, tmp_path):  # noqa: F811
     code, output = invoke(["eval", "--target", zoo["t"], "--donor", zoo["d"], "--merged", files["merged"],
                            "--tasks", "tiny_mc", "--include-path", tmp_path / "nope"])

@@ -193,8 +193,84 @@ def _known(manager, name: str, seen: Optional[set] = None) -> bool:
     return True
 
 
+def _yaml_problem(error: BaseException) -> str:
+    """``line 3, column 1: expected ..., but found ...`` for a YAML error; the first line of anything else."""
+    import yaml
+
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        what = "; ".join(str(x) for x in (error.context, error.problem) if x)
+        return f"line {mark.line + 1}, column {mark.column + 1}: {what}"
+    first = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first}"
+
+
+def unreadable_yamls(paths: Sequence[str]) -> List[tuple]:
+    """``(file, problem, syntax)`` for each task YAML under ``paths`` that lm-eval's index skips.
+
+    lm-eval skips a YAML it cannot read without a word (the task is then just
+    "unknown"), so the files are read here the way its index reads them.
+    ``syntax`` is True for a file that is not valid YAML at all, False for
+    one that parses but is not a task, group or tag config (include
+    templates are like that on purpose).
+    """
+    import yaml
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    try:
+        from lm_eval.tasks._index import TaskIndex
+
+        kind_of = TaskIndex._kind_of
+    except (ImportError, AttributeError):  # another lm-eval layout: report syntax errors only
+        kind_of = None
+    out = []
+    for root in paths:
+        for path in sorted(Path(root).glob("**/*.yaml")):
+            try:
+                cfg = load_yaml(path, resolve_func=False, recursive=True)
+            except yaml.YAMLError as error:
+                out.append((path, _yaml_problem(error), True))
+                continue
+            except Exception as error:  # not a mapping, a missing include, an include cycle
+                out.append((path, _yaml_problem(error), False))
+                continue
+            if kind_of is not None:
+                try:
+                    kind_of(cfg)
+                except Exception as error:
+                    out.append((path, _yaml_problem(error), False))
+    return out
+
+
+def _check_unreadable(unknown: Sequence[str], paths: Sequence[str]) -> str:
+    """Raise for an unknown task that a malformed YAML names; else a note on malformed files (or "")."""
+    import re
+
+    bad = unreadable_yamls(paths)
+    for name in unknown:
+        for path, problem, _syntax in bad:
+            try:
+                text = path.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                text = ""
+            if path.stem == name or re.search(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", text):
+                raise TransplantError(
+                    f"lm-eval task {name}: {path} names it but is malformed ({problem}), so lm-eval skips it"
+                )
+    broken = [(path, problem) for path, problem, syntax in bad if syntax]
+    if not broken:
+        return ""
+    listed = "; ".join(f"{path} ({problem})" for path, problem in broken[:3])
+    return f". Note: {len(broken)} YAML file(s) there are malformed and skipped by lm-eval: {listed}"
+
+
 def find_tasks(names: Sequence[str], include_path=None) -> TaskSet:
-    """Resolve task names (tags expanded); TransplantError naming any unknown one."""
+    """Resolve task names (tags expanded); TransplantError naming any unknown one.
+
+    A requested name that a malformed YAML under ``include_path`` names is
+    reported as that file's problem (line, column, what is wrong), not as an
+    unknown task.
+    """
     from lm_eval.tasks import TaskManager
 
     _quiet_lm_eval()
@@ -203,16 +279,20 @@ def find_tasks(names: Sequence[str], include_path=None) -> TaskSet:
         raise TransplantError("no lm-eval task given (--tasks)")
     paths = _include_paths(include_path)
     manager = None
+    note = ""
     if paths:
         local = TaskManager(include_path=paths, include_defaults=False)
-        if all(_known(local, n) for n in names):
+        missing = [n for n in names if not _known(local, n)]
+        if not missing:
             manager = local
+        else:
+            note = _check_unreadable(missing, paths)
     if manager is None:
         manager = TaskManager(include_path=paths or None)
     unknown = [n for n in names if n not in manager.task_index]
     if unknown:
         where = "lm-eval's built-in tasks" + (f" or {', '.join(paths)}" if paths else " (pass --include-path for local task YAMLs)")
-        raise TransplantError(f"unknown lm-eval task(s) {', '.join(unknown)}: not found in {where}")
+        raise TransplantError(f"unknown lm-eval task(s) {', '.join(unknown)}: not found in {where}{note}")
     tasks = TaskSet(manager=manager, names=[])
     tasks.names = tasks.expand(names)
     return tasks
