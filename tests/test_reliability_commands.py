@@ -216,6 +216,19 @@ def test_eval_malformed_task_yaml_is_named(zoo, files, tmp_path):  # noqa: F811
     assert "unknown" not in output
 
 
+def test_eval_tokenizer_that_loses_the_answer_is_named(zoo, files, tmp_path):  # noqa: F811
+    """An lm-eval assertion is a clear error naming the failed check, the model and (here) the cause.
+
+    transformers 5 loads the test's word-level tokenizer.json through Qwen2Tokenizer (chosen by the
+    config's model_type), which rebuilds a byte-level BPE from the vocabulary: every answer encodes to
+    zero tokens and lm-eval asserts. Real Qwen2 tokenizers are byte-level BPE and are not affected.
+    """
+    q = zoo["qwen"]
+    code, output = _eval(zoo, files, tmp_path, target=q, donor=q, merged=q)
+    assert_clean_error(code, output, "lm-eval failed on target model", "len(continuation_enc) > 0",
+                       "lm_eval/models/huggingface.py", "tokenizer encodes a task's answer to zero tokens")
+
+
 def test_eval_unknown_include_path(zoo, files, tmp_path):  # noqa: F811
     code, output = invoke(["eval", "--target", zoo["t"], "--donor", zoo["d"], "--merged", files["merged"],
                            "--tasks", "tiny_mc", "--include-path", tmp_path / "nope"])

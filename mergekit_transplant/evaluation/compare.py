@@ -248,6 +248,7 @@ class Scorer:
                 s.backend, self.tasks.load(missing), task_manager=self.tasks.manager,
                 model_args=backend_model_args(ref, s), limit=s.limit, num_fewshot=s.num_fewshot,
                 batch_size=s.batch_size, device=self.device, bootstrap_iters=s.bootstrap_iters, seed=s.seed,
+                model_name=f"{role} model {ref}",
             )
             self.lm_eval_calls += 1
             for name in missing:

@@ -132,6 +132,38 @@ def _per_doc(results: Dict[str, Any], task: str, metrics: Dict[str, float]) -> D
     return out
 
 
+#: lm-eval assertions whose cause is known: a fragment of the failing line -> what it means
+KNOWN_ASSERTIONS = {
+    "continuation_enc": (
+        "the model's tokenizer encodes a task's answer to zero tokens. Check what "
+        "AutoTokenizer.from_pretrained(MODEL) does with the task's text: transformers picks the tokenizer "
+        "class from the config's model_type (e.g. Qwen2Tokenizer rebuilds a byte-level BPE from the "
+        "vocabulary), which breaks a tokenizer.json of another kind"
+    ),
+}
+
+
+def assertion_message(error: AssertionError, model_name: Optional[str] = None) -> str:
+    """Name the lm-eval check that failed (file, line, source) and, when known, why."""
+    import linecache
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if "lm_eval" in f.filename.replace("\\", "/")]
+    frame = frames[-1] if frames else (traceback.extract_tb(error.__traceback__) or [None])[-1]
+    where, source = "", str(error)
+    if frame is not None:
+        path = frame.filename.replace("\\", "/")
+        short = path[path.rfind("lm_eval/"):] if "lm_eval/" in path else path
+        where = f" ({short}:{frame.lineno})"
+        source = (frame.line or linecache.getline(frame.filename, frame.lineno)).strip() or source
+    on = f" on {model_name}" if model_name else ""
+    message = f"lm-eval failed{on}: its check `{source}` failed{where}"
+    for fragment, meaning in KNOWN_ASSERTIONS.items():
+        if fragment in source:
+            message += f": {meaning}"
+    return message
+
+
 _ENV_INFO: Dict[str, Any] = {}
 
 
@@ -175,8 +207,12 @@ def run_lm_eval(
     device: Optional[str] = None,
     bootstrap_iters: int = 100000,
     seed: int = 0,
+    model_name: Optional[str] = None,
 ) -> Dict[str, Any]:
-    """``lm_eval.simple_evaluate`` with the settings every model of a comparison shares."""
+    """``lm_eval.simple_evaluate`` with the settings every model of a comparison shares.
+
+    ``model_name`` (e.g. ``"donor model /path"``) names the model in errors.
+    """
     import lm_eval
 
     kwargs = dict(
@@ -192,7 +228,10 @@ def run_lm_eval(
         except TransplantError:
             raise
         except (KeyError, ValueError) as error:
-            raise TransplantError(f"lm-eval failed: {type(error).__name__}: {error}") from error
+            on = f" on {model_name}" if model_name else ""
+            raise TransplantError(f"lm-eval failed{on}: {type(error).__name__}: {error}") from error
+        except AssertionError as error:
+            raise TransplantError(assertion_message(error, model_name)) from error
     if results is None:  # not rank 0 in a distributed launch
         raise TransplantError("lm-eval returned no results on this process (distributed rank > 0?)")
     return results

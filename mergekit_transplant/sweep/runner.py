@@ -307,6 +307,7 @@ class Sweeper:
                 results = run_lm_eval(
                     self.lm, self.task_objects, task_manager=self.tasks.manager, limit=s.limit,
                     num_fewshot=s.num_fewshot, bootstrap_iters=s.bootstrap_iters, seed=s.seed,
+                    model_name=f"target {self.ranking.target}",
                 )
             self.eval_s += time.perf_counter() - start
             self.evaluations += 1
