@@ -1,5 +1,8 @@
 """Zero-config registration: a lazy post-import hook installed from a ``.pth`` file.
 
+The ``.pth`` line (``pth_line()``) defines a stub finder in place; only when
+one of the watched mergekit modules is imported does it import this module.
+
 mergekit reads no entry points, so a plugin has to register its merge method in
 ``mergekit.merge_methods``' registry itself. Importing mergekit (and torch) at
 every interpreter start would cost seconds, so the ``.pth`` file only installs
@@ -67,41 +70,78 @@ class _PostImportLoader:
         return getattr(self._wrapped, name)
 
 
+def find_spec(fullname, path=None, target=None):
+    """The real spec of a watched module, with its loader wrapped; None otherwise.
+
+    Called by the stub finder that the ``.pth`` line puts on ``sys.meta_path``
+    (and by ``PostImportFinder``). Other finders are asked for the spec; the
+    ``_BUSY`` guard stops the stub from answering its own question.
+    """
+    callback = AFTER_IMPORT.get(fullname)
+    if callback is None or fullname in _BUSY:
+        return None
+    _BUSY.add(fullname)
+    try:
+        spec = None
+        for finder in sys.meta_path:
+            if not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+    finally:
+        _BUSY.discard(fullname)
+    if spec is None or spec.loader is None:
+        return None
+    spec.loader = _PostImportLoader(spec.loader, callback)
+    return spec
+
+
+_BUSY: "set[str]" = set()
+
+
 class PostImportFinder:
-    """Finds nothing itself; wraps the real spec of the modules it watches."""
+    """The in-process form of the ``.pth`` stub, for ``install()``."""
 
-    def __init__(self) -> None:
-        self._busy = set()
+    find_spec = staticmethod(find_spec)
 
-    def find_spec(self, fullname, path=None, target=None):
-        callback = AFTER_IMPORT.get(fullname)
-        if callback is None or fullname in self._busy:
-            return None
-        self._busy.add(fullname)
-        try:
-            spec = None
-            for finder in sys.meta_path:
-                if finder is self or not hasattr(finder, "find_spec"):
-                    continue
-                spec = finder.find_spec(fullname, path, target)
-                if spec is not None:
-                    break
-        finally:
-            self._busy.discard(fullname)
-        if spec is None or spec.loader is None:
-            return None
-        spec.loader = _PostImportLoader(spec.loader, callback)
-        return spec
+
+def _stub_installed() -> bool:
+    return any(type(f).__name__ in (STUB_NAME, "PostImportFinder") for f in sys.meta_path)
 
 
 def install() -> None:
-    """Put the finder first on ``sys.meta_path`` (once); a no-op when disabled."""
+    """Put a finder first on ``sys.meta_path`` (once); a no-op when disabled.
+
+    The installed package does not need this: its ``.pth`` line adds a stub
+    finder at interpreter start. It serves ``python -S`` and embedded use.
+    """
     if disabled():
         return
-    if any(isinstance(f, PostImportFinder) for f in sys.meta_path):
-        return
-    sys.meta_path.insert(0, PostImportFinder())
+    if not _stub_installed():
+        sys.meta_path.insert(0, PostImportFinder())
     # mergekit may already be imported (python -S, then site import): catch up.
     for name, callback in AFTER_IMPORT.items():
         if name in sys.modules:
             callback()
+
+
+#: the class name of the stub finder defined by the ``.pth`` line
+STUB_NAME = "MergekitTransplantFinder"
+
+
+def pth_line() -> str:
+    """The single line of ``mergekit_transplant.pth`` (a test keeps the file equal to it).
+
+    Interpreter start runs it: it defines a stub finder in place, importing
+    nothing, so the plugin costs microseconds until mergekit itself is imported.
+    """
+    watched = tuple(AFTER_IMPORT)
+    return (
+        "import os, sys; "
+        f"os.environ.get({DISABLE_ENV!r}, '').strip().lower() in ('', '0', 'false', 'no') "
+        f"and sys.meta_path.insert(0, type({STUB_NAME!r}, (), {{'find_spec': staticmethod("
+        "lambda name, path=None, target=None: "
+        "__import__('mergekit_transplant._hook')._hook.find_spec(name, path, target) "
+        f"if name in {watched!r} else None)}})())\n"
+    )

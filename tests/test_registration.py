@@ -27,8 +27,17 @@ def test_interpreter_start_imports_neither_torch_nor_mergekit():
     proc = py("import sys; print('torch' in sys.modules, 'mergekit' in sys.modules)")
     assert proc.stdout.split() == ["False", "False"]
     # ... but the hook is installed
-    proc = py("import sys; print(any(type(f).__name__ == 'PostImportFinder' for f in sys.meta_path))")
-    assert proc.stdout.strip() == "True"
+    proc = py("import sys; print([type(f).__name__ for f in sys.meta_path][0], 'mergekit_transplant' in sys.modules)")
+    assert proc.stdout.split() == ["MergekitTransplantFinder", "False"]
+
+
+def test_pth_file_is_the_generated_stub_line():
+    """The shipped .pth holds exactly ``_hook.pth_line()`` (regenerate it after editing the hook)."""
+    from mergekit_transplant import _hook
+
+    assert (REPO / "mergekit_transplant" / "_autoload.pth").read_text() == _hook.pth_line()
+    installed = Path(sysconfig.get_paths()["purelib"]) / "mergekit_transplant.pth"
+    assert installed.read_text() == _hook.pth_line(), "reinstall (pip install -e .) to refresh the .pth"
 
 
 @pytest.mark.parametrize(
