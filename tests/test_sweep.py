@@ -186,6 +186,31 @@ def test_sweep_writes_json_csv_plot_and_recipe_but_no_models(swept):
     assert len(lines) == 1 + len(data["points"])
 
 
+def _margins_are_blank(png: Path, width: int = 3) -> bool:
+    """Nothing drawn in the outer ``width`` pixels: the plot's legend and labels are not cut off at an edge."""
+    from PIL import Image
+
+    image = Image.open(png).convert("RGB")
+    w, h = image.size
+    pixels = image.load()
+    edge = [(x, y) for x in range(w) for y in (*range(width), *range(h - width, h))]
+    edge += [(x, y) for y in range(h) for x in (*range(width), *range(w - width, w))]
+    return all(pixels[xy] == (255, 255, 255) for xy in edge)
+
+
+def test_plot_keeps_the_legend_inside_the_image(swept, pair, tmp_path):
+    _, _, out, _ = swept
+    assert _margins_are_blank(out["plot"])  # two strengths
+    # one strength with every legend entry (whole-model, random band, best star): the narrowest figure
+    plot = tmp_path / "one.png"
+    result = CliRunner().invoke(main, [
+        "sweep", "--report", str(pair["report"]), "--k", "1,2", "--strength", "1.0", "--tasks", "mc",
+        "--include-path", str(pair["tasks"]), "--random-controls", "1", "--plot", str(plot),
+    ])
+    assert result.exit_code == 0, result.output
+    assert _margins_are_blank(plot)
+
+
 def test_sweep_points_schema_and_counts(swept):
     _, data, _, _ = swept
     rows = data["points"]

@@ -8,6 +8,10 @@ from pathlib import Path
 from mergekit_transplant import atomic
 from mergekit_transplant.sweep.runner import SweepResult
 
+PANEL_HEIGHT = 4.4  # inches, panels and titles
+LEGEND_ROW_HEIGHT = 0.2  # inches per legend row at fontsize 8
+LEGEND_COLUMN_WIDTH = 2.6  # inches a legend column needs for the longest label at fontsize 8
+
 
 def plot_sweep(result: SweepResult, path: os.PathLike | str) -> None:
     """One panel per strength, on the report split; the best point is starred."""
@@ -22,7 +26,8 @@ def plot_sweep(result: SweepResult, path: os.PathLike | str) -> None:
     best = result.best()
     target = result.references["target"].split_scores[label]
     donor = result.references["donor"].split_scores[label]
-    fig, axes = plt.subplots(1, len(strengths), figsize=(max(6.0, 4.8 * len(strengths)), 4.4), sharey=True, squeeze=False)
+    width = max(6.4, 4.8 * len(strengths))
+    fig, axes = plt.subplots(1, len(strengths), figsize=(width, PANEL_HEIGHT), sharey=True, squeeze=False)
     for ax, s in zip(axes[0], strengths):
         analysis = [result.of("analysis", k, s)[0].split_scores[label] for k in ks]
         bands = [result.band(k, s) for k in ks]
@@ -58,15 +63,21 @@ def plot_sweep(result: SweepResult, path: os.PathLike | str) -> None:
             if name not in names:
                 handles.append(handle)
                 names.append(name)
-    fig.legend(handles, names, loc="lower center", ncol=min(4, len(names)), fontsize=8, frameon=False)
+    # as many legend columns as the figure's width holds, and the figure made taller by the legend's rows,
+    # so the legend sits below the panels, inside the image, whatever the number of strengths
+    ncol = max(1, min(4, len(names), int(width // LEGEND_COLUMN_WIDTH)))
+    rows = -(-len(names) // ncol)
+    legend_height = LEGEND_ROW_HEIGHT * rows + 0.1
+    fig.set_size_inches(width, PANEL_HEIGHT + legend_height)
+    fig.legend(handles, names, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=ncol, fontsize=8, frameon=False)
     title = f"Sweep on {label}"
     if result.settings.single_split:
         title += " (same split used for selection: optimistic)"
     fig.suptitle(title, fontsize=10)
-    rows_of_legend = (len(names) + 3) // 4
-    fig.tight_layout(rect=(0, 0.07 * rows_of_legend, 1, 1))
+    fig.tight_layout(rect=(0, legend_height / (PANEL_HEIGHT + legend_height), 1, 1))
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
     with atomic.replacing(path) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=120)
+        # bbox_inches="tight" grows the canvas to whatever was drawn: nothing is ever cut at the edges
+        fig.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
