@@ -216,7 +216,7 @@ class SweepResult:
         }
 
 
-def check_pair(ranking: Ranking, *, allow_pickle: bool = False) -> None:
+def check_pair(ranking: Ranking, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> None:
     """Refuse a target/donor pair the sweep cannot transplant between, from headers only.
 
     Runs before the target is loaded and before any point is scored: the two
@@ -231,6 +231,12 @@ def check_pair(ranking: Ranking, *, allow_pickle: bool = False) -> None:
 
     target = read_index(ranking.target, allow_pickle=allow_pickle)
     donor = read_index(ranking.donor, allow_pickle=allow_pickle)
+    for role, index in (("target", target), ("donor", donor)):
+        if "auto_map" in index.config and not trust_remote_code:
+            raise TransplantError(
+                f"{role} {index.ref}: its config.json maps to custom code (auto_map), which transformers runs "
+                "only with trust_remote_code=True; pass --trust-remote-code if you trust this model"
+            )
     if target.architecture != donor.architecture:
         raise TransplantError(
             f"architecture mismatch: target {ranking.target} is {target.architecture}, donor {ranking.donor} is "
@@ -263,7 +269,7 @@ class Sweeper:
         from mergekit_transplant.loading import load_causal_lm
         from mergekit_transplant.sweep.inplace import DonorTensors, LiveTransplant
 
-        check_pair(ranking, allow_pickle=settings.allow_pickle)
+        check_pair(ranking, allow_pickle=settings.allow_pickle, trust_remote_code=settings.trust_remote_code)
         self.ranking, self.settings = ranking, settings
         self.tasks = find_tasks(settings.select_tasks + settings.report_tasks, settings.include_path)
         self.splits = {
