@@ -41,7 +41,7 @@ def _install_card_hook() -> None:
 
 
 #: module name -> callback run right after that module finishes executing
-AFTER_IMPORT: "dict[str, Callable[[], None]]" = {
+AFTER_IMPORT: "dict[str, object]" = {
     "mergekit.merge_methods": _register_method,
     "mergekit.plan": _install_planner_hook,
     "mergekit.card": _install_card_hook,

@@ -193,9 +193,7 @@ class CardResult:
 
 
 def _donors(recipe) -> List[str]:
-    from mergekit_transplant.organ import donors_in_order
-
-    return donors_in_order(recipe)
+    return recipe.donors
 
 
 def _models(recipe) -> List[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 from mergekit_transplant import atomic
 from mergekit_transplant.errors import TransplantError

@@ -363,21 +363,6 @@ def _model_refs(data: dict) -> Iterable[Tuple[dict, str]]:
                     yield src, "model"
 
 
-def donors_in_order(recipe: Recipe) -> List[str]:
-    """The recipe's donors in the order they first appear in it.
-
-    ``Recipe.donors`` comes from mergekit's ``referenced_models()``, a set: its
-    order changes between runs, and organ folder names must not.
-    """
-    known = set(recipe.donors)
-    ordered: List[str] = []
-    for container, key in _model_refs(recipe.data):
-        ref = _ref_str(container[key])
-        if ref in known and ref not in ordered:
-            ordered.append(ref)
-    return ordered + sorted(known - set(ordered))
-
-
 def _ref_str(value) -> str:
     from mergekit.common import ModelReference
 
@@ -441,7 +426,7 @@ def extract_organ(
         )
 
     target = read_index(recipe.target, allow_pickle=allow_pickle)
-    donors = donors_in_order(recipe)
+    donors = recipe.donors
     single = len(donors) == 1
     folders = {d: "." if single else f"donor-{i}" for i, d in enumerate(donors, 1)}
     recipe_refs = {d: str(out) if single else str(out / folders[d]) for d in donors}

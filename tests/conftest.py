@@ -21,6 +21,15 @@ def _single_thread():
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_mergekit_loaders():
+    """mergekit caches loaders per process by model path as written; tests reuse
+    relative paths such as ``models/donor`` for different folders."""
+    from mergekit_transplant.merge import fresh_loaders
+
+    fresh_loaders()
+
+
 @pytest.fixture(scope="session")
 def model_factory(tmp_path_factory):
     """``model_factory(name, arch, **kwargs)`` builds (once) and returns a model folder."""

@@ -81,7 +81,7 @@ def test_cli_errors_are_one_line_and_exit_2(setup, tmp_path, args, message):
     result = CliRunner().invoke(main, ["analyze", "--target", str(target), "--donor", str(donor), *args,
                                        "-o", str(tmp_path / "r.yml")])
     assert result.exit_code == 2, result.output
-    assert f"error: " in result.output and message in result.output
+    assert "error: " in result.output and message in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "r.yml").exists()
 

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from mergekit_transplant.merge import fresh_loaders
 from click.testing import CliRunner
 from huggingface_hub import ModelCard
 
@@ -36,19 +38,6 @@ models:
 """
 
 
-def clear_mergekit_loaders():
-    """mergekit caches tensor loaders per process by model reference; in these tests the
-    same relative path (models/donor) names different folders, so start each merge afresh."""
-    from mergekit.io.tasks import LoaderCache
-
-    LoaderCache().loaders.clear()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_loaders():
-    clear_mergekit_loaders()
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """A folder holding models/target and models/donor: paths with exactly one '/'."""
@@ -64,7 +53,7 @@ def merged(work):
     """`mergekit-transplant merge` output (in-process), card included."""
     from mergekit_transplant.merge import run_transplant
 
-    clear_mergekit_loaders()
+    fresh_loaders()
     cwd = os.getcwd()
     os.chdir(work)
     try:

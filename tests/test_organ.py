@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from mergekit_transplant.merge import fresh_loaders
 import torch
 import yaml
 from click.testing import CliRunner
@@ -43,19 +45,6 @@ def recipe_text(target: str, donor: str, strengths: dict) -> str:
     return "\n".join(lines)
 
 
-def clear_mergekit_loaders():
-    """mergekit caches tensor loaders per process by model reference; in these tests the
-    same relative path (models/donor) names different folders, so start each merge afresh."""
-    from mergekit.io.tasks import LoaderCache
-
-    LoaderCache().loaders.clear()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_loaders():
-    clear_mergekit_loaders()
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("organwork")
@@ -64,7 +53,7 @@ def work(tmp_path_factory):
     (root / "recipe.yml").write_text(recipe_text("models/target", "models/donor", {
         "model.layers.1.mlp.down_proj.weight": 1.0, "model.layers.0.self_attn.q_proj.weight": 0.5,
     }))
-    clear_mergekit_loaders()
+    fresh_loaders()
     cwd = os.getcwd()
     os.chdir(root)  # recipes name models relative to the cwd, as mergekit resolves them
     try:
@@ -74,7 +63,7 @@ def work(tmp_path_factory):
 
 
 def merged_in_process(recipe: Path, out: Path) -> dict:
-    clear_mergekit_loaders()
+    fresh_loaders()
     run_transplant(recipe, out, write_card=False)
     return load_state(out)
 

@@ -14,9 +14,8 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import pytest
 from click.testing import CliRunner

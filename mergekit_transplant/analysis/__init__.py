@@ -15,7 +15,7 @@ only when an analysis runs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 from mergekit_transplant.analysis.pipeline import (
     CAPTURE_MODES, DEFAULT_SCORE, DEFAULT_TOP_K, GRANULARITIES, AnalysisResult, analyze,

@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence, Union
 from mergekit_transplant.analysis import capture as capture_mod
 from mergekit_transplant.analysis.candidates import Candidate, find_candidates, layer_units
 from mergekit_transplant.analysis.scores import (
-    REPORTED, SCORES, ScoreTable, consistency_k, layer_scores, module_scores, summarize,
+    REPORTED, SCORES, ScoreTable, layer_scores, module_scores,
 )
 from mergekit_transplant.analysis.selection import Picked, pick, selections, validate
 from mergekit_transplant.analysis.streaming import TensorStreamer
