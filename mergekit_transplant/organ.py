@@ -297,18 +297,11 @@ def _write_safetensors(file: Path, entries: Sequence[TensorInfo], progress=None)
         out.write(_header_bytes(entries))
         for info in entries:
             h = hashlib.sha256()
-            with open(info.file, "rb") as src:
-                src.seek(info.begin)
-                left = info.nbytes
-                while left:
-                    chunk = src.read(min(CHUNK_BYTES, left))
-                    if not chunk:
-                        raise TransplantError(f"{info.file}: tensor {info.name!r} is truncated")
-                    h.update(chunk)
-                    out.write(chunk)
-                    left -= len(chunk)
-                    if progress is not None:
-                        progress.update(len(chunk))
+            for chunk in _range_chunks(info):
+                h.update(chunk)
+                out.write(chunk)
+                if progress is not None:
+                    progress.update(len(chunk))
             hashes[info.name] = h.hexdigest()
         out.flush()
         os.fsync(out.fileno())
@@ -514,17 +507,23 @@ class VerifyReport:
             )
 
 
-def _hash_range(info: TensorInfo) -> str:
-    h = hashlib.sha256()
+def _range_chunks(info: TensorInfo):
+    """A tensor's bytes from its file, in bounded chunks (never the whole tensor at once)."""
     with open(info.file, "rb") as fh:
         fh.seek(info.begin)
         left = info.nbytes
         while left:
             chunk = fh.read(min(CHUNK_BYTES, left))
             if not chunk:
-                break
-            h.update(chunk)
+                raise TransplantError(f"{info.file}: tensor {info.name!r} is truncated")
             left -= len(chunk)
+            yield chunk
+
+
+def _hash_range(info: TensorInfo) -> str:
+    h = hashlib.sha256()
+    for chunk in _range_chunks(info):
+        h.update(chunk)
     return h.hexdigest()
 
 
