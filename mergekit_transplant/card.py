@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from mergekit_transplant import __version__, atomic
-from mergekit_transplant.checkpoint import looks_like_hub_id, split_revision
+from mergekit_transplant.checkpoint import hub_id_problem, looks_like_hub_id, read_json_object, split_revision
 from mergekit_transplant.errors import TransplantError
 
 CARD_FILE = "README.md"
@@ -44,7 +44,6 @@ METHOD_URL = "https://arxiv.org/abs/2602.16189"
 BEGIN = "<!-- mergekit-transplant card: begin -->"
 END = "<!-- mergekit-transplant card: end -->"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-MAX_JSON_BYTES = 64 * 1024 * 1024
 MAX_HEATMAP_BYTES = 32 * 1024 * 1024
 TOP_SCORES = 15
 _MERGEKIT_CARD_MARK = "This is a merge of pre-trained language models created using [mergekit]"
@@ -93,48 +92,25 @@ def _num(x: Any, fmt: str = "{:.4g}") -> str:
 
 
 def load_json(path: os.PathLike | str, what: str) -> dict:
-    path = Path(path)
-    try:
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise TransplantError(f"{what} {path} is implausibly large")
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TransplantError(f"{what} {path} not found") from None
-    except (ValueError, UnicodeDecodeError) as error:
-        raise TransplantError(f"{what} {path}: malformed JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise TransplantError(f"{what} {path}: expected a JSON object")
-    return data
+    return read_json_object(path, what)
 
 
 def parse_hub_ids(pairs: Sequence[str]) -> Dict[str, str]:
     """``PATH=org/name`` pairs (from ``--hub-id``) into a validated mapping."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     out = {}
     for pair in pairs:
         path, sep, repo = pair.rpartition("=")
         if not sep or not path or not repo:
             raise TransplantError(f"--hub-id {pair!r}: expected PATH=org/name")
-        repo_id = split_revision(repo)[0]
-        try:
-            validate_repo_id(repo_id)
-        except HFValidationError as error:
-            raise TransplantError(f"--hub-id {pair!r}: {repo_id!r} is not a valid Hub id ({error})") from None
-        if repo_id.count("/") != 1:
-            raise TransplantError(f"--hub-id {pair!r}: a Hub model id looks like org/name")
+        problem = hub_id_problem(split_revision(repo)[0])
+        if problem:
+            raise TransplantError(f"--hub-id {pair!r}: {problem}")
         out[path] = repo
     return out
 
 
 def _valid_repo_id(repo_id: str) -> bool:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(repo_id)
-    except (HFValidationError, TypeError):
-        return False
-    return repo_id.count("/") == 1
+    return hub_id_problem(repo_id) is None
 
 
 def _same_path(a: str, b: str) -> bool:

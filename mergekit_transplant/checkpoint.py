@@ -93,6 +93,41 @@ class ModelIndex:
         }
 
 
+MAX_JSON_BYTES = 64 * 1024 * 1024
+
+
+def read_json_object(path: os.PathLike | str, what: str, *, missing: Optional[str] = None) -> dict:
+    """A small JSON file that must hold an object; every failure is one clear line.
+
+    ``missing`` replaces the default "not found" message (e.g. "not an organ").
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise TransplantError(f"{what} {path} is implausibly large")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TransplantError(missing or f"{what} {path} not found") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise TransplantError(f"{what} {path}: malformed JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise TransplantError(f"{what} {path}: expected a JSON object")
+    return data
+
+
+def hub_id_problem(repo_id: object) -> Optional[str]:
+    """Why ``repo_id`` is not an ``org/name`` Hub model id, or None when it is one."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except (HFValidationError, TypeError) as error:
+        return f"{repo_id!r} is not a valid Hub id ({error})"
+    if repo_id.count("/") != 1:
+        return "a Hub model id looks like org/name"
+    return None
+
+
 def split_revision(ref: str) -> Tuple[str, Optional[str]]:
     if ref.count("@") > 1:
         raise TransplantError(f"invalid model reference {ref!r}: more than one '@'")

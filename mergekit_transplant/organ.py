@@ -43,6 +43,7 @@ from mergekit_transplant.checkpoint import (
     TensorInfo,
     read_header,
     read_index,
+    read_json_object,
     split_revision,
     weight_files,
 )
@@ -212,14 +213,7 @@ def read_manifest(organ_dir: os.PathLike | str) -> OrganManifest:
     file = organ_dir / MANIFEST
     if not organ_dir.is_dir():
         raise TransplantError(f"organ {organ_dir}: no such folder")
-    try:
-        if file.stat().st_size > 64 * 1024 * 1024:
-            raise TransplantError(f"{file}: manifest is implausibly large")
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TransplantError(f"{organ_dir}: not an organ (no {MANIFEST})") from None
-    except (ValueError, UnicodeDecodeError) as error:
-        raise TransplantError(f"{file}: malformed JSON ({error})") from None
+    data = read_json_object(file, "organ manifest", missing=f"{organ_dir}: not an organ (no {MANIFEST})")
     return OrganManifest.from_json(data, str(file))
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from mergekit_transplant.checkpoint import DTYPE_BYTES, PICKLE_SUFFIXES, read_header, weight_files
+from mergekit_transplant.checkpoint import DTYPE_BYTES, PICKLE_SUFFIXES, hub_id_problem, read_header, weight_files
 from mergekit_transplant.errors import TransplantError
 
 #: suffixes refused anywhere in a folder to publish (pickle and friends)
@@ -218,14 +218,9 @@ def _escape_glob(name: str) -> str:
 
 
 def plan_upload(folder: os.PathLike | str, repo_id: str, *, private: bool = False) -> UploadPlan:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as error:
-        raise TransplantError(f"--repo-id {repo_id!r} is not a valid Hub id ({error})") from None
-    if repo_id.count("/") != 1:
-        raise TransplantError(f"--repo-id {repo_id!r}: use ORG/NAME")
+    problem = hub_id_problem(repo_id)
+    if problem:
+        raise TransplantError(f"--repo-id {repo_id!r}: {problem}")
     folder = Path(folder)
     return UploadPlan(repo_id=repo_id, private=private, folder=folder, files=upload_files(folder))
 

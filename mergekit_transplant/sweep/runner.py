@@ -19,7 +19,7 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from mergekit_transplant.errors import TransplantError
 from mergekit_transplant.evaluation import metrics as M
