@@ -161,7 +161,7 @@ def interleaved(paths: dict, threads: int, batch_size: int, repeats: int) -> dic
     def hooked(kind):
         with TensorStreamer(donor) as files:
             run_pass(model, cands, seqs, stats=["activation"] + (["local"] if kind == "local" else []),
-                     batch_size=batch_size, pad_id=0, padding_side="right", donor=files,
+                     batch_size=batch_size, pad_id=0, padding_side="right", other=files,
                      attribution=kind == "attribution", progress=False)
 
     times = {k: [] for k in PASSES}

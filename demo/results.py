@@ -20,7 +20,7 @@ SMALL_K = 8  # "a few modules": the regime the seed paper reports on
 SCORE_NOTES = {
     "local": "‖(W_donor − W_target)·x‖ on the target's inputs (the default)",
     "activation": "|Δ mean |output|| at the last position (the seed paper)",
-    "attribution": "|a·∂log p/∂a| on the donor (DoE)",
+    "attribution": "|Δa·∂log p/∂a| on the donor, Δa = (W_donor − W_target)·x (DoE-style)",
 }
 
 

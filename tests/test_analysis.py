@@ -99,15 +99,41 @@ def test_activation_also_flags_modules_downstream_of_a_change(pair):
     assert result.ranking("activation").index(o_proj["tensor"]) < 6 and v_proj_rank < 6
 
 
-def test_attribution_is_the_donors_reliance_whatever_the_target(pair, tmp_path):
-    """``attribution`` reads the donor alone (DoE-style): a different target gives the
-    same attribution ranking, which is why it does not single out changed tensors."""
-    target, donor, work = pair
-    other = perturbed_copy(target, tmp_path / "other", ["model.layers.0.mlp.up_proj.weight"], seed=7)
-    a = analyze(str(target), str(donor), load_workload(work), score="attribution", progress=False)
-    b = analyze(str(other), str(donor), load_workload(work), score="attribution", progress=False)
-    assert a.ranking("attribution") == b.ranking("attribution")
-    assert "target_pass_s" not in a.report["timing"]
+#: two modules that write into the residual stream: later modules read them only through a norm
+WRITERS = ["model.layers.1.mlp.down_proj.weight", "model.layers.2.self_attn.o_proj.weight"]
+
+
+@pytest.fixture(scope="module")
+def writers_pair(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("writers")
+    target = make_model(root / "target", "llama", layers=4)
+    donor = perturbed_copy(target, root / "donor", WRITERS, scale=1.0)
+    return target, donor, _workload(root / "work.jsonl")
+
+
+@pytest.mark.parametrize("score", ["local", "activation", "attribution"])
+def test_every_score_ranks_changed_residual_writers_first_and_the_recipe_lists_exactly_them(writers_pair, score):
+    """The donor equals the target except for a strong random change (noise as large as the
+    weights) to two modules whose outputs the rest of the network sees only through a norm."""
+    result = _run(writers_pair, score=score, top_k=len(WRITERS))
+    assert sorted(result.ranking(score)[: len(WRITERS)]) == sorted(WRITERS)
+    assert sorted(s.tensor for s in result.selections) == sorted(WRITERS)
+
+
+def test_attribution_ranks_the_changed_modules_first_and_scores_the_rest_exactly_zero(pair):
+    """Unlike ``activation``, a v_proj change does not leak into o_proj: attribution weighs
+    each module's own change (donor - target weights, on the donor's inputs) by the gradient."""
+    result = _run(pair, score="attribution", top_k=len(KNOWN))
+    assert sorted(result.ranking("attribution")[: len(KNOWN)]) == sorted(KNOWN)
+    for cand in result.report["candidates"]:
+        changed = cand["tensor"] in KNOWN
+        assert (cand["scores"]["attribution"] > 0) == changed, cand["tensor"]
+        assert (cand["scores"]["attribution_signed"] != 0) == changed, cand["tensor"]
+        # |sum| <= sum of |.| per position, per sample, hence for their means
+        assert abs(cand["scores"]["attribution_signed"]) <= cand["scores"]["attribution"] * (1 + 1e-9)
+    assert "target_pass_s" not in result.report["timing"]  # the donor's pass alone, target streamed
+    assert result.report["timing"]["target_streamed_bytes"] > 0
 
 
 def test_recipe_lists_exactly_the_changed_tensors_and_check_accepts_it(pair, tmp_path):
@@ -145,7 +171,8 @@ def test_local_needs_only_the_target_pass(pair):
     assert "donor_streamed_bytes" not in both.report["timing"] or both.report["timing"]["donor_streamed_bytes"] == 0
     # both models ran for attribution + local, so activation comes for free
     extra = _run(pair, score="attribution", also=["local"], top_k=2)
-    assert extra.report["settings"]["scores_computed"] == ["activation", "local", "local_relative", "attribution"]
+    assert extra.report["settings"]["scores_computed"] == [
+        "activation", "local", "local_relative", "attribution", "attribution_signed"]
 
 
 def test_param_budget_and_proportional_strength(pair):
@@ -213,10 +240,10 @@ def test_report_schema(pair):
     cand = next(c for c in report["candidates"] if c["tensor"] == KNOWN[0])
     assert cand["module"] == "model.layers.1.mlp.down_proj"
     assert cand["layer"] == 1 and cand["kind"] == "mlp.down_proj" and cand["parameters"] == 128 * 64
-    assert set(cand["scores"]) == {"activation", "local", "local_relative", "attribution"}
+    assert set(cand["scores"]) == {"activation", "local", "local_relative", "attribution", "attribution_signed"}
     assert set(cand["per_sample"]["local"]) == {"mean", "std", "min", "median", "max", "top_k_fraction"}
     assert cand["per_sample"]["local"]["top_k_fraction"] == 1.0  # every sample agrees
-    assert set(report["ranking"]) == {"activation", "local", "local_relative", "attribution"}
+    assert set(report["ranking"]) == {"activation", "local", "local_relative", "attribution", "attribution_signed"}
     assert len(report["ranking"]["local"]) == len(report["candidates"]) == 4 * 7
     assert [s["tensor"] for s in report["selection"]] == report["ranking"]["activation"][:2]
     assert set(report["selection"][0]) == {"tensor", "donor", "strength", "score"}
@@ -257,7 +284,9 @@ def test_embeddings_only_when_asked(tmp_path):
     assert wide.ranking()[0] == "model.embed_tokens.weight"
     assert "lm_head.weight" in wide.ranking()
     assert wide.report["candidates"][0]["scores"]["local"] > 0
-    assert all(c["scores"]["attribution"] > 0 for c in wide.report["candidates"])
+    assert wide.ranking("attribution")[0] == "model.embed_tokens.weight"
+    assert [c["tensor"] for c in wide.report["candidates"] if c["scores"]["attribution"] > 0] == [
+        "model.embed_tokens.weight"]
 
 
 def test_refuses_different_architectures_and_same_models(pair, tmp_path):

@@ -50,7 +50,11 @@ def _scored(ids, prompt_len):
 
 
 def _reference(model_dir, other_dir, tokenizer_dir, *, attribution=False):
-    """Per sample, per probed module: activation, local, local_relative, attribution."""
+    """Per sample, per probed module: activation, local, local_relative, attribution(_signed).
+
+    ``local`` measures (other - this) x; ``attribution`` (run on the donor, other =
+    the target) weighs this model's own change, (this - other) x, by the gradient.
+    """
     model, tok = load_causal_lm(str(model_dir))
     other = load_state(other_dir)
     modules = dict(model.named_modules())
@@ -86,7 +90,10 @@ def _reference(model_dir, other_dir, tokenizer_dir, *, attribution=False):
             rel = torch.stack([(delta @ x[p]).norm() / y[p].detach().norm() for p in positions])
             row[name] = {"activation": float(act), "local": float(change.mean()), "local_relative": float(rel.mean())}
             if attribution:
-                row[name]["attribution"] = float((y.detach() * y_full.grad[0]).sum(-1).abs().sum())
+                own_change = x.float() @ (-delta).T  # [T, d_out]: (W_this - W_other) x at every position
+                per_pos = (own_change * y_full.grad[0].float()).sum(-1)
+                row[name]["attribution"] = float(per_pos.abs().sum())
+                row[name]["attribution_signed"] = float(per_pos.sum())
         out.append(row)
     return out
 
@@ -99,7 +106,7 @@ def _capture(model_dir, other_dir, *, attribution=False, batch_size=8, padding_s
     seqs = encode(tok, SAMPLES, 256)
     with TensorStreamer(other) as files:
         result = run_pass(model, cands, seqs, stats=["activation"] + ([] if attribution else ["local"]),
-                          batch_size=batch_size, pad_id=0, padding_side=padding_side, donor=files,
+                          batch_size=batch_size, pad_id=0, padding_side=padding_side, other=files,
                           attribution=attribution, progress=False)
     return {name: result.stats[name] for name in result.stats}, [c.module for c in cands]
 
@@ -120,14 +127,18 @@ def test_target_pass_statistics_match_a_computation_by_hand(models, batch_size, 
 
 
 @pytest.mark.parametrize("batch_size,padding_side", [(1, "right"), (8, "left")])
-def test_attribution_matches_activation_times_gradient_by_hand(models, batch_size, padding_side):
+def test_attribution_matches_change_times_gradient_by_hand(models, batch_size, padding_side):
     target, donor = models
     expected = _reference(donor, target, donor, attribution=True)
     stats, order = _capture(donor, target, attribution=True, batch_size=batch_size, padding_side=padding_side)
     for i, row in enumerate(expected):
         for j, name in enumerate(order):
-            assert float(stats["attribution"][i, j]) == pytest.approx(row[name]["attribution"], rel=1e-3,
-                                                                      abs=1e-6), (i, name)
+            for stat in ("attribution", "attribution_signed"):
+                assert float(stats[stat][i, j]) == pytest.approx(row[name][stat], rel=1e-3, abs=1e-6), (
+                    i, name, stat)
+    # o_proj is the same in both models: no change to attribute, exactly zero
+    o_proj = order.index("model.layers.1.self_attn.o_proj")
+    assert stats["attribution"][:, o_proj].abs().max() == 0.0
 
 
 def test_batch_size_and_padding_side_do_not_change_scores(models, tmp_path):

@@ -8,7 +8,8 @@
 Scores (docs/analysis.md has the details and the reasons for the default):
 ``local`` (default: the module's own change on the target's inputs),
 ``activation`` (the seed paper's |mean activation difference|) and
-``attribution`` (activation x gradient on the donor). Torch is imported
+``attribution`` (the donor's change to a module's output x the gradient of
+the workload's log-probability, on the donor). Torch is imported
 only when an analysis runs.
 """
 

@@ -15,8 +15,18 @@ Statistics (per sample, averaged over its scored positions):
   input in this (the target's) pass, with the donor tensor streamed from its
   checkpoint while the module runs;
 - ``local_relative``: that norm divided by ||module output||;
-- ``attribution`` (gradient pass): sum over all real positions of
-  |<output, d log p(continuation) / d output>|.
+- ``attribution`` (gradient pass, on the donor): sum over all real positions
+  of |<c, d log p(continuation) / d output>|, where c = (W_donor - W_target) x
+  (+ b_donor - b_target) is the part of the module's output that the donor's
+  change contributes, x the module's input in the donor's pass, the target
+  tensor streamed. DoE's |a * dy/da| with a restricted to what a transplant
+  moves: a first-order estimate of how much the continuation's log-probability
+  would change if this one module were reverted to the target's weights;
+- ``attribution_signed``: the same sum without the absolute value, per
+  sample: positive where the donor's change raises the log-probability.
+
+``other`` names the checkpoint each pass compares its model with: the donor
+in the target's pass (``local``), the target in the donor's (``attribution``).
 """
 
 from __future__ import annotations
@@ -50,11 +60,13 @@ class _Context:
         self.device = device
         self.batch: Optional[Batch] = None
         self._per_device: Dict[str, tuple] = {}
+        self._everywhere: Dict[str, tuple] = {}
         self.out: Dict[str, Dict[int, "torch.Tensor"]] = {}  # noqa: F821  stat -> probe -> [B]
 
     def start(self, batch: Batch) -> None:
         self.batch = batch
         self._per_device = {}
+        self._everywhere = {}
         self.out = {}
 
     def index(self, device):
@@ -67,11 +79,24 @@ class _Context:
             self._per_device[key] = cached
         return cached
 
-    def store(self, stat: str, probe: int, per_position, *, weighted: bool = True) -> None:
-        """Reduce ``[P]`` per-position values to ``[B]`` per-row values and keep them."""
+    def real_positions(self, device):
+        """``(rows, cols)`` of every non-padding position of the batch, on ``device``."""
+        key = str(device)
+        cached = self._everywhere.get(key)
+        if cached is None:
+            cached = self._everywhere[key] = tuple(
+                t.to(device) for t in self.batch.attention_mask.bool().nonzero(as_tuple=True))
+        return cached
+
+    def store(self, stat: str, probe: int, per_position, *, weighted: bool = True, rows=None) -> None:
+        """Reduce ``[P]`` per-position values to ``[B]`` per-row values and keep them.
+
+        The positions are the scored ones unless ``rows`` gives their rows.
+        """
         import torch
 
-        rows, _cols, weights, _ids, _mask = self.index(per_position.device)
+        scored_rows, _cols, weights, _ids, _mask = self.index(per_position.device)
+        rows = scored_rows if rows is None else rows
         values = per_position * weights if weighted else per_position
         per_row = torch.zeros(self.batch.size, dtype=torch.float32, device=per_position.device)
         per_row.index_add_(0, rows, values.float())
@@ -86,15 +111,15 @@ class Probe:
     """The forward hook of one candidate module."""
 
     def __init__(self, index: int, candidate: Candidate, module, ctx: _Context, *, stats: Sequence[str],
-                 donor: Optional[TensorStreamer] = None, target_files: Optional[TensorStreamer] = None,
+                 other: Optional[TensorStreamer] = None, own_files: Optional[TensorStreamer] = None,
                  attribution: bool = False):
         self.index = index
         self.candidate = candidate
         self.module = module
         self.ctx = ctx
         self.stats = set(stats)
-        self.donor = donor
-        self.target_files = target_files
+        self.other = other
+        self.own_files = own_files
         self.attribution = attribution
         self.handle = module.register_forward_hook(self)
 
@@ -102,11 +127,11 @@ class Probe:
         self.handle.remove()
 
     def _current(self, name: str, param):
-        """The target's tensor as the model holds it (from its file if offloaded)."""
+        """This model's tensor as it holds it (from its file if offloaded)."""
         if param.device.type == "meta":
-            if self.target_files is None:
+            if self.own_files is None:
                 raise TransplantError(f"{name}: weight is offloaded and no checkpoint is available to read it")
-            return self.target_files.get(name)
+            return self.own_files.get(name)
         return param.detach()
 
     def __call__(self, module, inputs, output):
@@ -114,40 +139,46 @@ class Probe:
 
         ctx = self.ctx
         y = output[0] if isinstance(output, tuple) else output
-        rows, cols, _w, ids, mask = ctx.index(y.device)
+        rows, cols, _w, ids, _mask = ctx.index(y.device)
         with torch.no_grad():
             ys = y.detach()[rows, cols].float()  # [P, d_out]
             if "activation" in self.stats:
                 ctx.store("activation", self.index, ys.abs().mean(-1))
             if "local" in self.stats:
-                diff = self._local_change(module, inputs, rows, cols, ids)
+                diff = self._change(module, inputs, rows, cols, ids)
                 norm = diff.norm(dim=-1)
                 ctx.store("local", self.index, norm)
                 ctx.store("local_relative", self.index, norm / ys.norm(dim=-1).clamp_min(EPS))
         if self.attribution and y.requires_grad:
             stat_index = self.index
+            every_row, every_col = ctx.real_positions(y.device)
+            with torch.no_grad():
+                # this model's change against the other (the donor's against the target)
+                own_change = self._change(module, inputs, every_row, every_col, ids).neg_()  # [P, d_out]
 
-            def on_grad(grad, y=y.detach(), mask=mask):
+            def on_grad(grad, own_change=own_change, every_row=every_row, every_col=every_col):
                 with torch.no_grad():
-                    per_pos = (y.float() * grad.float()).sum(-1).abs() * mask  # [B, T]
-                    ctx.put("attribution", stat_index, per_pos.sum(-1))
+                    per_pos = (own_change * grad[every_row, every_col].float()).sum(-1)  # [P]
+                    ctx.store("attribution", stat_index, per_pos.abs(), weighted=False, rows=every_row)
+                    ctx.store("attribution_signed", stat_index, per_pos, weighted=False, rows=every_row)
 
             y.register_hook(on_grad)
 
-    def _local_change(self, module, inputs, rows, cols, ids):
+    def _change(self, module, inputs, rows, cols, ids):
+        """``(W_other - W_this) x (+ b_other - b_this)`` at the given positions, float32 ``[P, d_out]``."""
         cand = self.candidate
         weight = self._current(cand.tensor, module.weight)
         if cand.embedding:
-            stored = self.donor.get(cand.tensor)
+            stored = self.other.get(cand.tensor)
             token_ids = ids[rows, cols].to(stored.device)
             picked = stored[token_ids].to(device=weight.device, dtype=weight.dtype)
             return picked.float() - weight[ids[rows, cols]].float()
-        delta = self.donor.delta(cand.tensor, weight)
+        delta = self.other.delta(cand.tensor, weight)
         x = inputs[0].detach()[rows, cols].float()  # [P, d_in]
         diff = x @ delta.T
         if cand.bias:
             bias = self._current(cand.bias, module.bias)
-            diff += self.donor.delta(cand.bias, bias)
+            diff += self.other.delta(cand.bias, bias)
         return diff
 
 
@@ -158,11 +189,15 @@ def _input_device(model):
 
 
 def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequence], *, stats: Sequence[str],
-             batch_size: int, pad_id: int, padding_side: str, donor: Optional[TensorStreamer] = None,
-             target_files: Optional[TensorStreamer] = None, attribution: bool = False,
+             batch_size: int, pad_id: int, padding_side: str, other: Optional[TensorStreamer] = None,
+             own_files: Optional[TensorStreamer] = None, attribution: bool = False,
              desc: str = "capture", progress: bool = True,
              sources: Sequence[tuple] = ()) -> PassResult:
     """One pass of ``model`` over ``seqs`` with every candidate probed.
+
+    ``other``: the checkpoint ``local`` and ``attribution`` compare with,
+    streamed a tensor at a time; ``own_files``: this model's checkpoint, read
+    for weights that a device map offloaded.
 
     ``sources``: ``(role, TensorStreamer)`` pairs whose tensors are checked
     for NaN/Inf when a statistic comes out non-finite, so the error can name
@@ -174,7 +209,8 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
     device = _input_device(model)
     ctx = _Context(device)
     modules = dict(model.named_modules())
-    names = list(stats) + (["local_relative"] if "local" in stats else []) + (["attribution"] if attribution else [])
+    names = list(stats) + (["local_relative"] if "local" in stats else []) + (
+        ["attribution", "attribution_signed"] if attribution else [])
     out = {name: torch.zeros(len(seqs), len(candidates), dtype=torch.float64) for name in names}
     keep_last = _can_keep_last(model) and not attribution and not any(
         modules[c.module] is model.get_output_embeddings() for c in candidates)
@@ -186,7 +222,7 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
         embed_hook = model.get_input_embeddings().register_forward_hook(
             lambda m, i, o: o.requires_grad_(True))
     probes = [
-        Probe(i, c, modules[c.module], ctx, stats=stats, donor=donor, target_files=target_files,
+        Probe(i, c, modules[c.module], ctx, stats=stats, other=other, own_files=own_files,
               attribution=attribution)
         for i, c in enumerate(candidates)
     ]
@@ -217,7 +253,7 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
             embed_hook.remove()
     _check_finite(out, candidates, desc, sources)
     return PassResult(out, time.perf_counter() - start, tokens, n_batches,
-                      streamed_bytes=donor.bytes_read if donor else 0)
+                      streamed_bytes=other.bytes_read if other else 0)
 
 
 def _attribution_step(model, batch: Batch, kwargs) -> None:

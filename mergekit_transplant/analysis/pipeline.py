@@ -10,7 +10,8 @@ score          passes                        cost
 =============  ============================  ==================================
 local          target                        1 forward + donor tensors streamed
 activation     target, donor                 2 forwards
-attribution    donor (with gradients)        1 forward + 1 backward
+attribution    donor (with gradients)        1 forward + 1 backward + target
+                                             tensors streamed
 =============  ============================  ==================================
 
 Whenever both models run, ``activation`` comes for free and is reported
@@ -191,7 +192,7 @@ def analyze(
             result = capture_mod.run_pass(
                 model, state["candidates"], seqs, stats=["activation"] + (["local"] if need_local else []),
                 batch_size=batch_size, pad_id=state["pad_id"], padding_side=padding_side,
-                donor=donor_files if need_local else None, target_files=target_files,
+                other=donor_files if need_local else None, own_files=target_files,
                 desc="target pass", progress=progress,
                 sources=[("target", target_files)] + ([("donor", donor_files)] if need_local else []))
         target_stats = result.stats
@@ -206,14 +207,19 @@ def analyze(
         prepare(model, "donor")
         _check_modules(model, state["candidates"])
         seqs = sequences_for(model, "donor")
-        with TensorStreamer(donor_index, donor_pickled) as donor_files:
+        with TensorStreamer(donor_index, donor_pickled) as donor_files, \
+                TensorStreamer(target_index, target_pickled) as target_files:
             result = capture_mod.run_pass(
                 model, state["candidates"], seqs, stats=["activation"], batch_size=batch_size,
-                pad_id=state["pad_id"], padding_side=padding_side, target_files=donor_files,
+                pad_id=state["pad_id"], padding_side=padding_side, own_files=donor_files,
+                other=target_files if need_attr else None,
                 attribution=need_attr, desc="donor pass" + (" (gradients)" if need_attr else ""),
-                progress=progress, sources=[("donor", donor_files)])
+                progress=progress,
+                sources=[("donor", donor_files)] + ([("target", target_files)] if need_attr else []))
         donor_stats = result.stats
         timing.update(donor_pass_s=result.seconds, donor_tokens=result.tokens)
+        if need_attr:
+            timing["target_streamed_bytes"] = result.streamed_bytes
         del model
         _free(device)
 

@@ -17,8 +17,9 @@ from mergekit_transplant.analysis.candidates import Candidate
 
 #: the scores ``--score`` accepts, in the order reports list them
 SCORES = ("local", "activation", "attribution")
-#: every number a candidate can carry (``local`` brings ``local_relative``)
-REPORTED = ("activation", "local", "local_relative", "attribution")
+#: every number a candidate can carry (``local`` brings ``local_relative``,
+#: ``attribution`` brings ``attribution_signed``)
+REPORTED = ("activation", "local", "local_relative", "attribution", "attribution_signed")
 
 
 @dataclass
@@ -53,9 +54,10 @@ def module_scores(candidates: Sequence[Candidate], target: Dict[str, "torch.Tens
         if name in target:
             per_sample[name] = target[name]
             scores[name] = target[name].mean(0).tolist()
-    if "attribution" in donor:
-        per_sample["attribution"] = donor["attribution"]
-        scores["attribution"] = donor["attribution"].mean(0).tolist()
+    for name in ("attribution", "attribution_signed"):
+        if name in donor:
+            per_sample[name] = donor[name]
+            scores[name] = donor[name].mean(0).tolist()
     return ScoreTable([c.tensor for c in candidates], scores, per_sample, extra)
 
 

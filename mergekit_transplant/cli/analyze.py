@@ -68,8 +68,9 @@ def analyze(**opts) -> None:
     \b
     Scores: local (default; the module's own weight change applied to the
     target's inputs, 1 forward pass), activation (|mean |output| difference|,
-    2 passes), attribution (|output x gradient of the continuation's
-    log-prob| on the donor, 1 forward + backward). See docs/analysis.md.
+    2 passes), attribution (|the donor's change to the module's output x
+    the gradient of the continuation's log-prob| on the donor, 1 forward +
+    backward with the target's tensors streamed). See docs/analysis.md.
     """
     from mergekit_transplant.analysis import analyze as run_analysis
     from mergekit_transplant.analysis import load_workload, write_outputs
