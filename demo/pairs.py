@@ -14,7 +14,9 @@ TASKS = "demo/tasks"
 SELECT = "demo_skill_select"  # the selection split: analysis workload, sweep selection
 TEST = "demo_skill_test"  # held out: eval and the sweep's reported figure
 RETAIN = ("demo_retain_copy", "demo_retain_max", "demo_retain_color")
-SCORES = ("local", "activation", "attribution")
+#: the default score first: it writes the recipes and runs the sweeps with random controls
+SCORES = ("attribution", "local", "activation")
+DEFAULT_SCORE = SCORES[0]
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ def analyze_args(pair: Pair, report: str, plot: str) -> list:
     args = [
         "analyze", "--target", pair.target_path, "--donor", pair.donor_path,
         "--lm-eval-task", SELECT, "--include-path", TASKS,
-        "--score", "local", "--top-k", str(pair.top_k),
+        "--score", DEFAULT_SCORE, "--top-k", str(pair.top_k),
         "-o", pair.recipe, "--report", report, "--plot", plot, "--quiet",
     ]
     for score in SCORES[1:]:

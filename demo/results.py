@@ -13,14 +13,14 @@ import statistics
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from demo.pairs import SCORES, TEST, Pair
+from demo.pairs import DEFAULT_SCORE, SCORES, TEST, Pair
 
 SMALL_K = 8  # "a few modules": the regime the seed paper reports on
 
 SCORE_NOTES = {
-    "local": "‖(W_donor − W_target)·x‖ on the target's inputs (the default)",
+    "local": "‖(W_donor − W_target)·x‖ on the target's inputs",
     "activation": "|Δ mean |output|| at the last position (the seed paper)",
-    "attribution": "|Δa·∂log p/∂a| on the donor, Δa = (W_donor − W_target)·x (DoE-style)",
+    "attribution": "|Δa·∂log p/∂a| on the donor, Δa = (W_donor − W_target)·x (DoE-style; the default)",
 }
 
 
@@ -100,7 +100,7 @@ def summary_rows(pairs: Sequence[Pair], build: Path) -> List[str]:
         retain = f"{worst['change']:+.3f} ({next(k for k, v in res['retain'].items() if v is worst)})" if worst else "n/a"
         k = len(report["selection"]) if report else "?"
         rows.append(
-            f"| {pair.name} | top {k} by `local` | {num(t['target'])} | {num(t['donor'])} | {num(t['merged'])} "
+            f"| {pair.name} | top {k} by `{DEFAULT_SCORE}` | {num(t['target'])} | {num(t['donor'])} | {num(t['merged'])} "
             f"| {pct(t['recovery'])} | {num(t['tir']) if t['tir'] is not None else 'n/a (' + str(t.get('tir_reason')) + ')'} "
             f"| {retain} |"
         )
@@ -179,9 +179,9 @@ def score_comparison(pair: Pair, build: Path) -> List[str]:
             if v is not None:
                 best_by_score[score] = max(best_by_score.get(score, v), v)
         lines.append(f"| {k} | {s:g} | " + " | ".join(cells) + " |")
-    controls = sweeps.get("local")
+    controls = sweeps.get(DEFAULT_SCORE)
     if controls:
-        lines += ["", "Against the random controls of the `local` sweep (the same seeded random sets), at the highest strength:", ""]
+        lines += ["", f"Against the random controls of the `{DEFAULT_SCORE}` sweep (the same seeded random sets), at the highest strength:", ""]
         s_max = max(controls["settings"]["strengths"])
         for score, sw in sweeps.items():
             sw_view = dict(controls, points=[p for p in sw["points"] if p["selection"] == "analysis"]
@@ -227,9 +227,9 @@ def write_results(pairs: Sequence[Pair], build: Path, out: Path, figures: Path, 
     for pair in pairs:
         lines += [f"## Pair `{pair.name}`: {pair.target} ← {pair.donor}", "", pair.story[0].upper() + pair.story[1:] + ".", ""]
         lines += ground_truth_section(pair, build) + [""]
-        sweep = load(build / pair.name / "sweep-local.json")
+        sweep = load(build / pair.name / f"sweep-{DEFAULT_SCORE}.json")
         if sweep:
-            lines += ["### Sweep against controls (`local` ranking)", ""] + sweep_table(sweep) + [""]
+            lines += [f"### Sweep against controls (`{DEFAULT_SCORE}` ranking)", ""] + sweep_table(sweep) + [""]
             lines += [f"![sweep](results/{pair.name}-sweep.png)", ""]
         lines += [f"![heatmap](results/{pair.name}-heatmap.png)", ""]
         comparison = score_comparison(pair, build)
@@ -277,7 +277,7 @@ def versus_random(sweep: dict, strength: float) -> Dict[str, List[int]]:
 def conclusions(pairs: Sequence[Pair], build: Path, evidence: Dict[str, dict]) -> List[str]:
     lines = ["## What works and what does not", ""]
     for pair in pairs:
-        sweep = load(build / pair.name / "sweep-local.json")
+        sweep = load(build / pair.name / f"sweep-{DEFAULT_SCORE}.json")
         res = load(build / pair.name / "results.json")
         if not sweep or not res:
             continue
@@ -296,7 +296,7 @@ def conclusions(pairs: Sequence[Pair], build: Path, evidence: Dict[str, dict]) -
         elif any(k in vr["above"] and r >= 0.5 for k, r in small.items()):
             verdict = f"a few modules carry the skill, and the analysis finds them (above every random control at K ≤ {SMALL_K})"
         elif not any(k in vr["above"] for k in small):
-            verdict = "transplants recover part of the gap, but the `local` analysis does no better than random modules of the same size"
+            verdict = f"transplants recover part of the gap, but the `{DEFAULT_SCORE}` analysis does no better than random modules of the same size"
         else:
             verdict = "partly works"
         c = evidence[pair.name]["cumulative"]
@@ -317,7 +317,7 @@ def score_summary(pairs: Sequence[Pair], build: Path) -> List[str]:
     """Which scores beat the random controls with a few modules, pair by pair."""
     lines = [f"Scores that beat every random control with at most {SMALL_K} modules (at the highest strength):", ""]
     for pair in pairs:
-        controls = load(build / pair.name / "sweep-local.json")
+        controls = load(build / pair.name / f"sweep-{DEFAULT_SCORE}.json")
         if not controls:
             continue
         s_max = max(controls["settings"]["strengths"])
@@ -338,7 +338,7 @@ def score_summary(pairs: Sequence[Pair], build: Path) -> List[str]:
 def why_section(pairs: Sequence[Pair], build: Path, evidence: Dict[str, dict]) -> List[str]:
     lines = ["### Why module transplantation recovers less on the fully trained pairs", ""]
     for pair in pairs:
-        sweep = load(build / pair.name / "sweep-local.json")
+        sweep = load(build / pair.name / f"sweep-{DEFAULT_SCORE}.json")
         if not sweep or pair.name == "local":
             continue
         s_max = max(sweep["settings"]["strengths"])

@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from demo.pairs import PAIRS, RETAIN, SCORES, SELECT, TASKS, TEST, Pair, analyze_args  # noqa: E402
+from demo.pairs import DEFAULT_SCORE, PAIRS, RETAIN, SCORES, SELECT, TASKS, TEST, Pair, analyze_args  # noqa: E402
 
 BIN = Path(sys.executable).parent
 BUILD = Path("build/demo")
@@ -68,7 +68,7 @@ def demo_pair(pair: Pair, limit: int, all_scores: bool) -> None:
         "--batch-size", "50", "--device", "cpu", "--cache-dir", str(BUILD / "eval-cache"),
         "--output", str(out / "results.json"),
     )
-    tool(*sweep_args(pair, "local", controls=True, limit=limit))
+    tool(*sweep_args(pair, DEFAULT_SCORE, controls=True, limit=limit))
     if all_scores:
         for score in SCORES[1:]:
             tool(*sweep_args(pair, score, controls=False, limit=limit))

@@ -56,7 +56,7 @@ def _run(pair, **kw):
 
 
 def test_local_ranks_the_changed_modules_first(pair):
-    result = _run(pair, top_k=len(KNOWN))
+    result = _run(pair, score="local", top_k=len(KNOWN))
     assert sorted(result.ranking("local")[: len(KNOWN)]) == sorted(KNOWN)
     assert sorted(s.tensor for s in result.selections) == sorted(KNOWN)
 
@@ -71,7 +71,7 @@ def test_local_is_exact_on_other_architectures(tmp_path, arch, tensors):
     target = make_model(tmp_path / "t", arch, layers=2)
     donor = perturbed_copy(target, tmp_path / "d", tensors)
     work = _workload(tmp_path / "w.jsonl", n=4)
-    result = analyze(str(target), str(donor), load_workload(work), top_k=2, progress=False)
+    result = analyze(str(target), str(donor), load_workload(work), score="local", top_k=2, progress=False)
     assert sorted(result.ranking()[:2]) == sorted(tensors)
     scores = {c["tensor"]: c["scores"]["local"] for c in result.report["candidates"]}
     assert all((v > 0) == (t in tensors) for t, v in scores.items())
@@ -149,11 +149,11 @@ def test_recipe_lists_exactly_the_changed_tensors_and_check_accepts_it(pair, tmp
     assert {r.strength for r in report.rows} == {1.0}
     header = [line for line in path.read_text().splitlines() if line.startswith("#")]
     assert any(load_workload(pair[2]).sha256 in line for line in header)
-    assert any("score: local" in line for line in header)
+    assert any("score: attribution" in line for line in header)  # the default
 
 
 def test_local_scores_untouched_modules_exactly_zero_and_never_selects_them(pair):
-    result = _run(pair, top_k=10)
+    result = _run(pair, score="local", top_k=10)
     by_tensor = {c["tensor"]: c for c in result.report["candidates"]}
     for tensor, cand in by_tensor.items():
         assert (cand["scores"]["local"] > 0) == (tensor in KNOWN), tensor
@@ -162,7 +162,7 @@ def test_local_scores_untouched_modules_exactly_zero_and_never_selects_them(pair
 
 
 def test_local_needs_only_the_target_pass(pair):
-    result = _run(pair, top_k=2)
+    result = _run(pair, score="local", top_k=2)
     assert "donor_pass_s" not in result.report["timing"]
     assert result.report["settings"]["scores_computed"] == ["local", "local_relative"]
     both = _run(pair, score="activation", top_k=2)
@@ -280,7 +280,7 @@ def test_embeddings_only_when_asked(tmp_path):
     names = {c["module"] for c in plain.report["candidates"]}
     assert "model.embed_tokens" not in names and "lm_head" not in names
     wide = analyze(str(target), str(donor), load_workload(work), top_k=1, include_embeddings=True,
-                   also=["attribution"], progress=False)
+                   also=["local"], progress=False)
     assert wide.ranking()[0] == "model.embed_tokens.weight"
     assert "lm_head.weight" in wide.ranking()
     assert wide.report["candidates"][0]["scores"]["local"] > 0
@@ -315,9 +315,10 @@ def test_overlong_samples_are_truncated_with_a_warning(pair):
 
 def test_device_map_auto_gives_the_same_scores(pair):
     pytest.importorskip("accelerate")
-    plain = _run(pair, top_k=2)
-    mapped = _run(pair, top_k=2, device_map="auto")
-    a = {c["tensor"]: c["scores"]["local"] for c in plain.report["candidates"]}
-    b = {c["tensor"]: c["scores"]["local"] for c in mapped.report["candidates"]}
-    assert a.keys() == b.keys()
-    assert all(b[t] == pytest.approx(a[t], rel=1e-5, abs=1e-9) for t in a)
+    plain = _run(pair, top_k=2, also=["local"])
+    mapped = _run(pair, top_k=2, also=["local"], device_map="auto")
+    for score in ("attribution", "local", "activation"):
+        a = {c["tensor"]: c["scores"][score] for c in plain.report["candidates"]}
+        b = {c["tensor"]: c["scores"][score] for c in mapped.report["candidates"]}
+        assert a.keys() == b.keys()
+        assert all(b[t] == pytest.approx(a[t], rel=1e-5, abs=1e-9) for t in a), score

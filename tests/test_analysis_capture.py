@@ -165,8 +165,8 @@ def test_low_precision_capture_accumulates_in_float32(models):
     from mergekit_transplant.analysis.workload import Workload
 
     w = Workload(work, "inline", "jsonl", "0" * 64, 2)
-    full = analyze(str(target), str(donor), w, top_k=2, progress=False)
-    half = analyze(str(target), str(donor), w, top_k=2, dtype="bfloat16", progress=False)
+    full = analyze(str(target), str(donor), w, score="local", top_k=2, progress=False)
+    half = analyze(str(target), str(donor), w, score="local", top_k=2, dtype="bfloat16", progress=False)
     assert sorted(half.ranking()[:2]) == sorted(CHANGED)
     zero = [c for c in half.report["candidates"] if c["tensor"] not in CHANGED]
     assert all(c["scores"]["local"] == 0.0 for c in zero)  # no bf16 rounding noise on unchanged tensors

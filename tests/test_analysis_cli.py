@@ -46,8 +46,8 @@ def test_cli_writes_recipe_report_heatmap_and_prints_the_table(setup, tmp_path):
     text = out.read_text()
     assert f"--workload {work}" in text and "--top-k 2" in text  # the command line that produced it
     data = json.loads(report.read_text())
-    assert data["settings"]["score"] == "local" and data["settings"]["workload"]["n"] == 3
-    assert sorted(data["ranking"]["local"][:2]) == sorted(KNOWN)
+    assert data["settings"]["score"] == "attribution" and data["settings"]["workload"]["n"] == 3  # the default
+    assert sorted(data["ranking"]["attribution"][:2]) == sorted(KNOWN)
     import matplotlib.image
 
     image = matplotlib.image.imread(str(plot))
@@ -94,3 +94,13 @@ def test_cli_help_lists_every_option():
                    "--capture", "--max-new-tokens", "--granularity", "--device", "--dtype", "--device-map",
                    "--batch-size", "--max-length", "--trust-remote-code", "--report", "--plot", "--debug"):
         assert option in result.output, option
+
+
+def test_cli_offers_every_score_and_the_api_default():
+    from mergekit_transplant.analysis import DEFAULT_SCORE, SCORES
+
+    command = main.get_command(None, "analyze")
+    score = next(p for p in command.params if p.name == "score")
+    assert list(score.type.choices) == list(SCORES) and score.default == DEFAULT_SCORE
+    result = CliRunner().invoke(main, ["analyze", "--help"])
+    assert f"default: {DEFAULT_SCORE}" in " ".join(result.output.split())

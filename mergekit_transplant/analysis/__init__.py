@@ -2,15 +2,15 @@
 
 >>> from mergekit_transplant.analysis import analyze, load_workload
 >>> result = analyze("target/", "donor/", load_workload("prompts.jsonl"), top_k=4)
->>> result.ranking("local")[:4]          # tensor names, best first
+>>> result.ranking()[:4]                 # tensor names, best first
 >>> open("recipe.yml", "w").write(result.recipe_text)
 
 Scores (docs/analysis.md has the details and the reasons for the default):
-``local`` (default: the module's own change on the target's inputs),
-``activation`` (the seed paper's |mean activation difference|) and
-``attribution`` (the donor's change to a module's output x the gradient of
-the workload's log-probability, on the donor). Torch is imported
-only when an analysis runs.
+``attribution`` (default: the donor's change to a module's output x the
+gradient of the workload's log-probability, on the donor), ``local`` (the
+module's own change on the target's inputs, one forward pass, no gradients)
+and ``activation`` (the seed paper's |mean activation difference|). Torch is
+imported only when an analysis runs.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from mergekit_transplant.recipe import Selection, render_recipe
 
 CAPTURE_MODES = ("teacher-forced", "generate")
 GRANULARITIES = ("module", "layer")
-DEFAULT_SCORE = "local"
+DEFAULT_SCORE = "attribution"  # docs/analysis.md: the one that won on the demo pairs
 DEFAULT_TOP_K = 4
 
 

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 from mergekit_transplant.analysis.candidates import Candidate
 
 #: the scores ``--score`` accepts, in the order reports list them
-SCORES = ("local", "activation", "attribution")
+SCORES = ("attribution", "local", "activation")
 #: every number a candidate can carry (``local`` brings ``local_relative``,
 #: ``attribution`` brings ``attribution_signed``)
 REPORTED = ("activation", "local", "local_relative", "attribution", "attribution_signed")

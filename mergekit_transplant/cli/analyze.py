@@ -6,7 +6,7 @@ import shlex
 
 import click
 
-SCORE_CHOICES = ("local", "activation", "attribution")
+SCORE_CHOICES = ("attribution", "local", "activation")
 
 
 @click.command("analyze")
@@ -19,7 +19,7 @@ SCORE_CHOICES = ("local", "activation", "attribution")
               help="Folder of extra lm-eval task YAMLs (repeatable).")
 @click.option("--limit", type=int, help="Use a seeded random subset of this many samples.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --limit's subset.")
-@click.option("--score", type=click.Choice(SCORE_CHOICES), default="local", show_default=True,
+@click.option("--score", type=click.Choice(SCORE_CHOICES), default="attribution", show_default=True,
               help="Score that ranks and selects modules.")
 @click.option("--also", multiple=True, type=click.Choice(SCORE_CHOICES),
               help="Compute this score too, for the report (repeatable).")
