@@ -224,7 +224,8 @@ def main() -> None:
         best = dict(min(runs[mode], key=lambda r: r.get("wall_s", 0.0)))
         best["all_wall_s"] = [r.get("wall_s") for r in runs[mode]]
         best["all_passes_s"] = [r.get("passes_s") for r in runs[mode]]
-        best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs[mode])
+        best["all_peak_rss_mb"] = [r["peak_rss_mb"] for r in runs[mode]]
+        best["peak_rss_mb"] = max(best["all_peak_rss_mb"])
         results[mode] = best
     summary = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}, "

@@ -28,7 +28,9 @@ def _floats(ctx, param, value):
 @click.option("--target", default=None, help="Target model (with --workload, or to override the report's).")
 @click.option("--donor", default=None, help="Donor model (with --workload, or to override the report's).")
 @click.option("--workload", default=None, help="Run the analysis on this workload first (instead of --report).")
-@click.option("--score", default=None, help="Which ranking to sweep (default: the report's own score).")
+@click.option("--score", default=None,
+              help="Which ranking to sweep (default: the report's own score; with --workload, analyze's default, "
+                   "attribution).")
 @click.option("--k", "ks", default="4,8,16,32", show_default=True, callback=_ints,
               help="Comma-separated numbers of modules to transplant.")
 @click.option("--strength", "strengths", default="1.0", show_default=True, callback=_floats,
