@@ -132,7 +132,7 @@ for key, dev in () if merge_only else (("cpu", "cpu"), ("device", device)):
     times[f"analyze --device {dev} ({key})"] = run(
         f"analyze --device {dev} ({key})",
         [tool("mergekit-transplant"), "analyze", "--target", target, "--donor", donor, "--workload", workload,
-         "--top-k", "3", "--quiet", "-o", recipe, "--report", work / f"analysis-{key}.json", "--device", dev],
+         "--top-k", "3", "--also", "local", "--also", "activation", "--quiet", "-o", recipe, "--report", work / f"analysis-{key}.json", "--device", dev],
     )
     report = json.loads((work / f"analysis-{key}.json").read_text())
     selected[key] = sorted(s["tensor"] for s in report["selection"])

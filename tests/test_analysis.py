@@ -39,14 +39,17 @@ def _workload(path, n=12, seed=1, continuation_every=3):
     return path
 
 
+def _ground_truth_pair(root, changed, scale):
+    """A 4-layer llama target, a donor with seeded noise in exactly ``changed``, a workload."""
+    torch.set_num_threads(1)
+    target = make_model(root / "target", "llama", layers=4)
+    donor = perturbed_copy(target, root / "donor", changed, scale=scale)
+    return target, donor, _workload(root / "work.jsonl")
+
+
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("pair")
-    target = make_model(root / "target", "llama", layers=4)
-    donor = perturbed_copy(target, root / "donor", KNOWN, scale=0.5)
-    work = _workload(root / "work.jsonl")
-    return target, donor, work
+    return _ground_truth_pair(tmp_path_factory.mktemp("pair"), KNOWN, scale=0.5)
 
 
 def _run(pair, **kw):
@@ -105,11 +108,7 @@ WRITERS = ["model.layers.1.mlp.down_proj.weight", "model.layers.2.self_attn.o_pr
 
 @pytest.fixture(scope="module")
 def writers_pair(tmp_path_factory):
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("writers")
-    target = make_model(root / "target", "llama", layers=4)
-    donor = perturbed_copy(target, root / "donor", WRITERS, scale=1.0)
-    return target, donor, _workload(root / "work.jsonl")
+    return _ground_truth_pair(tmp_path_factory.mktemp("writers"), WRITERS, scale=1.0)
 
 
 @pytest.mark.parametrize("score", ["local", "activation", "attribution"])
