@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from mergekit_transplant import organ as organ_mod
+from mergekit_transplant.organ import extract as organ_extract
 from mergekit_transplant.checkpoint import read_index
 from mergekit_transplant.cli import main
 from mergekit_transplant.errors import TransplantError
@@ -284,14 +284,14 @@ def test_output_is_atomic_and_never_clobbered(work, organ, tmp_path, monkeypatch
     assert result.exit_code == 2 and "--overwrite" in result.output
 
     calls = {"n": 0}
-    real = organ_mod._write_safetensors
+    real = organ_extract._write_safetensors
 
     def fail_midway(file, entries, progress=None):
         calls["n"] += 1
         real(file, entries[:1], progress)
         raise KeyboardInterrupt("simulated Ctrl-C")
 
-    monkeypatch.setattr(organ_mod, "_write_safetensors", fail_midway)
+    monkeypatch.setattr(organ_extract, "_write_safetensors", fail_midway)
     dst = tmp_path / "new" / "organ"
     with pytest.raises(KeyboardInterrupt):
         extract_organ("recipe.yml", dst)

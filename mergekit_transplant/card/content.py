@@ -1,0 +1,378 @@
+"""The card's text and metadata, built from its inputs with ``huggingface_hub``'s ``ModelCardData``."""
+
+from __future__ import annotations
+
+import math
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+from mergekit_transplant import __version__
+from mergekit_transplant.card.hub_ids import hub_id_for
+from mergekit_transplant.card.markdown import (
+    CONTROL_CHARS,
+    md_code,
+    md_fence,
+    md_num,
+    md_text,
+    one_line,
+)
+
+BEGIN = "<!-- mergekit-transplant card: begin -->"
+END = "<!-- mergekit-transplant card: end -->"
+TAGS = ["mergekit", "merge", "transplant"]
+METHOD_URL = "https://arxiv.org/abs/2602.16189"
+TOP_SCORES = 15
+
+
+@dataclass
+class CardInputs:
+    """Everything a card is built from; all optional but the recipe."""
+
+    recipe: Any  # recipe.Recipe
+    check_report: Any = None  # preflight.CheckReport
+    analysis: Optional[dict] = None  # report.json of `analyze`
+    evaluation: Optional[dict] = None  # results.json of `eval`
+    hub_ids: Dict[str, str] = field(default_factory=dict)
+    name: str = "transplant-merge"
+    heatmap: Optional[str] = None  # file name inside the output folder
+    extra_metadata: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CardResult:
+    path: Optional[Path]
+    text: str
+    warnings: List[str] = field(default_factory=list)
+    base_model: List[str] = field(default_factory=list)
+
+
+def _donors(recipe) -> List[str]:
+    return recipe.donors
+
+
+def _models(recipe) -> List[str]:
+    try:
+        return [recipe.target, *_donors(recipe)]
+    except Exception:  # a recipe mergekit cannot parse: target only
+        return [str(recipe.data.get("base_model"))]
+
+
+def _link(ref: str, hub_ids: Mapping[str, str]) -> str:
+    repo, _ = hub_id_for(ref, hub_ids)
+    shown = md_code(ref)
+    if repo:
+        return f"{shown} ([{md_code(repo)}](https://huggingface.co/{repo}))"
+    return shown
+
+
+def _section_transplanted(inp: CardInputs) -> str:
+    rep = inp.check_report
+    lines = ["## What was transplanted", ""]
+    if rep is None or not getattr(rep, "ok", False):
+        problems = "; ".join(getattr(rep, "errors", []) or []) if rep is not None else ""
+        lines.append(
+            "The plan table is unavailable here (the models could not be read"
+            + (f": {md_text(problems)}" if problems else "")
+            + "). Run `mergekit-transplant check mergekit_config.yml` where they are."
+        )
+        return "\n".join(lines)
+    if not rep.rows:
+        lines.append("Nothing: every strength in the recipe resolves to 0, so this is the target unchanged.")
+        return "\n".join(lines)
+    total = rep.transplanted_parameters
+    lines += [
+        f"{len(rep.rows)} tensor(s), {total:,} parameters ({100 * total / max(rep.target_parameters, 1):.3f}% of "
+        f"the target's {rep.target_parameters:,}), copied or blended into the target as "
+        "`target + strength × (donor − target)`; every other tensor is the target's, bit for bit.",
+        "",
+        "| Tensor | Donor | Strength | Parameters | Share |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in rep.rows:
+        lines.append(
+            f"| {md_code(r.tensor, in_table=True)} | {md_code(r.donor, in_table=True)} | {r.strength:g} | "
+            f"{r.parameters:,} | {100 * r.share:.3f}% |"
+        )
+    lines.append(f"| **total** | | | {total:,} | {100 * total / max(rep.target_parameters, 1):.3f}% |")
+    return "\n".join(lines)
+
+
+def _section_chosen(inp: CardInputs) -> str:
+    rep = inp.analysis
+    lines = ["## How it was chosen", ""]
+    if not rep:
+        lines.append(
+            "No analysis report was given for this card: the recipe may have been written by hand. "
+            "`mergekit-transplant card OUT --report report.json` adds it."
+        )
+        return "\n".join(lines)
+    settings = rep.get("settings") if isinstance(rep.get("settings"), dict) else {}
+    score = settings.get("score")
+    if score is not None:
+        extra = f" (capture: {md_code(settings['capture'])})" if settings.get("capture") else ""
+        lines.append(f"- Score: {md_code(score)}{extra}")
+    workload = settings.get("workload") if isinstance(settings.get("workload"), dict) else {}
+    if workload:
+        parts = [md_code(workload.get("path", "?"))]
+        if workload.get("n") is not None:
+            parts.append(f"{md_num(workload.get('n'), '{:d}') if isinstance(workload.get('n'), int) else md_code(workload.get('n'))} prompts")
+        if workload.get("sha256"):
+            parts.append(f"sha256 {md_code(workload['sha256'])}")
+        lines.append("- Workload: " + ", ".join(parts))
+    for key in ("target", "donor"):
+        if settings.get(key):
+            lines.append(f"- {key.capitalize()} analysed: {md_code(settings[key])}")
+    selection = rep.get("selection") if isinstance(rep.get("selection"), list) else []
+    selected = {str(s.get("tensor")) for s in selection if isinstance(s, dict)}
+    if selection:
+        lines.append(f"- Selected: {len(selection)} tensor(s)")
+    ranking = rep.get("ranking") if isinstance(rep.get("ranking"), dict) else {}
+    order = ranking.get(score) if isinstance(ranking.get(score), list) else None
+    candidates = {
+        str(c.get("tensor")): c for c in rep.get("candidates", []) if isinstance(c, dict)
+    } if isinstance(rep.get("candidates"), list) else {}
+    if order is None and candidates and score is not None:
+        def key(name):
+            v = (candidates[name].get("scores") or {}).get(score)
+            return -(v if isinstance(v, (int, float)) and not isinstance(v, bool) else -math.inf), name
+
+        order = sorted(candidates, key=key)
+    if order:
+        names = sorted({k for c in candidates.values() for k in (c.get("scores") or {})
+                        if isinstance(c.get("scores"), dict)})
+        names = ([score] if score in names else []) + [n for n in names if n != score]
+        top = order[: max(TOP_SCORES, len(selected))]
+        lines += ["", f"Top {len(top)} of {len(order)} candidates by {md_code(score)} (✓ = transplanted):", ""]
+        lines.append("| Rank | Tensor | " + " | ".join(md_code(n, in_table=True) for n in names) + " | |")
+        lines.append("|---:|---|" + "---:|" * len(names) + ":-:|")
+        for rank, name in enumerate(top, 1):
+            scores = (candidates.get(str(name), {}) or {}).get("scores") or {}
+            cells = " | ".join(md_num(scores.get(n)) for n in names)
+            lines.append(
+                f"| {rank} | {md_code(name, in_table=True)} | {cells} | {'✓' if str(name) in selected else ''} |"
+            )
+    if inp.heatmap:
+        lines += ["", f"![Score per layer and module type; transplanted modules marked]({inp.heatmap})"]
+    return "\n".join(lines)
+
+
+def _stderr_of(r: dict) -> Any:
+    """The merged model's stderr: a number, or ``{"merged": x, ...}`` as `eval` writes it."""
+    se = r.get("stderr")
+    return se.get("merged") if isinstance(se, dict) else se
+
+
+def _ratio(r: dict, key: str) -> str:
+    value = r.get(key)
+    if value is None and r.get(f"{key}_reason"):
+        return f"— ({md_text(r[f'{key}_reason'])})"
+    return md_num(value, "{:.3f}")
+
+
+def _section_eval(inp: CardInputs) -> Optional[str]:
+    res = inp.evaluation
+    if not res:
+        return None
+    tasks = res.get("tasks") if isinstance(res.get("tasks"), dict) else {}
+    lines = ["## Evaluation", ""]
+    if not tasks:
+        lines.append("The results file lists no tasks.")
+        return "\n".join(lines)
+    lines += [
+        "| Task | Metric | Target | Donor | Merged | TIR | Recovery |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for task in sorted(tasks, key=str):
+        r = tasks[task] if isinstance(tasks[task], dict) else {}
+        merged = md_num(r.get("merged"))
+        se = _stderr_of(r)
+        if isinstance(se, (int, float)) and not isinstance(se, bool):
+            merged += f" ± {md_num(se)}"
+        lines.append(
+            f"| {md_code(task, in_table=True)} | {md_code(r.get('metric', '?'), in_table=True)} | "
+            f"{md_num(r.get('target'))} | {md_num(r.get('donor'))} | {merged} | {_ratio(r, 'tir')} | "
+            f"{_ratio(r, 'recovery')} |"
+        )
+    lines += [
+        "",
+        "TIR = S_merged / S_target; Recovery = (S_merged − S_target) / (S_donor − S_target): "
+        "1 means the merge matches the donor on the task, 0 the target.",
+    ]
+    retain = res.get("retain") if isinstance(res.get("retain"), dict) else {}
+    if retain:
+        lines += ["", "Skills the target should keep (target vs merged):", "",
+                  "| Task | Metric | Target | Merged | Change | Regressed |", "|---|---|---:|---:|---:|:-:|"]
+        for task in sorted(retain, key=str):
+            r = retain[task] if isinstance(retain[task], dict) else {}
+            change = md_num(r.get("change"), "{:+.4g}")
+            if isinstance(r.get("change_stderr"), (int, float)) and not isinstance(r.get("change_stderr"), bool):
+                change += f" ± {md_num(r['change_stderr'])}"
+            flag = "yes" if r.get("significant_regression") else ("slightly" if r.get("regressed") else "no")
+            lines.append(
+                f"| {md_code(task, in_table=True)} | {md_code(r.get('metric', '?'), in_table=True)} | "
+                f"{md_num(r.get('target'))} | {md_num(r.get('merged'))} | {change} | {flag} |"
+            )
+    return "\n".join(lines)
+
+
+def _section_recipe(inp: CardInputs) -> str:
+    lines = ["## Recipe", "", "The mergekit recipe, verbatim (`mergekit_config.yml`):", "",
+             md_fence(inp.recipe.source, "yaml")]
+    mapped = []
+    for ref in _models(inp.recipe):
+        repo, how = hub_id_for(ref, inp.hub_ids)
+        if repo and how != "recipe":
+            mapped.append(f"- {md_code(ref)} is [{md_code(repo)}](https://huggingface.co/{repo}) on the Hub"
+                          + (" (the donor this organ was cut from)" if how == "organ" else ""))
+    if mapped:
+        lines += ["", "Local paths in the recipe:", ""] + mapped
+    return "\n".join(lines)
+
+
+def _shell_ref(ref: str, hub_ids: Mapping[str, str]) -> str:
+    repo, how = hub_id_for(ref, hub_ids)
+    if repo and how == "--hub-id":
+        return hub_ids.get(ref) or repo
+    return ref
+
+
+def _analysis_command(inp: CardInputs) -> Optional[str]:
+    """The analyze command: from the recipe's header comments (analyze writes it there),
+    the report's ``settings.command``, or rebuilt from the report's settings."""
+    for line in inp.recipe.source.splitlines():
+        text = line.lstrip()
+        if text.startswith("#") and text.lstrip("# ").startswith("mergekit-transplant analyze"):
+            return one_line(text.lstrip("# "))
+    settings = (inp.analysis or {}).get("settings")
+    if not isinstance(settings, dict):
+        return None
+    command = settings.get("command")
+    if isinstance(command, list) and all(isinstance(c, str) for c in command):
+        return shlex.join(command)
+    if isinstance(command, str):
+        return one_line(command)
+    recipe = inp.recipe
+    parts = ["mergekit-transplant", "analyze",
+             "--target", _shell_ref(str(settings.get("target") or recipe.target), inp.hub_ids),
+             "--donor", _shell_ref(str(settings.get("donor") or (_donors(recipe) or [""])[0]), inp.hub_ids)]
+    workload = settings.get("workload") if isinstance(settings.get("workload"), dict) else {}
+    if workload.get("path"):
+        flag = "--lm-eval-task" if workload.get("kind") in ("lm-eval", "lm_eval", "lm-eval-task", "task") else "--workload"
+        parts += [flag, str(workload["path"])]
+    for key, flag in (("score", "--score"), ("capture", "--capture"), ("granularity", "--granularity"),
+                      ("top_k", "--top-k"), ("param_budget", "--param-budget"), ("strength", "--strength"),
+                      ("strength_mode", "--strength-mode"), ("limit", "--limit"), ("seed", "--seed")):
+        value = settings.get(key)
+        if value is not None and not isinstance(value, (dict, list)):
+            parts += [flag, str(value)]
+    for glob in settings.get("modules") or []:
+        parts += ["--modules", str(glob)]
+    if settings.get("include_embeddings") is True:
+        parts.append("--include-embeddings")
+    parts += ["-o", "recipe.yml"]
+    return shlex.join(parts)
+
+
+def _eval_command(inp: CardInputs) -> Optional[str]:
+    res = inp.evaluation
+    if not res:
+        return None
+    settings = res.get("settings") if isinstance(res.get("settings"), dict) else {}
+    tasks = settings.get("tasks") if isinstance(settings.get("tasks"), list) else sorted(
+        str(t) for t in (res.get("tasks") or {}))
+    recipe = inp.recipe
+    parts = ["mergekit-transplant", "eval", "--target", _shell_ref(recipe.target, inp.hub_ids),
+             "--donor", _shell_ref((_donors(recipe) or [""])[0], inp.hub_ids), "--merged", f"./{one_line(inp.name)}",
+             "--tasks", ",".join(str(t) for t in tasks)]
+    if isinstance(settings.get("retain_tasks"), list) and settings["retain_tasks"]:
+        parts += ["--retain-tasks", ",".join(str(t) for t in settings["retain_tasks"])]
+    for key, flag in (("include_path", "--include-path"), ("metric", "--metric"), ("limit", "--limit"),
+                      ("num_fewshot", "--num-fewshot")):
+        value = settings.get(key)
+        if value is not None and not isinstance(value, (dict, list)):
+            parts += [flag, str(value)]
+    parts += ["-o", "results.json"]
+    return shlex.join(parts)
+
+
+def _section_reproduce(inp: CardInputs) -> str:
+    cmds = ["pip install mergekit-transplant"]
+    analysis = _analysis_command(inp)
+    if analysis:
+        cmds.append("# 1. find the modules (writes the recipe shown above)\n" + analysis)
+    cmds.append("# 2. merge (any mergekit-yaml option works; `merge` checks the recipe first)")
+    cmds.append("mergekit-transplant check mergekit_config.yml")
+    cmds.append(shlex.join(["mergekit-yaml", "mergekit_config.yml", f"./{one_line(inp.name)}"]))
+    evaluation = _eval_command(inp)
+    if evaluation:
+        cmds.append("# 3. evaluate (TIR and Recovery)\n" + evaluation)
+    text = "\n".join(CONTROL_CHARS.sub(" ", c).replace("\r", " ") for c in cmds)
+    return "\n".join([
+        "## Reproduce", "",
+        "Save the recipe above as `mergekit_config.yml`, then (paths as in the recipe; "
+        "`mergekit-yaml` finds the `transplant` method once mergekit-transplant is installed):", "",
+        md_fence(text, "sh"),
+    ])
+
+
+def _intro(inp: CardInputs) -> str:
+    recipe, hub = inp.recipe, inp.hub_ids
+    donors = ", ".join(_link(d, hub) for d in _donors(recipe)) or "no donor"
+    rep = inp.check_report
+    share = ""
+    if rep is not None and getattr(rep, "ok", False) and rep.rows:
+        share = (f" {len(rep.rows)} tensor(s) ({100 * rep.transplanted_parameters / max(rep.target_parameters, 1):.3f}% "
+                 "of the parameters) come from the donor.")
+    return (
+        f"This model is {_link(recipe.target, hub)} with modules transplanted from {donors} by "
+        f"[mergekit-transplant](https://github.com/mergekit-transplant/mergekit-transplant) "
+        f"({__version__}), using mergekit's `transplant` merge method ([paper]({METHOD_URL})).{share} "
+        "No training was involved."
+    )
+
+
+def build_card(inp: CardInputs) -> CardResult:
+    """Render the card text; warnings list what was left out and why."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    warnings: List[str] = []
+    base_model: List[str] = []
+    for ref in _models(inp.recipe):
+        repo, _how = hub_id_for(ref, inp.hub_ids)
+        if repo:
+            if repo not in base_model:
+                base_model.append(repo)
+        else:
+            warnings.append(
+                f"{ref} is a local path with no Hub id: left out of base_model "
+                f"(pass --hub-id {ref}=org/name to include it)"
+            )
+    meta = dict(inp.extra_metadata)
+    for key in ("base_model", "base_model_relation", "tags", "library_name"):
+        meta.pop(key, None)
+    tags = list(TAGS) + [t for t in (inp.extra_metadata.get("tags") or []) if isinstance(t, str) and t not in TAGS]
+    data = ModelCardData(
+        base_model=base_model or None,
+        library_name="transformers",
+        tags=tags,
+        **meta,
+    )
+    if base_model:
+        data["base_model_relation"] = "merge"
+    else:
+        warnings.append("no model has a Hub id: base_model and base_model_relation are left out")
+    sections = [
+        f"# {md_text(inp.name)}",
+        _intro(inp),
+        _section_transplanted(inp),
+        _section_chosen(inp),
+        _section_eval(inp),
+        _section_recipe(inp),
+        _section_reproduce(inp),
+    ]
+    body = "\n\n".join(s for s in sections if s)
+    text = f"---\n{data.to_yaml()}\n---\n\n{BEGIN}\n\n{body}\n\n{END}\n"
+    ModelCard(text)  # parse what we wrote: fails loudly if it is not a valid card
+    return CardResult(path=None, text=text, warnings=warnings, base_model=base_model)
