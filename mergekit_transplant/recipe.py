@@ -258,8 +258,9 @@ def resolve_strengths(recipe: Recipe, *, trust_remote_code: bool = False) -> Lis
     from mergekit.architecture import get_architecture_info
     from mergekit.io.tasks import LoaderCache
     from mergekit.options import MergeOptions
-    from mergekit.parameter_resolver import resolve_parameters
     from mergekit.plan import MergePlanner
+
+    from mergekit_transplant.registration import per_input_parameters
 
     config = recipe.config
     options = MergeOptions(trust_remote_code=trust_remote_code, quiet=True)
@@ -270,14 +271,7 @@ def resolve_strengths(recipe: Recipe, *, trust_remote_code: bool = False) -> Lis
     class StrengthRecorder(MergePlanner):
         def plan_tensor(self, weight, weights_in, models, cfg_reader, *args, **kwargs):
             base = cfg_reader.base_model
-            _shared, per_input = resolve_parameters(
-                self._method.spec,
-                tensor_name=weight.name,
-                inputs={m: w.name for m, w in zip(models, weights_in)},
-                sources=cfg_reader.parameter_sources,
-                base_model=base,
-                t=cfg_reader.t,
-            )
+            per_input = per_input_parameters(self, weight, weights_in, models, cfg_reader)
             planned.append(
                 PlannedTensor(
                     name=weight.name,

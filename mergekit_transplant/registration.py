@@ -153,6 +153,25 @@ def _signature_text(function) -> str:
         return "(?)"
 
 
+def per_input_parameters(planner, weight, weights_in, models, cfg_reader) -> dict:
+    """Each input model's parameters for one output tensor, resolved by mergekit itself.
+
+    The same resolution ``merge_method: transplant`` will see, so what the
+    planner hook drops and what ``check`` reports agree with the merge.
+    """
+    from mergekit.parameter_resolver import resolve_parameters
+
+    _shared, per_input = resolve_parameters(
+        planner._method.spec,
+        tensor_name=weight.name,
+        inputs={model: w.name for model, w in zip(models, weights_in)},
+        sources=cfg_reader.parameter_sources,
+        base_model=cfg_reader.base_model,
+        t=cfg_reader.t,
+    )
+    return per_input
+
+
 def reads_needed(planner, weight, weights_in, models, cfg_reader):
     """``(weights_in, models)`` without the donors at strength 0, or None to read them all.
 
@@ -161,22 +180,13 @@ def reads_needed(planner, weight, weights_in, models, cfg_reader):
     """
     if planner._method.spec.name != METHOD_NAME:
         return None
-    from mergekit.parameter_resolver import resolve_parameters
-
     weights_in, models = list(weights_in), list(models)
     base = cfg_reader.base_model
     if base is None or base not in models or len(weights_in) != len(models):
         return None
     if weight.vocabulary_axis is not None and getattr(planner, "_tokenizer_task", None) is not None:
         return None  # a merged tokenizer builds the vocabulary from every model's embeddings
-    _shared, per_input = resolve_parameters(
-        planner._method.spec,
-        tensor_name=weight.name,
-        inputs={model: w.name for model, w in zip(models, weights_in)},
-        sources=cfg_reader.parameter_sources,
-        base_model=base,
-        t=cfg_reader.t,
-    )
+    per_input = per_input_parameters(planner, weight, weights_in, models, cfg_reader)
     keep = [m == base or not _is_zero(per_input[m]["strength"]) for m in models]
     if not all(keep) and weight.optional and not any(
         _present(m, w) for m, w, k in zip(models, weights_in, keep) if k
