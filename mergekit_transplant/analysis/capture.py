@@ -256,7 +256,7 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
                     kwargs["logits_to_keep"] = 1
                 with torch.inference_mode():
                     model(**kwargs)
-            _collect(ctx, out, len(candidates), batch)
+            _collect(ctx, out, batch)
             tokens += batch.tokens
             n_batches += 1
             bar.update(batch.size)
@@ -283,14 +283,14 @@ def _attribution_step(model, batch: Batch, kwargs) -> None:
     logprob.backward()
 
 
-def _collect(ctx: _Context, out, n_candidates: int, batch: Batch) -> None:
+def _collect(ctx: _Context, out, batch: Batch) -> None:
     """Copy this batch's per-row values to the CPU, one matrix per statistic."""
     import torch
 
     rows = torch.tensor(batch.sample_ids, dtype=torch.long)
     for stat in out:
-        if len(ctx.seen[stat]) != n_candidates:
-            missing = n_candidates - len(ctx.seen[stat])
+        if len(ctx.seen[stat]) != ctx.n_candidates:
+            missing = ctx.n_candidates - len(ctx.seen[stat])
             raise TransplantError(f"{missing} candidate module(s) did not run in the forward pass ({stat})")
         out[stat][rows] = ctx.out[stat].to("cpu", torch.float64)
 
