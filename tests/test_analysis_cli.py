@@ -103,4 +103,8 @@ def test_cli_offers_every_score_and_the_api_default():
     score = next(p for p in command.params if p.name == "score")
     assert list(score.type.choices) == list(SCORES) and score.default == DEFAULT_SCORE
     result = CliRunner().invoke(main, ["analyze", "--help"])
-    assert f"default: {DEFAULT_SCORE}" in " ".join(result.output.split())
+    text = " ".join(result.output.split())
+    assert f"default: {DEFAULT_SCORE}" in text
+    described = text[text.index("Scores:"):text.index("Options:")]
+    defaults = [name for name in SCORES if f"{name} (default" in described]
+    assert defaults == [DEFAULT_SCORE], described  # the prose names the same default as the option

@@ -66,11 +66,12 @@ def analyze(**opts) -> None:
       mergekit-transplant analyze --target T --donor D --workload w.jsonl --top-k 4 -o recipe.yml
       mergekit-yaml recipe.yml out/
     \b
-    Scores: local (default; the module's own weight change applied to the
-    target's inputs, 1 forward pass), activation (|mean |output| difference|,
-    2 passes), attribution (|the donor's change to the module's output x
-    the gradient of the continuation's log-prob| on the donor, 1 forward +
-    backward with the target's tensors streamed). See docs/analysis.md.
+    Scores: attribution (default; |the donor's change to the module's output
+    x the gradient of the continuation's log-prob| on the donor, 1 forward +
+    backward with the target's tensors streamed), local (the module's own
+    weight change applied to the target's inputs, 1 forward pass, no
+    gradients), activation (|mean |output| difference|, 2 passes). See
+    docs/analysis.md.
     """
     from mergekit_transplant.analysis import analyze as run_analysis
     from mergekit_transplant.analysis import load_workload, write_outputs
