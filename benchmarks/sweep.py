@@ -72,22 +72,15 @@ def demo_pair(donor: str):
 
 
 def local_pair(root: Path, docs: int):
-    from mergekit_transplant.testing import WORDS, make_model, perturbed_copy
+    from mergekit_transplant.testing import WORDS, make_model, perturbed_copy, write_task
 
     target, donor, tasks = root / "target", root / "donor", root / "tasks"
     make_model(target, "llama", hidden=256, layers=4, intermediate=768, heads=8, kv_heads=4, seed=0)
     perturbed_copy(target, donor, CHANGED, scale=1.0, seed=1)
-    tasks.mkdir()
     rnd = random.Random(0)
     for name in ("bench_select", "bench_test"):
-        rows = [{"text": " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(12, 24)))} for _ in range(docs)]
-        data = tasks / f"{name}.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (tasks / f"{name}.yaml").write_text(
-            f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
-            "test_split: test\noutput_type: loglikelihood_rolling\n"
-            'doc_to_text: "{{text}}"\ndoc_to_target: "{{text}}"\nmetric_list:\n  - metric: word_perplexity\n'
-        )
+        write_task(tasks, name, [{"text": " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(12, 24)))}
+                                 for _ in range(docs)])
     work = root / "workload.jsonl"
     work.write_text("".join(json.dumps({"text": " ".join(rnd.choice(WORDS) for _ in range(16))}) + "\n"
                             for _ in range(16)))

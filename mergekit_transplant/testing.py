@@ -120,3 +120,26 @@ def linear_weight_names(model_dir: Path, optional_filter: Optional[str] = None) 
     with safe_open(str(Path(model_dir) / "model.safetensors"), "pt") as fh:
         names = [n for n in fh.keys() if n.endswith("proj.weight")]
     return sorted(n for n in names if optional_filter is None or optional_filter in n)
+
+
+#: ``body`` of ``write_task`` for a perplexity task over a ``text`` field (lower is better)
+PERPLEXITY_TASK = (
+    "output_type: loglikelihood_rolling\n"
+    'doc_to_text: "{{text}}"\ndoc_to_target: "{{text}}"\nmetric_list:\n  - metric: word_perplexity\n'
+)
+
+
+def write_task(folder: Path, name: str, rows: Iterable[dict], body: str = PERPLEXITY_TASK) -> Path:
+    """A local lm-eval task: ``NAME.jsonl`` holding ``rows`` and ``NAME.yaml`` reading it as its test split.
+
+    ``body`` is the rest of the YAML (output type, templates, metrics). The
+    task needs no Hub: lm-eval's ``json`` loader reads the file beside it.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    yaml_file = folder / f"{name}.yaml"
+    yaml_file.write_text(f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+                         "test_split: test\n" + body)
+    return yaml_file

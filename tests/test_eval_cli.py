@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from mergekit_transplant.cli import main
 from mergekit_transplant.recipe import Selection, render_recipe
-from mergekit_transplant.testing import linear_weight_names, make_model, perturbed_copy
+from mergekit_transplant.testing import linear_weight_names, make_model, perturbed_copy, write_task
 
 WORDS = "one two three four five six seven eight nine ten".split()
 COLORS = ["red", "green", "blue"]
@@ -28,26 +28,18 @@ def write_tasks(root: Path) -> Path:
          "choices": COLORS, "label": i % 3}
         for i, w in enumerate(WORDS + WORDS[:2])
     ]
-    data = root / "docs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    common = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
-    (root / "tiny_gen.yaml").write_text(
-        "task: tiny_gen\n" + common + "output_type: generate_until\n"
-        'doc_to_text: "{{q}}"\ndoc_to_target: "{{a}}"\n'
-        'generation_kwargs:\n  until: ["."]\n  max_gen_toks: 3\n  do_sample: false\n'
-        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n"
-    )
+    write_task(root, "tiny_gen", rows,
+               body='output_type: generate_until\ndoc_to_text: "{{q}}"\ndoc_to_target: "{{a}}"\n'
+                    'generation_kwargs:\n  until: ["."]\n  max_gen_toks: 3\n  do_sample: false\n'
+                    "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n")
     for name, text in (("tiny_mc", "{{q}}"), ("tiny_retain", "the {{a}} is")):
-        (root / f"{name}.yaml").write_text(
-            f"task: {name}\n" + common + "output_type: multiple_choice\n"
-            f'doc_to_text: "{text}"\ndoc_to_choice: "{{{{choices}}}}"\ndoc_to_target: "{{{{label}}}}"\n'
-            "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
-        )
-    (root / "tiny_ppl.yaml").write_text(
-        "task: tiny_ppl\n" + common + "output_type: loglikelihood_rolling\n"
-        'doc_to_text: "{{q}} {{a}}"\ndoc_to_target: "{{q}} {{a}}"\n'
-        "metric_list:\n  - metric: word_perplexity\n"
-    )
+        write_task(root, name, rows,
+                   body=f'output_type: multiple_choice\ndoc_to_text: "{text}"\ndoc_to_choice: "{{{{choices}}}}"\n'
+                        'doc_to_target: "{{label}}"\n'
+                        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
+    write_task(root, "tiny_ppl", rows,
+               body='output_type: loglikelihood_rolling\ndoc_to_text: "{{q}} {{a}}"\ndoc_to_target: "{{q}} {{a}}"\n'
+                    "metric_list:\n  - metric: word_perplexity\n")
     return root
 
 

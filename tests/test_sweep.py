@@ -19,32 +19,19 @@ from mergekit_transplant.cli import main
 from mergekit_transplant.errors import TransplantError
 from mergekit_transplant.method import blend
 from mergekit_transplant.sweep.controls import random_units
-from mergekit_transplant.testing import linear_weight_names, make_model, perturbed_copy
+from mergekit_transplant.testing import linear_weight_names, make_model, perturbed_copy, write_task
 
 WORDS = "one two three four five six seven eight nine ten".split()
 
 
 def write_tasks(root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
     for name, offset in (("sel_ppl", 0), ("test_ppl", 5)):
-        data = root / f"{name}.jsonl"
-        rows = [{"text": f"{WORDS[(i + offset) % 10]} plus {WORDS[(2 * i + offset) % 10]} is the answer"}
-                for i in range(12)]
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (root / f"{name}.yaml").write_text(
-            f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
-            "test_split: test\noutput_type: loglikelihood_rolling\n"
-            'doc_to_text: "{{text}}"\ndoc_to_target: "{{text}}"\nmetric_list:\n  - metric: word_perplexity\n'
-        )
-    data = root / "mc.jsonl"
-    rows = [{"q": f"{w} is a", "choices": ["cat", "dog", "bird"], "label": i % 3} for i, w in enumerate(WORDS)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (root / "mc.yaml").write_text(
-        f"task: mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
-        "test_split: test\noutput_type: multiple_choice\n"
-        'doc_to_text: "{{q}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{label}}"\n'
-        "metric_list:\n  - metric: acc\n"
-    )
+        write_task(root, name, [{"text": f"{WORDS[(i + offset) % 10]} plus {WORDS[(2 * i + offset) % 10]} is the answer"}
+                                for i in range(12)])
+    write_task(root, "mc", [{"q": f"{w} is a", "choices": ["cat", "dog", "bird"], "label": i % 3}
+                            for i, w in enumerate(WORDS)],
+               body='output_type: multiple_choice\ndoc_to_text: "{{q}}"\ndoc_to_choice: "{{choices}}"\n'
+                    'doc_to_target: "{{label}}"\nmetric_list:\n  - metric: acc\n')
     return root
 
 
