@@ -55,6 +55,18 @@ def blend(target: torch.Tensor, donors: list[tuple[torch.Tensor, float]]) -> tor
     return out.to(target.dtype)
 
 
+def transplant_group(group, strength, allow_extrapolation: bool = False) -> torch.Tensor:
+    """The method's body for one mergekit ``TensorGroup``: check each donor's strength, then blend.
+
+    At module level (the registered function only calls it) so that it is
+    looked up on every tensor, not frozen into the method object built once.
+    """
+    name = group.metadata.name or "<tensor>"
+    donors = [(entry, float(strength[entry.id])) for entry in group.non_base]
+    check_strengths([(str(e.id), s) for e, s in donors], name, allow_extrapolation)
+    return blend(group.base.tensor, [(e.tensor, s) for e, s in donors])
+
+
 _METHOD = None
 
 
@@ -83,10 +95,7 @@ def transplant_method():
         allow_extrapolation: bool = False,
     ) -> torch.Tensor:
         """Copy or blend donor tensors into the base model (the target)."""
-        name = group.metadata.name or "<tensor>"
-        donors = [(entry, float(strength[entry.id])) for entry in group.non_base]
-        check_strengths([(str(e.id), s) for e, s in donors], name, allow_extrapolation)
-        return blend(group.base.tensor, [(e.tensor, s) for e, s in donors])
+        return transplant_group(group, strength, allow_extrapolation)
 
     _METHOD = merge_method(
         transplant,
