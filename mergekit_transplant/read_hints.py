@@ -129,6 +129,24 @@ def _before_get_tensor(loader, key: str) -> None:
     prefetch_range(path, begin, end)
 
 
+def _hint_tensor(loader, key: str) -> None:
+    """Before mergekit reads ``key``: prefetch it exactly, if planned (never fails the read)."""
+    try:
+        if _enabled():
+            _before_get_tensor(loader, key)
+    except Exception as error:  # a hint never breaks a read
+        LOG.debug("read hint skipped for %s: %r", key, error)
+
+
+def _hint_header(file_path) -> None:
+    """Before mergekit maps a safetensors file: read its header with ``read`` (never fails the index)."""
+    try:
+        if _enabled() and str(file_path).lower().endswith(".safetensors"):
+            tensor_ranges(str(file_path))  # the header, read with read(): no read-around
+    except Exception as error:
+        LOG.debug("header hint skipped for %s: %r", file_path, error)
+
+
 def install_read_hints() -> bool:
     """Wrap mergekit's tensor loader and index reader with the hints above (once)."""
     try:
@@ -145,11 +163,7 @@ def install_read_hints() -> bool:
 
         @functools.wraps(get_tensor)
         def hinted_get_tensor(self, key, *args, **kwargs):
-            try:
-                if _enabled():
-                    _before_get_tensor(self, key)
-            except Exception as error:  # a hint never breaks a read
-                LOG.debug("read hint skipped for %s: %r", key, error)
+            _hint_tensor(self, key)
             return get_tensor(self, key, *args, **kwargs)
 
         setattr(hinted_get_tensor, HINT_MARK, True)
@@ -163,11 +177,7 @@ def install_read_hints() -> bool:
 
         @functools.wraps(original)
         def hinted_from_file(cls, file_path, *args, **kwargs):
-            try:
-                if _enabled() and str(file_path).lower().endswith(".safetensors"):
-                    tensor_ranges(str(file_path))  # the header, read with read(): no read-around
-            except Exception as error:
-                LOG.debug("header hint skipped for %s: %r", file_path, error)
+            _hint_header(file_path)
             return original(cls, file_path, *args, **kwargs)
 
         setattr(hinted_from_file, HINT_MARK, True)

@@ -76,24 +76,33 @@ def install_planner_hook() -> bool:
 
     @functools.wraps(original)
     def plan_tensor(self, *args, **kwargs):
-        try:
-            bound = signature.bind(self, *args, **kwargs)
-        except TypeError:  # called in a way we do not understand: stay out of it
-            return original(self, *args, **kwargs)
-        if not read_all_requested():
-            try:
-                needed = reads_needed(self, **{k: bound.arguments[k] for k in PLAN_TENSOR_ARGUMENTS})
-            except Exception as error:  # never let the optimisation break a merge
-                LOG.debug("transplant read planning skipped for a tensor: %r", error)
-                needed = None
-            if needed is not None:
-                bound.arguments["weights_in"], bound.arguments["models"] = needed
-        return original(*bound.args, **bound.kwargs)
+        return _hooked_plan_tensor(original, signature, self, args, kwargs)
 
     setattr(plan_tensor, HOOK_MARK, True)
     plan.MergePlanner.plan_tensor = plan_tensor
     _install_read_hints()
     return True
+
+
+def _hooked_plan_tensor(original, signature: inspect.Signature, planner, args, kwargs):
+    """The hook's body: mergekit's ``plan_tensor`` with the zero-strength donors left out.
+
+    At module level, looked up on every call, rather than frozen into the
+    wrapper built once at import (``make mutation`` can then reach it).
+    """
+    try:
+        bound = signature.bind(planner, *args, **kwargs)
+    except TypeError:  # called in a way we do not understand: stay out of it
+        return original(planner, *args, **kwargs)
+    if not read_all_requested():
+        try:
+            needed = reads_needed(planner, **{k: bound.arguments[k] for k in PLAN_TENSOR_ARGUMENTS})
+        except Exception as error:  # never let the optimisation break a merge
+            LOG.debug("transplant read planning skipped for a tensor: %r", error)
+            needed = None
+        if needed is not None:
+            bound.arguments["weights_in"], bound.arguments["models"] = needed
+    return original(*bound.args, **bound.kwargs)
 
 
 def _install_read_hints() -> None:
