@@ -214,3 +214,28 @@ def venv_bin(name: str) -> str:
     """An entry point next to the running interpreter (the venv's), else on PATH."""
     local = Path(sys.executable).parent / name
     return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+#: comparison operators a goal may use, as written in the issue that set it
+GOAL_OPERATORS = {
+    "<=": lambda a, b: a <= b, "<": lambda a, b: a < b, ">=": lambda a, b: a >= b,
+    ">": lambda a, b: a > b, "==": lambda a, b: a == b,
+}
+
+
+def goal_verdict(goal: str, measured: Optional[float], rule: str, *, unit: str = "", source: str = "") -> dict:
+    """A goal's verdict computed from the measured figure: ``rule`` is "OP THRESHOLD", e.g. "<= 1.5".
+
+    Every benchmark prints its goals through this one function, so a verdict in
+    docs/performance.md is always a line a program printed, never a word typed
+    after looking at the numbers. A missing measurement is a miss.
+    """
+    op, _, threshold = rule.strip().partition(" ")
+    if op not in GOAL_OPERATORS:
+        raise ValueError(f"goal rule {rule!r}: expected one of {', '.join(GOAL_OPERATORS)} and a number")
+    limit = float(threshold)
+    met = measured is not None and bool(GOAL_OPERATORS[op](measured, limit))
+    shown = "not measured" if measured is None else f"{measured:.4g}{unit}"
+    line = f"goal: {goal} ({op} {limit:g}{unit}{'; ' + source if source else ''}): measured {shown} -> " + (
+        "MET" if met else "MISSED")
+    return {"goal": goal, "rule": rule, "measured": measured, "met": met, "source": source, "line": line}

@@ -1,0 +1,200 @@
+"""``make mutation``: how many planted bugs the tests catch, module by module (mutmut).
+
+A benchmark of the suite, not a CI step: for each module the product stands
+on, mutmut (https://github.com/boxed/mutmut) plants one small bug at a time
+(a flipped comparison, a changed constant, a dropped argument) and runs that
+module's test files against it. A mutant the tests fail on is *killed*; one
+they pass on *survived* and is either a missing test or a change that cannot
+be observed (an equivalent mutant). docs/testing.md gives the figures and a
+reason or a new test for every survivor.
+
+Each group runs in its own scratch copy of the working tree (build/mutation/),
+so the checkout and its ``mutants/`` never mix. Only in-process tests can kill
+a mutant: a test that runs the console script in a subprocess imports the
+unmutated package. Mutants count as killed when a test failed or timed out;
+"no tests" (no test reached the mutated function) counts as survived.
+
+The goal (issue 18): no surviving mutant in the blend, the planner hook or the
+sweep's selection rule, and at least 85% killed overall on these modules. The
+verdict printed at the end is computed from the figures, not typed.
+
+    python benchmarks/mutation.py [--group NAME ...] [--max-children N] [--out docs/results/mutation.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import goal_verdict, machine, write_json  # noqa: E402
+
+KILLED = {"killed", "timeout"}
+GOAL_OVERALL = 0.85
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    modules: Sequence[str]
+    tests: Sequence[str]
+    #: (label, mutant-name prefix) pairs whose survivors must be zero
+    zero_survivors: Sequence[tuple] = ()
+
+
+GROUPS = [
+    Group("blend and strength checks", ["mergekit_transplant/method.py"],
+          ["tests/test_blend.py", "tests/test_method.py"],
+          [("the blend", "mergekit_transplant.method.x_blend__")]),
+    Group("planner hook and read planning",
+          ["mergekit_transplant/registration.py", "mergekit_transplant/read_hints.py"],
+          ["tests/test_reads.py"],
+          [("the planner hook", "mergekit_transplant.registration.x__hooked_plan_tensor__"),
+           ("the planner hook", "mergekit_transplant.registration.x_reads_needed__")]),
+    Group("recipe strength resolution", ["mergekit_transplant/recipe.py"],
+          ["tests/test_check.py", "tests/test_properties.py"]),
+    Group("sweep selection and reporting", ["mergekit_transplant/sweep/result.py"],
+          ["tests/test_sweep_selection.py"],
+          [("the sweep's selection rule", "mergekit_transplant.sweep.result.xǁSweepResultǁbest__"),
+           ("the sweep's selection rule", "mergekit_transplant.sweep.result.xǁSweepResultǁoriented__")]),
+    Group("pre-flight check", ["mergekit_transplant/preflight.py"], ["tests/test_check.py"]),
+]
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def scratch_copy(dest: Path) -> None:
+    """The working tree as git sees it (tracked and untracked, not ignored files), nothing else."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file() and not rel.startswith(("demo/models/", "docs/results/")):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+def setup_cfg(group: Group) -> str:
+    lines = ["[mutmut]", "source_paths=mergekit_transplant", "only_mutate=" + "\n    ".join(group.modules),
+             "pytest_add_cli_args_test_selection=" + "\n    ".join(group.tests),
+             "pytest_add_cli_args=-p no:cacheprovider\n    -q\n    -m\n    not slow"]
+    return "\n".join(lines) + "\n"
+
+
+def mutmut(args: List[str], cwd: Path, log) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("mutmut")
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([str(exe), *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def statuses(cwd: Path) -> Dict[str, str]:
+    exe = Path(sys.executable).with_name("mutmut")
+    out = subprocess.run([str(exe), "results", "--all", "true"], cwd=cwd, capture_output=True, text=True).stdout
+    found = {}
+    for line in out.splitlines():
+        name, sep, status = line.strip().rpartition(": ")
+        if sep and name.startswith("mergekit_transplant."):
+            found[name] = status.strip()
+    return found
+
+
+def diff_of(cwd: Path, name: str) -> str:
+    exe = Path(sys.executable).with_name("mutmut")
+    out = subprocess.run([str(exe), "show", name], cwd=cwd, capture_output=True, text=True).stdout
+    return "\n".join(line for line in out.splitlines()
+                     if line[:1] in "+-" and not line.startswith(("+++", "---")))
+
+
+def run_group(group: Group, root: Path, max_children: int) -> dict:
+    work = root / slug(group.name)
+    scratch_copy(work)
+    (work / "setup.cfg").write_text(setup_cfg(group))
+    start = time.perf_counter()
+    with open(root / f"{slug(group.name)}.log", "w") as log:
+        proc = mutmut(["run", "--max-children", str(max_children)], work, log)
+    wall = time.perf_counter() - start
+    found = statuses(work)
+    if proc.returncode != 0 and not found:
+        raise SystemExit(f"mutmut failed for {group.name}; see {root / (slug(group.name) + '.log')}")
+    counts: Dict[str, int] = {}
+    for status in found.values():
+        counts[status] = counts.get(status, 0) + 1
+    killed = sum(1 for s in found.values() if s in KILLED)
+    survivors = sorted(n for n, s in found.items() if s not in KILLED)
+    zero = {}
+    for label, prefix in group.zero_survivors:
+        zero.setdefault(label, [])
+        zero[label] += [n for n in survivors if n.startswith(prefix)]
+    return {
+        "group": group.name, "modules": list(group.modules), "tests": list(group.tests),
+        "mutants": len(found), "killed": killed, "score": killed / len(found) if found else None,
+        "statuses": counts, "wall_s": round(wall, 1),
+        "survivors": [{"name": n, "status": found[n], "diff": diff_of(work, n)} for n in survivors],
+        "must_have_no_survivors": zero,
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--group", action="append", help="run only these groups (by name or slug)")
+    ap.add_argument("--max-children", type=int, default=max(1, (os.cpu_count() or 2) // 2))
+    ap.add_argument("--work", default=str(REPO / "build" / "mutation"))
+    ap.add_argument("--out", default=str(REPO / "docs" / "results" / "mutation.json"))
+    args = ap.parse_args(argv)
+    wanted = set(args.group or [])
+    groups = [g for g in GROUPS if not wanted or g.name in wanted or slug(g.name) in wanted]
+    root = Path(args.work)
+    root.mkdir(parents=True, exist_ok=True)
+    previous = {}
+    if wanted and Path(args.out).exists():  # a partial run updates its groups, keeps the others
+        previous = {r["group"]: r for r in json.loads(Path(args.out).read_text())["groups"]}
+    results = dict(previous)
+    for group in groups:
+        print(f"mutating {', '.join(group.modules)} against {', '.join(group.tests)} ...", flush=True)
+        r = run_group(group, root, args.max_children)
+        results[group.name] = r
+        print(f"  {r['killed']}/{r['mutants']} killed ({100 * r['score']:.1f}%) in {r['wall_s']:.0f} s; "
+              f"statuses {r['statuses']}", flush=True)
+    ordered = [results[g.name] for g in GROUPS if g.name in results]
+    total = sum(r["mutants"] for r in ordered)
+    killed = sum(r["killed"] for r in ordered)
+    zero_fail = {label: names for r in ordered for label, names in r["must_have_no_survivors"].items() if names}
+    verdicts = [
+        goal_verdict("no surviving mutant in the blend, the planner hook or the sweep's selection rule",
+                     sum(len(v) for v in zero_fail.values()), "== 0", unit=" survivors"),
+        goal_verdict("at least 85% of mutants killed overall on these modules",
+                     killed / total if total else 0.0, f">= {GOAL_OVERALL}", unit=" killed"),
+    ]
+    print("\n| module group | mutants | killed | score |\n|---|---:|---:|---:|")
+    for r in ordered:
+        print(f"| {r['group']} | {r['mutants']} | {r['killed']} | {100 * r['score']:.1f}% |")
+    print(f"| overall | {total} | {killed} | {100 * killed / max(total, 1):.1f}% |\n")
+    for r in ordered:
+        for s in r["survivors"]:
+            print(f"survived ({s['status']}): {s['name']}\n    " + s["diff"].replace("\n", "\n    "))
+    for v in verdicts:
+        print(v["line"])
+    write_json(args.out, {"groups": ordered, "overall": {"mutants": total, "killed": killed,
+                                                         "score": killed / total if total else None},
+                          "verdicts": verdicts, "machine": machine()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
