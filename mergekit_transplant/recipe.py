@@ -123,7 +123,9 @@ def parse_recipe(text: str, path: Optional[Path] = None) -> Recipe:
         first = error.errors()[0]
         loc = ".".join(str(p) for p in first["loc"][:4])
         raise TransplantError(f"{where}: invalid value at {loc or 'top level'}: {first['msg']}") from None
-    except (RuntimeError, ValueError, TypeError, OverflowError) as error:  # RecursionError too
+    except RecursionError:  # a recipe nested deeper than the validator can walk
+        raise TransplantError(f"{where}: nested too deeply to validate") from None
+    except (RuntimeError, ValueError, OverflowError) as error:  # mergekit's own validators refusing the recipe
         raise TransplantError(f"{where}: {str(error)[:300]}") from None
     if data.get("merge_method") != METHOD:
         raise TransplantError(
@@ -270,6 +272,12 @@ def resolve_strengths(recipe: Recipe, *, trust_remote_code: bool = False) -> Lis
 
     class StrengthRecorder(MergePlanner):
         def plan_tensor(self, weight, weights_in, models, cfg_reader, *args, **kwargs):
+            try:
+                self._record(weight, weights_in, models, cfg_reader)
+            except Exception as error:  # our code, not the user's recipe: a bug, never an input error
+                raise _RecorderBug() from error
+
+        def _record(self, weight, weights_in, models, cfg_reader):
             base = cfg_reader.base_model
             per_input = per_input_parameters(self, weight, weights_in, models, cfg_reader)
             planned.append(
@@ -294,9 +302,21 @@ def resolve_strengths(recipe: Recipe, *, trust_remote_code: bool = False) -> Lis
         StrengthRecorder(config, arch, options, out_cfg)._plan()
     except TransplantError:
         raise
-    except Exception as error:
+    except _RecorderBug as bug:
+        raise bug.__cause__ from None  # exit 1 with a --debug hint, not "your recipe is wrong"
+    except MERGEKIT_REFUSALS as error:  # mergekit's own checks on the recipe and the models it names
         raise TransplantError(f"mergekit cannot plan this recipe: {error}") from None
     return planned
+
+
+#: what mergekit raises when it refuses a recipe or a model while planning (a missing
+#: config, an unknown architecture, a slice outside the model); anything else -- a
+#: TypeError, an AttributeError -- is a bug and reaches the CLI as one (exit 1)
+MERGEKIT_REFUSALS = (ValueError, RuntimeError, KeyError, IndexError, OSError, AssertionError)
+
+
+class _RecorderBug(Exception):
+    """Raised from our planner subclass: its cause is a bug of the plugin, not of the recipe."""
 
 
 # --------------------------------------------------------------------------- writing
