@@ -181,13 +181,14 @@ def test_signal_mid_merge_keeps_previous_output(big_pair, tmp_path, sig):
     assert tree(out) == before, "previous output was changed"
     assert "Traceback" not in stderr, stderr
     if code > 0:  # handled by the CLI (a signal landing during interpreter teardown kills instead)
-        assert "interrupted: nothing was half-written" in stderr
+        assert code == 130 and "interrupted: nothing was half-written" in stderr
 
 
 # --------------------------------------------------------------------------- the analyze command
 
 
-def test_sigterm_mid_analysis_keeps_previous_recipe_and_report(model_factory, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "ctrl-c"])
+def test_signal_mid_analysis_exits_130_and_keeps_previous_recipe_and_report(model_factory, tmp_path, sig):
     import json
     import threading
 
@@ -219,10 +220,12 @@ def test_sigterm_mid_analysis_keeps_previous_recipe_and_report(model_factory, tm
         assert proc.poll() is None, bytes(seen).decode(errors="replace")
         assert time.time() < deadline
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     proc.wait(timeout=240)
     reader.join(timeout=10)
-    assert proc.returncode != 0, bytes(seen).decode(errors="replace")
-    assert b"Traceback" not in seen
+    text = bytes(seen).decode(errors="replace")
+    assert proc.returncode == 130, text  # exactly 130, for Ctrl-C and SIGTERM alike
+    assert text.rstrip().splitlines()[-1] == "interrupted: nothing was half-written", text
+    assert "Traceback" not in text and "error:" not in text
     assert recipe.read_text() == "previous recipe\n" and report.read_text() == '{"previous": true}\n'
     assert leftovers(tmp_path) == []

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List
 
@@ -25,7 +26,22 @@ from mergekit_transplant.cli import main
 from mergekit_transplant.testing import perturbed_copy
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = REPO / ".venv" / "bin" / "mergekit-transplant"
+
+
+def console_script(name: str = "mergekit-transplant") -> str:
+    """An installed console script: beside the running interpreter (its venv), else on PATH.
+
+    Never a path inside the checkout: the suite runs the same from any venv,
+    any working folder, and outside ``make test``.
+    """
+    local = Path(sys.executable).with_name(name)
+    found = str(local) if local.exists() else shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} is not installed beside {sys.executable} nor on PATH; pip install -e . first")
+    return found
+
+
+CLI = console_script()
 DOWN0 = "model.layers.0.mlp.down_proj.weight"
 PICKED = [DOWN0, "model.layers.1.mlp.up_proj.weight", "model.layers.11.self_attn.q_proj.weight"]
 
