@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from tests.test_reliability import DOWN0, assert_clean_error, invoke, leftovers, recipe, tree, zoo  # noqa: F401
+from tests.test_reliability_commands import analysis_report, files  # noqa: F401
 
 WORDS = "the a cat dog red blue one two three tree house car book".split()
 
@@ -179,6 +180,43 @@ def test_allow_pickle_still_runs_no_code(zoo, pickles, tmp_path):  # noqa: F811
         code, output = invoke(args)
         assert_clean_error(code, output, "cannot read this pickle checkpoint")
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def _with_tokenizer(evil: Path, zoo_donor: Path, dest: Path) -> Path:
+    """The hostile pickle beside a real tokenizer, so eval gets as far as loading the weights."""
+    shutil.copytree(evil, dest)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        if (zoo_donor / name).exists():
+            shutil.copy(zoo_donor / name, dest / name)
+    return dest
+
+
+@pytest.mark.parametrize("command", ["analyze", "sweep", "eval"])
+def test_allow_pickle_runs_no_code_in_analyze_sweep_and_eval(zoo, pickles, files, analysis_report, tmp_path,  # noqa: F811
+                                                             command):
+    _, evil, marker = pickles
+    evil = _with_tokenizer(evil, zoo["d"], tmp_path / "evil")
+    out = tmp_path / "out"
+    out.mkdir()
+    args = {
+        "analyze": ["analyze", "--quiet", "--target", zoo["t"], "--donor", evil, "--workload", files["work"],
+                    "-o", out / "recipe.yml", "--report", out / "report.json"],
+        "sweep": ["sweep", "--report", analysis_report, "--donor", evil, "--tasks", "tiny_mc", "--include-path",
+                  files["tasks"], "--limit", "2", "--random-controls", "1", "--no-whole-model", "--k", "1",
+                  "--output", out / "sweep.json", "-o", out / "best.yml"],
+        "eval": ["eval", "--target", zoo["t"], "--donor", evil, "--merged", files["merged"], "--tasks", "tiny_mc",
+                 "--include-path", files["tasks"], "--limit", "2", "--batch-size", "4", "--no-cache",
+                 "-o", out / "results.json"],
+    }[command]
+    code, output = invoke(args + ["--allow-pickle"])
+    assert_clean_error(code, output, str(evil), "cannot read this pickle checkpoint")
+    assert not marker.exists(), f"{command} --allow-pickle ran the pickle's code"
+    assert list(out.iterdir()) == []
+    # positive control: the payload is live, so the refusal is what kept it out
+    with open(evil / "pytorch_model.bin", "rb") as fh:
+        pickle.load(fh)  # noqa: S301 - deliberately unsafe, to prove the payload works
+    assert marker.exists()
+    marker.unlink()
 
 
 # --------------------------------------------------------------------------- writes stay inside the output
