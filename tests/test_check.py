@@ -143,3 +143,33 @@ def test_cli_exit_codes_and_merge_writes_nothing_on_error(pair, tmp_path):
     assert merged.exit_code == 2 and "nothing was written" in merged.output
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_check_reads_headers_only_bytes_counted(tmp_path):
+    """Counted in the page cache (tests/pagecache.py): after eviction, ``check`` brings in the
+    header and at most the disk's read-ahead window after it -- no page of tensor data beyond."""
+    from mergekit_transplant.checkpoint import read_index
+    from mergekit_transplant.testing import make_model
+    from tests import pagecache
+
+    size = dict(hidden=256, intermediate=1024, layers=6)
+    t = make_model(tmp_path / "t", seed=0, tokenizer=False, **size)
+    d = make_model(tmp_path / "d", seed=1, tokenizer=False, **size)
+    files = [t / "model.safetensors", d / "model.safetensors"]
+    if not pagecache.eviction_works(files[0]):
+        pytest.skip(f"the page cache of {tmp_path} cannot be evicted here (tmpfs?), so reads cannot be counted")
+    picked = ["model.layers.3.mlp.down_proj.weight", "model.layers.5.self_attn.o_proj.weight"]
+    text = recipe_text(t, d, "".join(pick(n) for n in picked))
+    window = pagecache.read_ahead_bytes(files[0])
+    header_ends = {f: min(info.begin for info in read_index(str(f.parent)).tensors.values()) for f in files}
+    pagecache.evict(files)
+    report = check(text)
+    assert report.ok and sorted(r.tensor for r in report.rows) == sorted(picked)
+    for f in files:
+        header_end = header_ends[f]
+        limit = header_end + window + pagecache.PAGE
+        pages = pagecache.resident_pages(f)
+        assert f.stat().st_size > 2 * limit, "the test model is too small for this disk's read-ahead to tell"
+        beyond = [i * pagecache.PAGE for i, hit in enumerate(pages) if hit and i * pagecache.PAGE >= limit]
+        assert beyond == [], f"{f}: check read tensor data at offsets {beyond[:3]}... (header ends at {header_end})"
+        assert sum(pages) * pagecache.PAGE <= limit
