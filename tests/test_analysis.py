@@ -13,7 +13,7 @@ import random
 import pytest
 import yaml
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402 - a hard dependency: a missing torch must fail, not skip
 
 from mergekit_transplant.analysis import analyze, load_workload, write_outputs  # noqa: E402
 from mergekit_transplant.analysis.report import dumps  # noqa: E402
@@ -167,7 +167,7 @@ def test_local_needs_only_the_target_pass(pair):
     both = _run(pair, score="activation", top_k=2)
     assert both.report["settings"]["scores_computed"] == ["activation"]
     assert "donor_pass_s" in both.report["timing"]
-    assert "donor_streamed_bytes" not in both.report["timing"] or both.report["timing"]["donor_streamed_bytes"] == 0
+    assert both.report["timing"].get("donor_streamed_bytes", 0) == 0
     # both models ran for attribution + local, so activation comes for free
     extra = _run(pair, score="attribution", also=["local"], top_k=2)
     assert extra.report["settings"]["scores_computed"] == [
@@ -201,9 +201,11 @@ def test_module_glob_restricts_candidates(pair):
 def test_layer_granularity_selects_whole_layers_with_dotted_filters(pair, tmp_path):
     result = _run(pair, granularity="layer", top_k=2)
     assert sorted(s.tensor for s in result.selections) == ["model.layers.1.", "model.layers.2."]
-    assert result.ranking()[:2] == ["model.layers.2.", "model.layers.1."] or \
-        sorted(result.ranking()[:2]) == ["model.layers.1.", "model.layers.2."]
     layers = {u["prefix"]: u for u in result.report["layers"]}
+    # the two changed layers lead the ranking, in the order of their own layer scores
+    score = result.report["settings"]["score"]
+    assert sorted(result.ranking()[:2]) == ["model.layers.1.", "model.layers.2."]
+    assert result.ranking() == sorted(layers, key=lambda p: -layers[p]["scores"][score])
     index = read_index(str(pair[0]))
     assert layers["model.layers.1."]["parameters"] == sum(
         t.numel for n, t in index.tensors.items() if n.startswith("model.layers.1."))
@@ -313,7 +315,7 @@ def test_overlong_samples_are_truncated_with_a_warning(pair):
 
 
 def test_device_map_auto_gives_the_same_scores(pair):
-    pytest.importorskip("accelerate")
+    import accelerate  # noqa: F401 - in the test extra: missing means broken, not skipped
     plain = _run(pair, top_k=2, also=["local"])
     mapped = _run(pair, top_k=2, also=["local"], device_map="auto")
     for score in ("attribution", "local", "activation"):

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402 - a hard dependency: a missing torch must fail, not skip
 
 from mergekit_transplant.analysis import analyze, load_workload  # noqa: E402
 from mergekit_transplant.analysis.capture import run_pass  # noqa: E402

@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402 - a hard dependency: a missing torch must fail, not skip
 
 from mergekit_transplant.cli import main  # noqa: E402
 from mergekit_transplant.recipe import load_recipe  # noqa: E402

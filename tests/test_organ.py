@@ -338,9 +338,7 @@ def test_organ_needs_the_read_planning_hook(organ, tmp_path, monkeypatch):
     """An organ lacks the zero-strength tensors; with the hook switched off mergekit would want them."""
     from mergekit_transplant import registration
 
-    if not hasattr(registration, "read_all_requested"):
-        pytest.skip("this build has no MERGEKIT_TRANSPLANT_READ_ALL switch")
-    monkeypatch.setenv("MERGEKIT_TRANSPLANT_READ_ALL", "1")
+    monkeypatch.setenv(registration.READ_ALL_ENV, "1")
     with pytest.raises(TransplantError, match="unset it"):
         run_transplant("organs/math/recipe.yml", tmp_path / "out")
     assert not (tmp_path / "out").exists()

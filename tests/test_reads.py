@@ -237,9 +237,7 @@ def test_mergekit_yaml_needs_only_the_transplanted_tensors(models, tmp_path):
 
 
 def test_organ_extract_then_merge_is_bit_identical(models, tmp_path):
-    organ_module = pytest.importorskip("mergekit_transplant.organ")
-    if not hasattr(organ_module, "extract_organ"):
-        pytest.skip("organ extraction not available")
+    from mergekit_transplant import organ as organ_module
     sels = [Selection(MLP_DOWN_1, str(models["donor"]), 1.0), Selection(Q_PROJ_0, str(models["donor"]), 0.5)]
     recipe = tmp_path / "recipe.yml"
     recipe.write_text(analyze_style_recipe(models["target"], sels))

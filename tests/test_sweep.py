@@ -17,7 +17,6 @@ from click.testing import CliRunner
 
 from mergekit_transplant.cli import main
 from mergekit_transplant.errors import TransplantError
-from mergekit_transplant.method import blend
 from mergekit_transplant.sweep.controls import random_units
 from mergekit_transplant.testing import linear_weight_names, make_model, perturbed_copy, write_task
 
@@ -89,7 +88,9 @@ def test_apply_sets_exact_blend_and_restore_is_bit_identical(tmp_path, dtype):
     with live.applied({names[0]: 1.0, names[1]: 0.5, names[2]: 0.0}):
         state = model.state_dict()
         assert torch.equal(state[names[0]], donor_state[names[0]])  # s = 1 is the donor, bit for bit
-        assert torch.equal(state[names[1]], blend(before[names[1]], [(donor_state[names[1]], 0.5)]))
+        # the formula by hand, in fp32 and cast back -- not ``blend``, the code under test
+        t32, d32 = before[names[1]].to(torch.float32), donor_state[names[1]].to(torch.float32)
+        assert torch.equal(state[names[1]], torch.lerp(t32, d32, 0.5).to(before[names[1]].dtype))
         assert not torch.equal(state[names[1]], before[names[1]])
         assert torch.equal(state[names[2]], before[names[2]])  # s = 0 leaves the target
     after = model.state_dict()
@@ -328,7 +329,6 @@ def test_bad_sweep_options_are_clear_errors(pair, args, message):
 
 def test_sweep_runs_the_analysis_when_given_a_workload(pair, tmp_path):
     """--target/--donor/--workload: the bundled analysis ranks, then the sweep runs on its ranking."""
-    pytest.importorskip("mergekit_transplant.analysis")
     workload = tmp_path / "prompts.jsonl"
     workload.write_text("".join(json.dumps({"text": f"{w} plus {w} is the answer"}) + "\n" for w in WORDS))
     result = CliRunner().invoke(main, [
