@@ -18,7 +18,8 @@ The goal (issue 18): no surviving mutant in the blend, the planner hook or the
 sweep's selection rule, and at least 85% killed overall on these modules. The
 verdict printed at the end is computed from the figures, not typed.
 
-    python benchmarks/mutation.py [--group NAME ...] [--max-children N] [--out docs/results/mutation.json]
+    python benchmarks/mutation.py [--group NAME ...] [--max-children N] [--work build/mutation]
+                                  [--out docs/results/mutation.json] [--report-only]
 """
 
 from __future__ import annotations
@@ -121,17 +122,18 @@ def diff_of(cwd: Path, name: str) -> str:
                      if line[:1] in "+-" and not line.startswith(("+++", "---")))
 
 
-def run_group(group: Group, root: Path, max_children: int) -> dict:
+def run_group(group: Group, root: Path, max_children: int, report_only: bool = False) -> dict:
     work = root / slug(group.name)
-    scratch_copy(work)
-    (work / "setup.cfg").write_text(setup_cfg(group))
     start = time.perf_counter()
-    with open(root / f"{slug(group.name)}.log", "w") as log:
-        proc = mutmut(["run", "--max-children", str(max_children)], work, log)
+    if not report_only:
+        scratch_copy(work)
+        (work / "setup.cfg").write_text(setup_cfg(group))
+        with open(root / f"{slug(group.name)}.log", "w") as log:
+            proc = mutmut(["run", "--max-children", str(max_children)], work, log)
     wall = time.perf_counter() - start
-    found = statuses(work)
-    if proc.returncode != 0 and not found:
-        raise SystemExit(f"mutmut failed for {group.name}; see {root / (slug(group.name) + '.log')}")
+    found = statuses(work) if work.exists() else {}
+    if not found:
+        raise SystemExit(f"no mutmut results for {group.name}; see {root / (slug(group.name) + '.log')}")
     counts: Dict[str, int] = {}
     for status in found.values():
         counts[status] = counts.get(status, 0) + 1
@@ -144,7 +146,7 @@ def run_group(group: Group, root: Path, max_children: int) -> dict:
     return {
         "group": group.name, "modules": list(group.modules), "tests": list(group.tests),
         "mutants": len(found), "killed": killed, "score": killed / len(found) if found else None,
-        "statuses": counts, "wall_s": round(wall, 1),
+        "statuses": counts, "wall_s": None if report_only else round(wall, 1),
         "survivors": [{"name": n, "status": found[n], "diff": diff_of(work, n)} for n in survivors],
         "must_have_no_survivors": zero,
     }
@@ -156,6 +158,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-children", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     ap.add_argument("--work", default=str(REPO / "build" / "mutation"))
     ap.add_argument("--out", default=str(REPO / "docs" / "results" / "mutation.json"))
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: collect the results an earlier run left in --work")
     args = ap.parse_args(argv)
     wanted = set(args.group or [])
     groups = [g for g in GROUPS if not wanted or g.name in wanted or slug(g.name) in wanted]
@@ -167,9 +171,11 @@ def main(argv=None) -> int:
     results = dict(previous)
     for group in groups:
         print(f"mutating {', '.join(group.modules)} against {', '.join(group.tests)} ...", flush=True)
-        r = run_group(group, root, args.max_children)
+        r = run_group(group, root, args.max_children, args.report_only)
+        if args.report_only and group.name in previous:
+            r["wall_s"] = previous[group.name].get("wall_s")
         results[group.name] = r
-        print(f"  {r['killed']}/{r['mutants']} killed ({100 * r['score']:.1f}%) in {r['wall_s']:.0f} s; "
+        print(f"  {r['killed']}/{r['mutants']} killed ({100 * r['score']:.1f}%) in {r['wall_s'] or 0:.0f} s; "
               f"statuses {r['statuses']}", flush=True)
     ordered = [results[g.name] for g in GROUPS if g.name in results]
     total = sum(r["mutants"] for r in ordered)

@@ -234,6 +234,38 @@ def test_merge_writes_only_its_output_folder(zoo, tmp_path):  # noqa: F811
     assert after[str(zoo["t"])] == before[str(zoo["t"])] and after[str(zoo["d"])] == before[str(zoo["d"])]
 
 
+def test_hostile_recipe_writes_nothing_outside_out(zoo, tmp_path, monkeypatch):  # noqa: F811
+    """A recipe written to escape: '..' paths, a symlinked donor, path-like and markup-laden names and comments.
+
+    The merge must still write only ``OUT/``: the working folder, the folders
+    beside it, both models and the temp folder are diffed before and after.
+    """
+    import tempfile
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    (work / "sneaky").symlink_to(zoo["d"], target_is_directory=True)
+    donor = "../work/./sneaky"  # the donor, reached through '..' and a symlink
+    target = f"{zoo['t']}/./"
+    text = ("# ../../pwned\n# <img src=x onerror=alert(1)> `rm -rf ~` ---\n"
+            + recipe(target, donor, [(DOWN0, 1.0), ("model.layers.1.mlp.up_proj.weight", 0.5)],
+                     extra="dtype: float32\nout_dtype: float32\n"))
+    (work / "r.yml").write_text(text)
+    watched = [tmp_path, zoo["t"], zoo["d"]]
+    before = {str(p): tree(p) for p in watched}
+    temp_before = set(os.listdir(tempfile.gettempdir()))
+    code, output = invoke(["merge", "r.yml", "OUT"])
+    assert code == 0, output
+    after = {str(p): tree(p) for p in watched}
+    new = {k for k in after[str(tmp_path)] if k not in before[str(tmp_path)]}
+    changed = {k for k in before[str(tmp_path)] if after[str(tmp_path)].get(k) != before[str(tmp_path)][k]}
+    assert new and all(k.startswith("work/OUT/") for k in new), new
+    assert changed == set(), changed
+    assert after[str(zoo["t"])] == before[str(zoo["t"])] and after[str(zoo["d"])] == before[str(zoo["d"])]
+    assert set(os.listdir(tempfile.gettempdir())) <= temp_before  # nothing left in the temp folder either
+
+
 def test_symlinked_output_is_replaced_not_followed(zoo, tmp_path):  # noqa: F811
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
