@@ -30,6 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import goal_verdict  # noqa: E402
+
 CHANGED = ["model.layers.2.mlp.down_proj.weight", "model.layers.5.self_attn.v_proj.weight",
            "model.layers.8.mlp.up_proj.weight", "model.layers.10.self_attn.o_proj.weight"]
 MODES = ("idle", "forward1", "forward2", "local", "activation", "attribution")
@@ -279,7 +282,27 @@ def _markdown(summary: dict, args) -> str:
             f"{summary['workload']['samples']} samples, {summary['workload']['tokens_per_pass']} tokens per pass, "
             f"batch {args.batch_size}; {summary['machine']}")
     return head + "\n\n" + "\n".join(out + ["End to end, one subprocess per run (load included; fastest of "
-                                             f"{args.repeats}):", ""] + rows)
+                                             f"{args.repeats}):", ""] + rows
+                                        + ["", "Goals (issue 3), computed:", ""]
+                                        + [f"- {v['line']}" for v in goal_verdicts(summary)])
+
+
+def goal_verdicts(summary: dict) -> list:
+    """Issue 3's goals as it set them: wall time against plain passes, and peak RSS no more than
+    1.25 x the larger model over the runtime's own overhead (``idle``: import torch + transformers)."""
+    r, size = summary["results"], summary["model"]["size_mb"]
+    idle = r.get("idle", {}).get("peak_rss_mb")
+    out = []
+    for mode, base, limit in (("activation", "forward2", 1.2), ("local", "forward1", 1.3)):
+        if mode in r and base in r:
+            out.append(goal_verdict(f"analyze --score {mode}: wall time / {base}", r[mode]["wall_s"] / r[base]["wall_s"],
+                                    f"<= {limit}", unit="x", source="issue 3"))
+    for mode in ("local", "activation"):
+        if mode in r:
+            over = (r[mode]["peak_rss_mb"] - idle) / size if idle else None
+            out.append(goal_verdict(f"analyze --score {mode}: (peak RSS - bare runtime) / model size", over, "<= 1.25",
+                                    unit="x", source="issue 3"))
+    return out
 
 
 if __name__ == "__main__":

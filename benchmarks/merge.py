@@ -44,7 +44,7 @@ from common import (  # noqa: E402
     summarize,
     venv_bin,
     warm,
-    write_json,
+    write_json, goal_verdict,
 )
 
 READ_ALL_ENV = "MERGEKIT_TRANSPLANT_READ_ALL"
@@ -215,12 +215,12 @@ def goals(summary: dict, sizes: dict) -> list:
     for label in ("transplant, mergekit-yaml", "transplant, mergekit-transplant merge",
                   "transplant from organ, mergekit-yaml"):
         read = summary[label]["cold"]["read_bytes"]
-        out.append(f"{label}, cold: read {mib(read)} MiB vs budget {mib(budget)} MiB "
-                   f"(target + 1.1 x transplanted): {'met' if read <= budget else 'MISSED'}")
+        out.append(goal_verdict(f"{label}, cold: bytes read / (target + 1.1 x transplanted)", read / budget, "<= 1",
+                                unit="x", source=f"issue 8; read {mib(read)} MiB, budget {mib(budget)} MiB")["line"])
         for cache in ("cold", "warm"):
             wall, floor = summary[label][cache]["wall_s"], summary["mergekit passthrough, target alone"][cache]["wall_s"]
-            out.append(f"{label}, {cache}: wall {wall:.1f}s = {wall / floor:.2f}x passthrough ({floor:.1f}s); "
-                       f"goal <= 1.1x: {'met' if wall <= 1.1 * floor else 'MISSED'}")
+            out.append(goal_verdict(f"{label}, {cache}: wall time / mergekit passthrough of the target", wall / floor,
+                                    "<= 1.1", unit="x", source=f"issue 8; {wall:.1f} s vs {floor:.1f} s")["line"])
             cpu, cpu_floor = summary[label][cache]["cpu_s"], summary["mergekit passthrough, target alone"][cache]["cpu_s"]
             if cpu_floor:
                 out.append(f"{label}, {cache}: CPU {cpu:.1f}s = {cpu / cpu_floor:.2f}x passthrough ({cpu_floor:.1f}s)")

@@ -42,6 +42,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import goal_verdict  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DEMO = REPO / "demo"
@@ -172,8 +175,11 @@ def main() -> None:
             "naive_total_estimate_s": round(naive_total, 1), "ratio": round(sweep_s / naive_total, 4),
             "goal_ratio": 0.35,
         }
-        result["meets_goal"] = result["ratio"] <= 0.35
+        result["goal"] = goal_verdict("sweep cost vs the naive merge + lm-eval loop", result["ratio"], "<= 0.35",
+                                      unit="x", source="issue 4")
+        result["meets_goal"] = result["goal"]["met"]
         print(json.dumps(result, indent=2))
+        print(result["goal"]["line"])
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     finally:
