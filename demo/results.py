@@ -9,6 +9,7 @@ contradicts them says so.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -197,11 +198,24 @@ def score_comparison(pair: Pair, build: Path) -> List[str]:
             lines.append(f"| `{score}` | K = {b['k']}, strength {b['strength']:g} | {num(b['report_score'])} "
                          f"({pct(b['recovery'])}) |")
     if best_by_score:
-        winner = max(best_by_score, key=best_by_score.get)
-        lines.append(f"Best held-out score over this grid: `{winner}` ({num(best_by_score[winner])}, Recovery "
-                     f"{pct(recovery(best_by_score[winner], t, d))}). Note that this comparison reads the "
+        top = max(best_by_score.values())
+        winners = [s for s, v in best_by_score.items() if v == top]  # every score that reaches it: ties are ties
+        named = " and ".join(f"`{w}`" for w in winners)
+        lines.append(f"Best held-out score over this grid: {named}"
+                     f"{f' (a tie between {len(winners)} scores)' if len(winners) > 1 else ''} ({num(top)}, Recovery "
+                     f"{pct(recovery(top, t, d))}). Note that this comparison reads the "
                      "held-out split for every point, so it describes the scores; it does not pick one.")
     return lines
+
+
+def limit_note(sweep: dict) -> List[str]:
+    """Say when the sweep scored only part of each split (``--limit``), and how much."""
+    limit = sweep["settings"].get("limit")
+    if limit is None:
+        return []
+    part = f"the first {limit} documents" if isinstance(limit, int) else f"{100 * limit:g}% of the documents"
+    return [f"Every sweep point here (and in the per-score sweeps below) is scored on {part} of each split "
+            f"(`--limit {limit}`), not the whole split; the eval summary above uses every document.", ""]
 
 
 def write_results(pairs: Sequence[Pair], build: Path, out: Path, figures: Path, elapsed_s: float) -> str:
@@ -213,7 +227,8 @@ def write_results(pairs: Sequence[Pair], build: Path, out: Path, figures: Path, 
         "",
         "Written by `make demo` (`demo/run.py`) from the run it just made: every number below is read from",
         f"that run's analyze / eval / sweep outputs (`build/demo/`). The run took {elapsed_s / 60:.1f} min on",
-        "this machine (2 CPU cores). Models and tasks: [demo/README.md](../demo/README.md). Each recipe the",
+        f"this machine ({os.cpu_count()} CPU cores, {os.environ.get('OMP_NUM_THREADS', 'the default number of')} "
+        "torch thread(s) per command). Models and tasks: [demo/README.md](../demo/README.md). Each recipe the",
         "analysis wrote is in `recipes/`; CI regenerates them and fails if one changed.",
         "",
         "## Summary: the analysis recipe, merged by `mergekit-yaml`, scored by `mergekit-transplant eval`",
@@ -229,7 +244,8 @@ def write_results(pairs: Sequence[Pair], build: Path, out: Path, figures: Path, 
         lines += ground_truth_section(pair, build) + [""]
         sweep = load(build / pair.name / f"sweep-{DEFAULT_SCORE}.json")
         if sweep:
-            lines += [f"### Sweep against controls (`{DEFAULT_SCORE}` ranking)", ""] + sweep_table(sweep) + [""]
+            lines += [f"### Sweep against controls (`{DEFAULT_SCORE}` ranking)", ""] + limit_note(sweep)
+            lines += sweep_table(sweep) + [""]
             lines += [f"![sweep](results/{pair.name}-sweep.png)", ""]
         lines += [f"![heatmap](results/{pair.name}-heatmap.png)", ""]
         comparison = score_comparison(pair, build)

@@ -29,6 +29,17 @@ BUILD = Path("build/demo")
 FIGURES = Path("docs/results")
 
 
+#: torch threads in every command the demo runs; results.md states the figure used
+THREADS = 1
+
+
+def set_threads(threads: int) -> None:
+    """Every child reads these at start: torch's intra-op pool (OpenMP/MKL) gets ``threads`` threads."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    os.environ["DEMO_TORCH_THREADS"] = str(threads)
+
+
 def run(*args: str) -> None:
     print("$", " ".join(args), flush=True)
     subprocess.run(list(args), check=True, cwd=REPO)
@@ -80,7 +91,11 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=100, help="documents per split in sweeps")
     parser.add_argument("--no-score-comparison", action="store_true",
                         help="skip the per-score sweeps on the fully trained pairs")
+    parser.add_argument("--threads", type=int, default=THREADS,
+                        help="torch threads per command (default %(default)s: on 2 shared cores, more threads "
+                             "made a sweep 9x slower; docs/performance.md)")
     args = parser.parse_args()
+    set_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     (REPO / FIGURES).mkdir(parents=True, exist_ok=True)
