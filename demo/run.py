@@ -37,7 +37,6 @@ def set_threads(threads: int) -> None:
     """Every child reads these at start: torch's intra-op pool (OpenMP/MKL) gets ``threads`` threads."""
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(threads)
-    os.environ["DEMO_TORCH_THREADS"] = str(threads)
 
 
 def run(*args: str) -> None:
