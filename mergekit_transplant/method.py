@@ -51,7 +51,7 @@ def blend(target: torch.Tensor, donors: list[tuple[torch.Tensor, float]]) -> tor
     else:
         out = t.clone()
         for donor, s in active:
-            out.add_(donor.to(work) - t, alpha=s)
+            out.add_(donor - t, alpha=s)  # torch promotes a half-precision donor to t's dtype
     return out.to(target.dtype)
 
 
