@@ -386,3 +386,25 @@ def test_gpu_check_dry_run_compares_and_fails_on_a_flipped_bit(tmp_path):
     mismatches = [line for line in proc.stdout.splitlines() if "is not bit-identical" in line]
     assert len(mismatches) == 1, proc.stdout  # only the flipped tensor; every real output matched
     assert proc.stdout.count("bit-identical to the CPU output") == 3 + 1
+
+
+def test_uninstall_restores_mergekits_own_planner_and_loader(pristine_planner):
+    """MERGEKIT_TRANSPLANT_READ_ALL's in-process twin: every wrapper off, then back on."""
+    from mergekit.io.lazy_tensor_loader import LazyTensorLoader, ShardedTensorIndex
+
+    from mergekit_transplant import read_hints
+
+    assert registration.planner_hook_installed()
+    assert getattr(LazyTensorLoader.get_tensor, read_hints.HINT_MARK, False)
+    assert getattr(ShardedTensorIndex.__dict__["from_file"].__func__, read_hints.HINT_MARK, False)
+    assert registration.uninstall_planner_hook() is True
+    assert registration.planner_hook_installed() is False
+    assert not hasattr(pristine_planner.plan_tensor, registration.HOOK_MARK)
+    assert not hasattr(LazyTensorLoader.get_tensor, read_hints.HINT_MARK)
+    assert not hasattr(LazyTensorLoader.get_tensor, "__wrapped__")  # mergekit's own function, not a wrapper
+    from_file = ShardedTensorIndex.__dict__["from_file"]
+    assert isinstance(from_file, classmethod) and not hasattr(from_file.__func__, read_hints.HINT_MARK)
+    assert registration.uninstall_planner_hook() is False  # nothing left to remove
+    assert registration.install_planner_hook() is True
+    assert registration.planner_hook_installed() is True
+    assert getattr(LazyTensorLoader.get_tensor, read_hints.HINT_MARK, False)
