@@ -9,7 +9,7 @@ the next, 9 -> 0). Per architecture:
 * ``base``: from scratch on the retention mix (copy / max / color);
 * ``gen1``: from scratch on the mix with both skills;
 * per skill ``s``:
-  ``local-s`` (``base`` with three known linear modules trained, at depths and
+  ``local-s`` (``base`` with four known linear modules trained, at depths and
   types that differ per architecture and skill; the rest bit-identical),
   ``short-s`` / ``long-s`` (``base`` fully fine-tuned, few steps at a low
   learning rate / more steps at a high one),
@@ -67,11 +67,17 @@ def without(skill: str) -> Dict[str, float]:
 
 #: the modules each ``local-*`` donor trains: different depths and types per architecture and skill
 LOCAL = {
-    ("llama", "shift"): ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.up_proj", "model.layers.1.mlp.gate_proj"],
-    ("llama", "inc"): ["model.layers.2.self_attn.o_proj", "model.layers.3.mlp.down_proj", "model.layers.3.self_attn.v_proj"],
-    ("qwen2", "shift"): ["model.layers.2.mlp.down_proj", "model.layers.3.mlp.up_proj", "model.layers.3.self_attn.o_proj"],
-    ("qwen2", "inc"): ["model.layers.0.self_attn.v_proj", "model.layers.1.mlp.down_proj", "model.layers.0.mlp.up_proj"],
+    ("llama", "shift"): ["model.layers.0.mlp.down_proj", "model.layers.0.mlp.up_proj", "model.layers.1.mlp.up_proj",
+                         "model.layers.1.mlp.gate_proj"],
+    ("llama", "inc"): ["model.layers.2.self_attn.o_proj", "model.layers.2.mlp.up_proj", "model.layers.3.mlp.down_proj",
+                       "model.layers.3.self_attn.v_proj"],
+    ("qwen2", "shift"): ["model.layers.2.mlp.down_proj", "model.layers.2.mlp.gate_proj", "model.layers.3.mlp.up_proj",
+                         "model.layers.3.self_attn.o_proj"],
+    ("qwen2", "inc"): ["model.layers.0.self_attn.v_proj", "model.layers.0.mlp.up_proj", "model.layers.1.mlp.down_proj",
+                       "model.layers.1.mlp.gate_proj"],
 }
+#: (steps, learning rate) of the short full fine-tune per skill: inc needs more to show at all
+SHORT = {"shift": (80, 1e-3), "inc": (150, 2e-3)}
 
 
 def recipes(arch: str) -> Dict[str, dict]:
@@ -83,9 +89,10 @@ def recipes(arch: str) -> Dict[str, dict]:
     }
     for s, skill in enumerate(SKILL_NAMES):
         seed = 100 + 10 * a + s
-        out[f"local-{skill}"] = dict(parent="base", mix=focus(skill), data_seed=seed, steps=300, lr=1e-2,
+        out[f"local-{skill}"] = dict(parent="base", mix=focus(skill), data_seed=seed, steps=600, lr=1e-2,
                                      trainable=[f"{m}.weight" for m in LOCAL[(arch, skill)]])
-        out[f"short-{skill}"] = dict(parent="base", mix=focus(skill), data_seed=seed + 2, steps=80, lr=1e-3)
+        out[f"short-{skill}"] = dict(parent="base", mix=focus(skill), data_seed=seed + 2, steps=SHORT[skill][0],
+                                     lr=SHORT[skill][1])
         out[f"long-{skill}"] = dict(parent="base", mix=focus(skill), data_seed=seed + 4, steps=300, lr=3e-3)
         out[f"forget-{skill}"] = dict(parent="gen1", mix=without(skill), data_seed=seed + 6, steps=300, lr=1.5e-3)
     return out

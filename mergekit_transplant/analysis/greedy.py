@@ -97,6 +97,7 @@ class GreedyResult:
     seconds: float
     forward_s: float  # one plain pass over the selection part (median of the timed ones)
     controls: List[dict] = field(default_factory=list)  # [{"units": [...], "gain": x}] on the held-out part
+    rejected: List[List] = field(default_factory=list)  # the round that stopped (min_gain): [[unit, gain], ...]
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -204,6 +205,7 @@ def greedy_select(live, select_ll: LogLikelihood, held_ll: Optional[LogLikelihoo
     current = base
     evaluations = 0
     stopped, message = "candidates", "every candidate was chosen"
+    rejected: List[List] = []
     bar = tqdm(total=sum(len(candidates) - r for r in range(rounds_max)), desc="greedy", unit="eval",
                disable=not progress, leave=False)
     try:
@@ -231,6 +233,7 @@ def greedy_select(live, select_ll: LogLikelihood, held_ll: Optional[LogLikelihoo
                 gains.sort(key=lambda g: (-g[0], g[1]))
                 best_gain, best = gains[0]
                 if not best_gain > min_gain:
+                    rejected = [[u, g] for g, u in gains[:1 + RUNNERS_UP]]
                     stopped = "min_gain"
                     message = (f"stopped after {len(chosen)} units: no candidate raises the workload's "
                                f"log-likelihood by more than {min_gain:g} nats per sample (best: {best} "
@@ -261,7 +264,7 @@ def greedy_select(live, select_ll: LogLikelihood, held_ll: Optional[LogLikelihoo
         units=chosen, rounds=rounds, stopped=stopped, message=message, candidates=list(candidates),
         samples=select_ll.n, held_out_samples=held_ll.n if held_ll is not None else 0, baseline=base,
         held_out_baseline=held_base, evaluations=evaluations, seconds=time.perf_counter() - start,
-        forward_s=forward_times[len(forward_times) // 2], controls=measured,
+        forward_s=forward_times[len(forward_times) // 2], controls=measured, rejected=rejected,
     )
 
 
