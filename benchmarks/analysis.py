@@ -97,7 +97,7 @@ def worker(mode: str, paths: dict, threads: int, batch_size: int) -> dict:
     from mergekit_transplant.analysis import analyze, load_workload
 
     start = time.perf_counter()
-    result = analyze(paths["target"], paths["donor"], load_workload(paths["workload"]), score=mode, top_k=4,
+    result = analyze(paths["target"], paths["donor"], load_workload(paths["workload"]), score=mode, select="top", top_k=4,
                      batch_size=batch_size, progress=False)
     wall = time.perf_counter() - start
     timing = result.report["timing"]

@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 from mergekit_transplant.analysis import capture as capture_mod
 from mergekit_transplant.analysis.candidates import Candidate, find_candidates, layer_units
-from mergekit_transplant.analysis.greedy import DEFAULT_PREFILTER_ALL, SelectConfig
+from mergekit_transplant.analysis.greedy import DEFAULT_PREFILTER_ALL, DEFAULT_SELECT, SelectConfig
 from mergekit_transplant.analysis.scores import (
     REPORTED, SCORES, ScoreTable, layer_scores, module_scores,
 )
@@ -47,7 +47,7 @@ from mergekit_transplant.recipe import Selection, render_recipe
 
 CAPTURE_MODES = ("teacher-forced", "generate")
 GRANULARITIES = ("module", "layer")
-DEFAULT_SCORE = "attribution"  # docs/analysis.md: the one that won on the demo pairs
+DEFAULT_SCORE = "attribution"  # docs/analysis.md: the best --select top score in the held-out protocol
 DEFAULT_TOP_K = 4
 
 
@@ -98,7 +98,7 @@ def analyze(
     allow_pickle: bool = False,
     command: Optional[str] = None,
     progress: bool = True,
-    select: str = "top",
+    select: str = DEFAULT_SELECT,
     prefilter: Optional[int] = None,
     min_gain: float = 0.0,
     holdout_fraction: float = 0.25,
