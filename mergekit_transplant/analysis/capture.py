@@ -23,10 +23,16 @@ Statistics (per sample, averaged over its scored positions):
   moves: a first-order estimate of how much the continuation's log-probability
   would change if this one module were reverted to the target's weights;
 - ``attribution_signed``: the same sum without the absolute value, per
-  sample: positive where the donor's change raises the log-probability.
+  sample: positive where the donor's change raises the log-probability;
+- ``gain`` (gradient pass, on the target): sum over all real positions of
+  <(W_donor - W_target) x (+ b_donor - b_target), d log p(continuation) / d output>,
+  x the module's input in the target's pass, the donor tensor streamed:
+  sum_m <d log p / d W_m, W_donor,m - W_target,m>, signed, the first-order
+  change of the target's log-likelihood if this one module were transplanted.
 
 ``other`` names the checkpoint each pass compares its model with: the donor
-in the target's pass (``local``), the target in the donor's (``attribution``).
+in the target's pass (``local``, ``gain``), the target in the donor's
+(``attribution``).
 """
 
 from __future__ import annotations
@@ -127,7 +133,7 @@ class Probe:
 
     def __init__(self, index: int, candidate: Candidate, module, ctx: _Context, *, stats: Sequence[str],
                  other: Optional[TensorStreamer] = None, own_files: Optional[TensorStreamer] = None,
-                 attribution: bool = False):
+                 attribution: bool = False, gain: bool = False):
         self.index = index
         self.candidate = candidate
         self.module = module
@@ -136,6 +142,7 @@ class Probe:
         self.other = other
         self.own_files = own_files
         self.attribution = attribution
+        self.gain = gain
         self.handle = module.register_forward_hook(self)
 
     def remove(self) -> None:
@@ -178,6 +185,18 @@ class Probe:
                     ctx.store("attribution_signed", stat_index, per_pos, weighted=False, rows=every_row)
 
             y.register_hook(on_grad)
+        if self.gain and y.requires_grad:
+            stat_index = self.index
+            every_row, every_col = ctx.real_positions(y.device)
+            with torch.no_grad():  # the donor's change, applied to the target's inputs
+                change = self._change(module, inputs, every_row, every_col, ids)  # [P, d_out]
+
+            def on_gain_grad(grad, change=change, every_row=every_row, every_col=every_col):
+                with torch.no_grad():
+                    per_pos = (change * grad[every_row, every_col].float()).sum(-1)  # [P]
+                    ctx.store("gain", stat_index, per_pos, weighted=False, rows=every_row)
+
+            y.register_hook(on_gain_grad)
 
     def _change(self, module, inputs, rows, cols, ids):
         """``(W_other - W_this) x (+ b_other - b_this)`` at the given positions, float32 ``[P, d_out]``."""
@@ -205,14 +224,16 @@ def _input_device(model):
 
 def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequence], *, stats: Sequence[str],
              batch_size: int, pad_id: int, padding_side: str, other: Optional[TensorStreamer] = None,
-             own_files: Optional[TensorStreamer] = None, attribution: bool = False,
+             own_files: Optional[TensorStreamer] = None, attribution: bool = False, gain: bool = False,
              desc: str = "capture", progress: bool = True,
              sources: Sequence[tuple] = ()) -> PassResult:
     """One pass of ``model`` over ``seqs`` with every candidate probed.
 
     ``other``: the checkpoint ``local`` and ``attribution`` compare with,
     streamed a tensor at a time; ``own_files``: this model's checkpoint, read
-    for weights that a device map offloaded.
+    for weights that a device map offloaded. ``attribution`` (on the donor)
+    and ``gain`` (on the target) run a backward pass per batch; ``gain``
+    expects every sequence to have a continuation (``tokens.likelihood_view``).
 
     ``sources``: ``(role, TensorStreamer)`` pairs whose tensors are checked
     for NaN/Inf when a statistic comes out non-finite, so the error can name
@@ -224,13 +245,14 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
     device = _input_device(model)
     modules = dict(model.named_modules())
     names = list(stats) + (["local_relative"] if "local" in stats else []) + (
-        ["attribution", "attribution_signed"] if attribution else [])
+        ["attribution", "attribution_signed"] if attribution else []) + (["gain"] if gain else [])
+    gradients = attribution or gain
     ctx = _Context(device, names, len(candidates))
     out = {name: torch.zeros(len(seqs), len(candidates), dtype=torch.float64) for name in names}
-    keep_last = _can_keep_last(model) and not attribution and not any(
+    keep_last = _can_keep_last(model) and not gradients and not any(
         modules[c.module] is model.get_output_embeddings() for c in candidates)
     embed_hook = None
-    if attribution:
+    if gradients:
         for p in model.parameters():
             p.requires_grad_(False)
         # registered before the probes (hooks run in order), so an embedding probe sees a graph too
@@ -238,7 +260,7 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
             lambda m, i, o: o.requires_grad_(True))
     probes = [
         Probe(i, c, modules[c.module], ctx, stats=stats, other=other, own_files=own_files,
-              attribution=attribution)
+              attribution=attribution, gain=gain)
         for i, c in enumerate(candidates)
     ]
     start, tokens, n_batches = time.perf_counter(), 0, 0
@@ -248,7 +270,7 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
             ctx.start(batch)
             kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                           position_ids=batch.position_ids, use_cache=False)
-            if attribution:
+            if gradients:
                 with torch.enable_grad():
                     _attribution_step(model, batch, kwargs)
             else:
