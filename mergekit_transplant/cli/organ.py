@@ -98,9 +98,12 @@ def verify(organ_dir, target):
 @click.argument("organ_dir", type=click.Path(file_okay=False))
 @click.argument("out_path", type=click.Path(file_okay=False))
 @click.option("--target", help="Target model (local folder or Hub id); default: the one in organ.json.")
+@click.option("--at", type=click.IntRange(min=0), default=None,
+              help="Insert the organ's layer block starting at this decoder layer instead of where it was "
+                   "trained (tensor names are rewritten in a temporary view; the organ is not changed).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_PATH if it exists and is not empty.")
 @add_merge_options
-def apply(merge_options: MergeOptions, organ_dir, out_path, target, overwrite):
+def apply(merge_options: MergeOptions, organ_dir, out_path, target, at, overwrite):
     """Verify ORGAN_DIR, then merge it into TARGET, writing OUT_PATH.
 
     Uses ORGAN_DIR/recipe.yml (edited strengths are honoured) with the organ's
@@ -109,7 +112,7 @@ def apply(merge_options: MergeOptions, organ_dir, out_path, target, overwrite):
     """
     from mergekit_transplant.cli.check import print_report
 
-    verify_report, report = apply_organ(organ_dir, out_path, target=target, options=merge_options,
+    verify_report, report = apply_organ(organ_dir, out_path, target=target, at=at, options=merge_options,
                                         overwrite=overwrite)
     _print_verify(verify_report)
     print_report(report)

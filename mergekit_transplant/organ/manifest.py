@@ -191,8 +191,8 @@ def read_manifest(organ_dir: os.PathLike | str) -> OrganManifest:
     return OrganManifest.from_json(data, str(file))
 
 
-def find_organ_donor(model_dir: os.PathLike | str) -> Optional[OrganDonor]:
-    """If ``model_dir`` is (a donor folder of) an organ, the donor it stands for."""
+def find_organ(model_dir: os.PathLike | str) -> Optional[Tuple[OrganManifest, OrganDonor]]:
+    """If ``model_dir`` is (a donor folder of) an organ, its manifest and the donor it stands for."""
     path = Path(split_revision(str(model_dir))[0])
     for root, folder in ((path, "."), (path.parent, path.name)):
         if not (root / MANIFEST).is_file():
@@ -203,5 +203,11 @@ def find_organ_donor(model_dir: os.PathLike | str) -> Optional[OrganDonor]:
             return None
         for donor in manifest.donors:
             if donor.folder == folder:
-                return donor
+                return manifest, donor
     return None
+
+
+def find_organ_donor(model_dir: os.PathLike | str) -> Optional[OrganDonor]:
+    """If ``model_dir`` is (a donor folder of) an organ, the donor it stands for."""
+    found = find_organ(model_dir)
+    return found[1] if found else None
