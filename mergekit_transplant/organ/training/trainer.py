@@ -115,8 +115,27 @@ def _accelerator(settings: OrganTrainSettings):
                                   "(pick a GPU with CUDA_VISIBLE_DEVICES or accelerate launch)")
         if not ok:
             raise TransplantError(f"--device {settings.device}: not available on this machine")
+    _fresh_single_process_state()
     return Accelerator(cpu=device == "cpu", mixed_precision=settings.mixed_precision,
                        gradient_accumulation_steps=settings.grad_accum)
+
+
+def _fresh_single_process_state() -> None:
+    """Let a second ``train_organ`` in one process (tests, notebooks, the demo) pick its own mixed precision.
+
+    accelerate keeps its state in process-wide singletons and refuses a second
+    Accelerator with other settings. A single, non-distributed process owns
+    that state alone, so it is cleared there (as accelerate's own test helpers
+    do); under ``accelerate launch`` nothing is touched.
+    """
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+    from accelerate.utils import DistributedType
+
+    partial = PartialState._shared_state
+    if partial and partial.get("distributed_type") not in (None, DistributedType.NO):
+        return
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
 
 
 def _check_outputs(settings: OrganTrainSettings) -> Path:
