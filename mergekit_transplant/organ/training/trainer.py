@@ -103,7 +103,10 @@ def perplexity(model, sequences, batch_size: int, accelerator) -> float:
 
 
 def _accelerator(settings: OrganTrainSettings):
-    from accelerate import Accelerator
+    try:
+        from accelerate import Accelerator
+    except ImportError:
+        raise TransplantError("organ train needs accelerate: pip install 'mergekit-transplant[train]'") from None
 
     device = (settings.device or "auto").lower()
     if device not in ("auto", "cpu"):
@@ -164,6 +167,52 @@ def _check_model(settings: OrganTrainSettings):
         raise TransplantError(f"--model: {error}") from None
 
 
+def schedule_loader(corpus: PackedCorpus, settings: OrganTrainSettings, steps: int, processes: int):
+    """A DataLoader over the run's visit order: ``steps`` x batch x accumulation x processes sequences."""
+    import torch
+
+    per_step = settings.batch_size * settings.grad_accum * processes
+    dataset = ScheduledSequences(corpus, visit_order(corpus.n, steps * per_step, settings.seed))
+    return torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, shuffle=False)
+
+
+def run_steps(accelerator, model, optimizer, trainable, loader, settings: OrganTrainSettings, steps: int,
+              start: int, after_step: Callable[[int, float, int], None]) -> int:
+    """Optimizer steps ``start`` … ``steps`` (1-based as reported) over a prepared loader; returns tokens seen.
+
+    The one training loop: the organ, and the demo's and benchmark's full fine-tuning and LoRA baselines, use
+    it, so they share the data order, the learning-rate schedule and the accumulation. A NaN or Inf loss on
+    any process stops every process at that step with one line naming it.
+    """
+    import torch
+
+    batches = iter(accelerator.skip_first_batches(loader, start * settings.grad_accum) if start else loader)
+    tokens = 0
+    for step in range(start, steps):
+        lr = lr_at(step, settings, steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        step_loss = 0.0
+        for _ in range(settings.grad_accum):
+            batch = next(batches)
+            with accelerator.accumulate(model):
+                loss = model(input_ids=batch, labels=batch).loss
+                seen = accelerator.gather(loss.detach().float().reshape(1))
+                if not torch.isfinite(seen).all():
+                    raise TransplantError(
+                        f"the training loss became {'NaN' if torch.isnan(seen).any() else 'Inf'} at step "
+                        f"{step + 1} (lr {lr:.3g}); nothing was written. Lower --lr or check the corpus and --dtype")
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and settings.max_grad_norm:
+                    accelerator.clip_grad_norm_(trainable, settings.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            step_loss += seen.mean().item() / settings.grad_accum
+            tokens += batch.numel() * accelerator.num_processes
+        after_step(step + 1, step_loss, tokens)
+    return tokens
+
+
 def train_organ(settings: OrganTrainSettings, *, progress: bool = True,
                 log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> TrainResult:
     """Train ``settings.layers`` of ``settings.model`` on ``settings.corpus``; write the organ to ``settings.output``."""
@@ -222,9 +271,7 @@ def train_organ(settings: OrganTrainSettings, *, progress: bool = True,
         optimizer.load_state_dict(resumed.trainer["optimizer"])
         torch.set_rng_state(resumed.trainer["rng"])
 
-    per_step = settings.batch_size * settings.grad_accum * accelerator.num_processes
-    dataset = ScheduledSequences(corpus, visit_order(corpus.n, steps * per_step, settings.seed))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, shuffle=False)
+    loader = schedule_loader(corpus, settings, steps, accelerator.num_processes)
     model.train()
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     trainable = [p for _, p in params]
@@ -237,74 +284,52 @@ def train_organ(settings: OrganTrainSettings, *, progress: bool = True,
         before = perplexity(accelerator.unwrap_model(model), eval_corpus.sequences, settings.batch_size, accelerator)
         evals.append([0, before])
         say(f"eval perplexity before training: {before:.4g}")
+    per_step = settings.batch_size * settings.grad_accum * accelerator.num_processes
     say(f"training {steps} step(s) of {per_step} x {settings.max_length} tokens"
         + (f", resuming at step {start}" if start else ""))
 
     tokens_before = resumed.tokens_trained if resumed else 0
-    tokens_now = 0
-    started = time.perf_counter()
+    clock = {"started": time.perf_counter(), "tokens": 0}
     bar = None
     if progress and accelerator.is_main_process:
         from tqdm import tqdm
 
         bar = tqdm(total=steps, initial=start, desc="organ train", unit="step", dynamic_ncols=True)
-    batches = iter(accelerator.skip_first_batches(loader, start * settings.grad_accum) if start else loader)
-    step = start
 
-    def state_now() -> ResumeState:
+    def state_now(step: int) -> ResumeState:
         return ResumeState(
             step=step, key=key, loss_curve=loss_curve, evals=evals, perplexity_before=before,
-            wall_time_s=(resumed.wall_time_s if resumed else 0.0) + time.perf_counter() - started,
-            tokens_trained=tokens_before + tokens_now,
+            wall_time_s=(resumed.wall_time_s if resumed else 0.0) + time.perf_counter() - clock["started"],
+            tokens_trained=tokens_before + clock["tokens"],
             weights={n: p for n, p in block_parameters(accelerator.unwrap_model(model), block)},
             trainer={"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()})
 
+    def after_step(step: int, loss: float, tokens: int) -> None:
+        clock["tokens"] = tokens
+        loss_curve.append([step, loss])
+        if bar is not None:
+            rate = tokens / max(time.perf_counter() - clock["started"], 1e-9)
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}", refresh=False)
+            bar.update(1)
+        if eval_corpus is not None and settings.eval_every and step % settings.eval_every == 0 and step < steps:
+            ppl = perplexity(accelerator.unwrap_model(model), eval_corpus.sequences, settings.batch_size, accelerator)
+            evals.append([step, ppl])
+            say(f"step {step}: eval perplexity {ppl:.4g}")
+        if settings.save_every and step % settings.save_every == 0 and step < steps:
+            if accelerator.is_main_process:
+                save_state(partial, state_now(step))
+            accelerator.wait_for_everyone()
+
     try:
-        while step < steps:
-            lr = lr_at(step, settings, steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            step_loss = 0.0
-            for _ in range(settings.grad_accum):
-                batch = next(batches)
-                with accelerator.accumulate(model):
-                    loss = model(input_ids=batch, labels=batch).loss
-                    seen = accelerator.gather(loss.detach().float().reshape(1))
-                    if not torch.isfinite(seen).all():
-                        raise TransplantError(
-                            f"the training loss became {'NaN' if torch.isnan(seen).any() else 'Inf'} at step "
-                            f"{step + 1} (lr {lr:.3g}); nothing was written. Lower --lr or check the corpus and "
-                            "--dtype")
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and settings.max_grad_norm:
-                        accelerator.clip_grad_norm_(trainable, settings.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                step_loss += seen.mean().item() / settings.grad_accum
-                tokens_now += batch.numel() * accelerator.num_processes
-            step += 1
-            loss_curve.append([step, step_loss])
-            if bar is not None:
-                rate = tokens_now / max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{rate:,.0f}", refresh=False)
-                bar.update(1)
-            if eval_corpus is not None and settings.eval_every and step % settings.eval_every == 0 and step < steps:
-                ppl = perplexity(accelerator.unwrap_model(model), eval_corpus.sequences, settings.batch_size,
-                                 accelerator)
-                evals.append([step, ppl])
-                say(f"step {step}: eval perplexity {ppl:.4g}")
-            if settings.save_every and step % settings.save_every == 0 and step < steps:
-                if accelerator.is_main_process:
-                    save_state(partial, state_now())
-                accelerator.wait_for_everyone()
+        tokens_now = run_steps(accelerator, model, optimizer, trainable, loader, settings, steps, start, after_step)
     except KeyboardInterrupt:
         if partial.is_dir():
-            say(f"interrupted at step {step}; the state saved in {partial} continues with --resume")
+            say(f"interrupted at step {len(loss_curve)}; the state saved in {partial} continues with --resume")
         raise
     finally:
         if bar is not None:
             bar.close()
-    elapsed = time.perf_counter() - started
+    elapsed = time.perf_counter() - clock["started"]
     after = None
     if eval_corpus is not None:
         after = perplexity(accelerator.unwrap_model(model), eval_corpus.sequences, settings.batch_size, accelerator)
