@@ -113,6 +113,7 @@ def run(build: Path) -> dict:
     from mergekit_transplant.organ.training import OrganTrainSettings, train_organ
     from mergekit_transplant.organ.training.baselines import train_baseline
 
+    torch.set_num_threads(1)  # as the rest of the demo: on a shared 2-core machine more threads only contend
     out = build / "organs"
     import shutil
 
