@@ -390,3 +390,35 @@ def test_bad_settings_are_one_line(work, tmp_path):
         code, output = _train(work, tmp_path / "o", *extra)
         assert_clean_error(code, output, needle)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("layers, block", [(1, (0, 0)), (2, (0, 1)), (3, (0, 2)), (4, (1, 3)), (12, (4, 6)),
+                                           (32, (10, 12))])
+def test_auto_block_is_three_layers_from_a_third(layers, block):
+    from mergekit_transplant.organ.training import auto_block
+
+    assert auto_block(layers) == block
+
+
+def test_baselines_train_under_the_same_loop(work, tmp_path):
+    """peft LoRA and full fine-tuning see the organ's batches: at step 1 all three models are the base model."""
+    from mergekit_transplant.organ.training.baselines import train_baseline
+
+    organ = train_organ(settings(work, tmp_path / "organ"), progress=False).record
+    lora = train_baseline(settings(work, tmp_path / "lora"), "lora", rank=4)
+    full = train_baseline(settings(work, tmp_path / "full"), "full")
+    assert organ.loss_curve[0][1] == pytest.approx(lora.loss_curve[0][1], abs=1e-6)
+    assert organ.loss_curve[0][1] == pytest.approx(full.loss_curve[0][1], abs=1e-6)
+    assert organ.tokens_trained == lora.tokens_trained == full.tokens_trained
+    base = load_state(work / "llama")
+    assert full.trainable_parameters == sum(t.numel() for t in base.values())
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "lora" / "adapter" / "adapter_model.safetensors"), "pt") as fh:
+        names = list(fh.keys())
+    assert names and all("lora_A" in n or "lora_B" in n for n in names)
+    assert sum(1 for n in names if "lora_A" in n) == 7 * 4  # every linear module of 4 layers, not the head
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(tmp_path / "lora" / "adapter" / "adapter_model.safetensors"))
+    assert lora.trainable_parameters == sum(t.numel() for t in adapter.values())
