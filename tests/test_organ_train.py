@@ -422,3 +422,20 @@ def test_baselines_train_under_the_same_loop(work, tmp_path):
 
     adapter = load_file(str(tmp_path / "lora" / "adapter" / "adapter_model.safetensors"))
     assert lora.trainable_parameters == sum(t.numel() for t in adapter.values())
+
+
+def test_corpus_from_an_lm_eval_task_and_a_txt_file(work, tmp_path):
+    from mergekit_transplant.testing import write_task
+
+    rows = [{"text": l} for l in (work / "eval.txt").read_text().splitlines()] * 4
+    write_task(tmp_path / "tasks", "domain_docs", rows)
+    code, output = invoke(["organ", "train", "--model", work / "llama", "--corpus", "lm-eval:domain_docs",
+                           "--include-path", tmp_path / "tasks", "-o", tmp_path / "o", "--eval-corpus",
+                           work / "eval.txt", *FAST])
+    assert code == 0, output
+    corpus = json.loads((tmp_path / "o" / "organ.json").read_text())["training"]["corpus"]
+    assert corpus["path"] == "lm-eval:domain_docs" and corpus["kind"] == "lm-eval" and corpus["documents"] == 24
+    code, output = invoke(["organ", "train", "--model", work / "llama", "--corpus", work / "eval.txt",
+                           "-o", tmp_path / "t", *FAST])
+    assert code == 0, output
+    assert json.loads((tmp_path / "t" / "organ.json").read_text())["training"]["corpus"]["kind"] == "txt"
