@@ -439,3 +439,14 @@ def test_corpus_from_an_lm_eval_task_and_a_txt_file(work, tmp_path):
                            "-o", tmp_path / "t", *FAST])
     assert code == 0, output
     assert json.loads((tmp_path / "t" / "organ.json").read_text())["training"]["corpus"]["kind"] == "txt"
+
+
+def test_epochs_set_the_number_of_steps(work, tmp_path):
+    from mergekit_transplant.organ.training.data import pack_corpus
+    from mergekit_transplant.loading import load_tokenizer
+
+    n = pack_corpus(str(work / "corpus.jsonl"), load_tokenizer(str(work / "llama")), 16).n
+    result = train_organ(settings(work, tmp_path / "o", steps=None, epochs=0.1, batch_size=4), progress=False)
+    import math
+
+    assert result.record.steps == math.ceil(0.1 * n / 4) == result.record.tokens_trained // (4 * 16)
