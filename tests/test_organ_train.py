@@ -19,6 +19,7 @@ import yaml
 from mergekit_transplant.organ.training import OrganTrainSettings, train_organ
 from mergekit_transplant.organ.training import trainer as trainer_module
 from mergekit_transplant.testing import WORDS, load_state, make_model, perturbed_copy
+from tests.test_atomic import _default_sigint
 from tests.test_reliability import assert_clean_error, invoke, leftovers
 
 BIN = Path(sys.executable).parent
@@ -282,13 +283,17 @@ def test_interrupt_leaves_no_half_written_organ(work, tmp_path, sig):
     proc = subprocess.Popen(
         [str(BIN / "mergekit-transplant"), "organ", "train", "--model", str(work / "llama"), "--corpus",
          str(work / "corpus.jsonl"), "-o", str(out), "--steps", "100000", "--save-every", "1", "--batch-size", "2",
-         "--max-length", "16", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 120
-    while not (tmp_path / "organ.partial" / "state.json").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(0.5)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
+         "--max-length", "16", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=_default_sigint)
+    try:
+        deadline = time.time() + 300
+        while not (tmp_path / "organ.partial" / "state.json").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # never leave a 100000-step run behind when an assertion or a timeout fails
     assert proc.returncode == 130, err
     assert "nothing was half-written" in err and "--resume" in err
     assert not out.exists()
