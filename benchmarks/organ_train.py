@@ -148,7 +148,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds of the three methods")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process (1: stable on a shared machine)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--worker", choices=METHODS + ("idle", "probe"), help=argparse.SUPPRESS)
@@ -161,8 +161,10 @@ def main() -> None:
     args.corpus = str(args.cache / "corpus.txt")
     print(f"machine: {machine()}", flush=True)
     rounds = {k: [] for k in METHODS + ("idle", "probe")}
-    for i in range(args.repeats):
-        for kind in (METHODS if i % 2 == 0 else tuple(reversed(METHODS))) + ("idle", "probe"):
+    plan = [METHODS if i % 2 == 0 else tuple(reversed(METHODS)) for i in range(args.repeats)]
+    plan.append(("idle", "probe"))  # memory only: once (RSS does not depend on the machine's load)
+    for i, kinds in enumerate(plan):
+        for kind in kinds:
             r = measure(args, kind)
             rounds[kind].append(r)
             print(f"round {i + 1} {kind}: " + ", ".join(f"{k} {v}" for k, v in r.items() if k != "block"), flush=True)
