@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import resource
 import statistics
@@ -43,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import MiB, machine, mib, run_measured, write_json  # noqa: E402
+from common import machine, mib, run_measured, write_json  # noqa: E402
 
 SHAPE = dict(hidden=768, layers=14, intermediate=2048, heads=12, kv_heads=4, vocab_size=8192, max_positions=512)
 METHODS = ("organ", "full", "lora")

@@ -15,7 +15,6 @@ or a run and its ``--resume``, give byte-identical organ weights.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import sys
 import time
