@@ -17,8 +17,10 @@ Goals (issue 12), with the verdicts computed and printed:
 
 1. organ tokens/s ≥ 1.5 × full fine-tuning's (no gradient flows below the block);
 2. organ peak RSS ≤ idle + model + 4 × block + activations, where
-   *idle* is the peak RSS of a process that imports torch, transformers,
-   accelerate and mergekit-transplant and loads nothing; *model* the bytes of
+   *idle* is the peak RSS of a process that imports what ``train_organ``
+   imports (torch, transformers' Llama, accelerate with an ``Accelerator``,
+   mergekit-transplant's loading, model check, workload reader and writer)
+   and loads no model and no data; *model* the bytes of
    every parameter; *block* the bytes of the block's parameters (its
    gradient and AdamW's two moments are 3 of the 4); *activations* the peak
    RSS of a probe process that loads the model, freezes all but the block and
@@ -45,16 +47,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, mib, run_measured, write_json  # noqa: E402
 
 SHAPE = dict(hidden=768, layers=14, intermediate=2048, heads=12, kv_heads=4, vocab_size=8192, max_positions=512)
+#: ``--smoke``: a tiny model, to check the script end to end in seconds (its figures mean nothing)
+SMOKE = dict(hidden=64, layers=4, intermediate=128, heads=4, kv_heads=2, vocab_size=96, max_positions=512)
 METHODS = ("organ", "full", "lora")
 
 
-def build(cache: Path) -> Path:
+def build(cache: Path, smoke: bool = False) -> Path:
     from mergekit_transplant.testing import WORDS, make_model
 
-    model = cache / "llama-100m"
+    model = cache / ("llama-smoke" if smoke else "llama-100m")
     if not (model / "model.safetensors").exists():
-        print(f"building the ~100M-parameter Llama in {model} (once)", flush=True)
-        make_model(model, "llama", seed=0, **SHAPE)
+        print(f"building the model in {model} (once)", flush=True)
+        make_model(model, "llama", seed=0, **(SMOKE if smoke else SHAPE))
     corpus = cache / "corpus.txt"
     if not corpus.exists():
         rng = random.Random(0)
@@ -86,11 +90,16 @@ def worker(args) -> None:
     from mergekit_transplant.organ.training.baselines import train_baseline
 
     out = {}
-    if args.worker == "idle":
-        import accelerate  # noqa: F401
-        import transformers  # noqa: F401
+    if args.worker == "idle":  # everything train_organ imports and sets up, but no model and no data
+        from accelerate import Accelerator
+        from transformers.models.llama import modeling_llama  # noqa: F401
 
-        import mergekit_transplant.organ.training.trainer  # noqa: F401
+        import mergekit_transplant.evaluation.compare  # noqa: F401  (check_model)
+        import mergekit_transplant.loading  # noqa: F401
+        import mergekit_transplant.organ.training.writer  # noqa: F401
+        from mergekit_transplant.analysis.workload import load_workload  # noqa: F401
+
+        Accelerator(cpu=True)
     elif args.worker == "probe":
         from accelerate import Accelerator
 
@@ -150,13 +159,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds of the three methods")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process (1: stable on a shared machine)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--smoke", action="store_true", help="a tiny model: checks the script, measures nothing")
     ap.add_argument("--worker", choices=METHODS + ("idle", "probe"), help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--corpus", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args)
-    args.model = str(build(args.cache))
+    args.model = str(build(args.cache, args.smoke))
     args.corpus = str(args.cache / "corpus.txt")
     print(f"machine: {machine()}", flush=True)
     rounds = {k: [] for k in METHODS + ("idle", "probe")}
