@@ -218,8 +218,8 @@ organs = {}
 for key, dev, mp in organ_runs:
     out = work / f"organ-{key}"
     shutil.rmtree(out, ignore_errors=True)
-    times[f"organ train --device {dev} --mixed-precision {mp}"] = run(
-        f"organ train --device {dev} --mixed-precision {mp}",
+    times[f"organ train --device {dev} --mixed-precision {mp} ({key})"] = run(
+        f"organ train --device {dev} --mixed-precision {mp} ({key})",
         [tool("mergekit-transplant"), "organ", "train", "--model", target, "--corpus", corpus, "-o", out,
          "--steps", "3", "--batch-size", "4", "--max-length", "64", "--lr", "1e-3", "--seed", "0",
          "--device", dev, "--mixed-precision", mp, "--quiet"])
