@@ -13,7 +13,12 @@
 #      `mergekit-transplant merge --cuda`, and requires every tensor at strength
 #      0 or 1 to be bit-identical to the CPU output (the 0.5 tensor is reported:
 #      lerp on another device may differ in the last bit);
-#   3. prints the wall times.
+#   3. trains a 3-step organ (`mergekit-transplant organ train`) on the CPU and
+#      on the device, with the same seed, and requires the first step's loss to
+#      agree, the device organ to pass `organ verify`, and `mergekit-yaml` to
+#      rebuild the adapted model from it (bf16 mixed precision is tried too
+#      when the GPU supports it);
+#   4. prints the wall times.
 # Exits 0 when everything matches, 1 on any mismatch, 2 when it cannot run.
 #
 #   benchmarks/gpu_check.sh                 # on a machine with a GPU
@@ -231,7 +236,37 @@ for label, (out, _cmd) in list(merges.items())[1:]:
                 failures.append(f"{label}: {name} (strength {s:g}) differs from the CPU output by {diff:.3g}")
     print(f"  {label}: {exact} tensors at strength 0 or 1 bit-identical to the CPU output")
 
-# ------------------------------------------------------------------ 3. report
+# ------------------------------------------------------------------ 3. organ train, CPU vs device
+print("organ train (3 steps, layers auto):")
+corpus = work / "organ-corpus.txt"
+corpus.write_text("\n".join(" ".join(WORDS[(i * 5 + j) % len(WORDS)] for j in range(40)) for i in range(64)) + "\n")
+organ_runs = [("cpu", "cpu", "no"), ("device", device, "no")]
+if device == "cuda" and torch.cuda.is_bf16_supported():
+    organ_runs.append(("device-bf16", device, "bf16"))
+organs = {}
+for key, dev, mp in organ_runs:
+    out = work / f"organ-{key}"
+    shutil.rmtree(out, ignore_errors=True)
+    times[f"organ train --device {dev} --mixed-precision {mp} ({key})"] = run(
+        f"organ train --device {dev} --mixed-precision {mp} ({key})",
+        [tool("mergekit-transplant"), "organ", "train", "--model", target, "--corpus", corpus, "-o", out,
+         "--steps", "3", "--batch-size", "4", "--max-length", "64", "--lr", "1e-3", "--seed", "0",
+         "--device", dev, "--mixed-precision", mp, "--quiet"])
+    organs[key] = json.loads((out / "organ.json").read_text())["training"]
+first = {k: t["loss_curve"][0][1] for k, t in organs.items()}
+print(f"  first-step loss: {first}")
+if abs(first["device"] - first["cpu"]) > 1e-3 * max(1.0, abs(first["cpu"])):
+    failures.append(f"organ train: first-step loss on the device {first['device']} differs from the CPU's {first['cpu']}")
+run("organ verify (device organ)", [tool("mergekit-transplant"), "organ", "verify", work / "organ-device"])
+shutil.rmtree(work / "organ-merged", ignore_errors=True)
+run("mergekit-yaml organ-device/recipe.yml", [yaml_bin, work / "organ-device" / "recipe.yml", work / "organ-merged"])
+merged, base, organ = state(work / "organ-merged"), state(target), state(work / "organ-device")
+for name in base:
+    if not torch.equal(merged[name], organ.get(name, base[name])):
+        failures.append(f"organ merge: {name} is neither the organ's nor the base model's tensor")
+        break
+
+# ------------------------------------------------------------------ 4. report
 print("times (s):")
 for label, wall in times.items():
     print(f"  {wall:7.1f}  {label}")

@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from demo.organs import run as run_organs  # noqa: E402
 from demo.pairs import DEFAULT_SCORE, PAIRS, RETAIN, SCORES, SELECT, TASKS, TEST, Pair, analyze_args  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -102,6 +103,7 @@ def main() -> None:
     start = time.perf_counter()
     for pair in chosen:
         demo_pair(pair, args.limit, not args.no_score_comparison)
+    run_organs(REPO / BUILD)  # trained organs vs LoRA vs full fine-tuning (demo/organs.py)
     elapsed = time.perf_counter() - start
 
     from demo.results import write_results

@@ -248,15 +248,67 @@ def _section_eval(inp: CardInputs) -> Optional[str]:
     return "\n".join(lines)
 
 
+def _trained_organs(recipe) -> List[tuple]:
+    """(donor ref, training record) of every donor that is a trained organ (``organ train``)."""
+    from mergekit_transplant.organ.manifest import find_organ
+
+    out = []
+    for ref in _donors(recipe):
+        try:
+            found = find_organ(ref)
+        except Exception:  # a damaged organ must not break a card
+            found = None
+        if found and found[0].kind == "trained" and isinstance(found[0].training, dict):
+            out.append((ref, found[0].training))
+    return out
+
+
+def _section_trained(inp: CardInputs) -> Optional[str]:
+    organs = _trained_organs(inp.recipe)
+    if not organs:
+        return None
+    lines = ["## Trained organ", ""]
+    for ref, t in organs:
+        block = t.get("block") if isinstance(t.get("block"), dict) else {}
+        corpus = t.get("corpus") if isinstance(t.get("corpus"), dict) else {}
+        base = t.get("base_model") if isinstance(t.get("base_model"), dict) else {}
+        moved = t.get("applied_at") if isinstance(t.get("applied_at"), dict) else None
+        where = f"layers {block.get('start')}-{block.get('end')}"
+        if moved:
+            count = (block.get("end") or 0) - (block.get("start") or 0)
+            where += f", inserted here at layers {moved.get('at')}-{(moved.get('at') or 0) + count}"
+        sha = str(corpus.get("sha256", "?"))
+        steps, tokens, size = t.get("steps"), t.get("tokens_trained"), corpus.get("tokens")
+        count = (lambda x: md_num(x, "{:,}") if isinstance(x, int) and not isinstance(x, bool) else "?")
+        lines.append(
+            f"A trained organ was applied: {where} of the base model {_link(str(base.get('ref', '?')), inp.hub_ids)}, "
+            f"trained with everything else frozen by `mergekit-transplant organ train` "
+            f"([NOT paper](https://arxiv.org/abs/2601.13580)) for {count(steps)} steps ({count(tokens)} tokens) on "
+            f"the corpus {md_code(corpus.get('path', '?'))} ({count(size)} tokens).")
+        organ = moved.get("organ", ref) if moved else ref
+        lines += ["", f"- corpus sha256: {md_code(sha)} (the `organ.json` of {md_code(organ)} records it with every "
+                      "hyperparameter, the seed and the loss curve)"]
+        before, after = t.get("perplexity_before"), t.get("perplexity_after")
+        if _is_num(before) and _is_num(after):
+            lines.append(f"- eval perplexity in the base model: {md_num(before)} before, {md_num(after)} after")
+    return "\n".join(lines)
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def _section_recipe(inp: CardInputs) -> str:
     lines = ["## Recipe", "", "The mergekit recipe, verbatim (`mergekit_config.yml`):", "",
              md_fence(inp.recipe.source, "yaml")]
     mapped = []
+    trained = {ref for ref, _ in _trained_organs(inp.recipe)}
     for ref in _models(inp.recipe):
         repo, how = hub_id_for(ref, inp.hub_ids)
         if repo and how != "recipe":
             mapped.append(f"- {md_code(ref)} is [{md_code(repo)}](https://huggingface.co/{repo}) on the Hub"
-                          + (" (the donor this organ was cut from)" if how == "organ" else ""))
+                          + ((" (the base model this organ was trained in)" if ref in trained
+                              else " (the donor this organ was cut from)") if how == "organ" else ""))
     if mapped:
         lines += ["", "Local paths in the recipe:", ""] + mapped
     return "\n".join(lines)
@@ -360,7 +412,8 @@ def _intro(inp: CardInputs) -> str:
         f"This model is {_link(recipe.target, hub)} with modules transplanted from {donors} by "
         f"[mergekit-transplant](https://github.com/mergekit-transplant/mergekit-transplant) "
         f"({__version__}), using mergekit's `transplant` merge method ([paper]({METHOD_URL})).{share} "
-        "No training was involved."
+        + ("The transplanted layers are a trained organ (below)." if _trained_organs(recipe)
+           else "No training was involved.")
     )
 
 
@@ -398,6 +451,7 @@ def build_card(inp: CardInputs) -> CardResult:
         f"# {md_text(inp.name)}",
         _intro(inp),
         _section_transplanted(inp),
+        _section_trained(inp),
         _section_chosen(inp),
         _section_eval(inp),
         _section_recipe(inp),

@@ -32,7 +32,7 @@ HELP = {
     "check": "Pre-flight check of a recipe from headers only (no weights read).",
     "eval": "lm-eval scores of target, donor and merged model, with TIR and Recovery.",
     "merge": "Check a recipe, then run it with mergekit's own merge options.",
-    "organ": "Extract or verify organ files: only the transplanted donor tensors.",
+    "organ": "Organ files: extract, train (one layer block), verify and apply them.",
     "publish": "Verify a merged model folder and upload it to the Hub.",
     "sweep": "Sweep K and strength in memory against random-module controls.",
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import MISSING
 
 import click
 from mergekit.options import MergeOptions, add_merge_options
@@ -19,7 +20,8 @@ def organ():
     \b
       organ extract RECIPE -o ORGAN_DIR     cut the organ out of the donor
       organ verify ORGAN_DIR [--target T]   check hashes, shapes, fit to a target
-      organ apply ORGAN_DIR OUT [--target T] verify, then merge into T
+      organ apply ORGAN_DIR OUT [--target T] [--at S]  verify, then merge into T
+      organ train --model M --corpus FILE -o ORGAN_DIR  train a layer block (NOT)
     """
 
 
@@ -96,9 +98,12 @@ def verify(organ_dir, target):
 @click.argument("organ_dir", type=click.Path(file_okay=False))
 @click.argument("out_path", type=click.Path(file_okay=False))
 @click.option("--target", help="Target model (local folder or Hub id); default: the one in organ.json.")
+@click.option("--at", type=click.IntRange(min=0), default=None,
+              help="Insert the organ's layer block starting at this decoder layer instead of where it was "
+                   "trained (tensor names are rewritten in a temporary view; the organ is not changed).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_PATH if it exists and is not empty.")
 @add_merge_options
-def apply(merge_options: MergeOptions, organ_dir, out_path, target, overwrite):
+def apply(merge_options: MergeOptions, organ_dir, out_path, target, at, overwrite):
     """Verify ORGAN_DIR, then merge it into TARGET, writing OUT_PATH.
 
     Uses ORGAN_DIR/recipe.yml (edited strengths are honoured) with the organ's
@@ -107,8 +112,59 @@ def apply(merge_options: MergeOptions, organ_dir, out_path, target, overwrite):
     """
     from mergekit_transplant.cli.check import print_report
 
-    verify_report, report = apply_organ(organ_dir, out_path, target=target, options=merge_options,
+    verify_report, report = apply_organ(organ_dir, out_path, target=target, at=at, options=merge_options,
                                         overwrite=overwrite)
     _print_verify(verify_report)
     print_report(report)
     click.echo(f"wrote {out_path}")
+
+
+def settings_options(f):
+    """Click options generated from ``OrganTrainSettings``: flag, type, default and help from each field."""
+    import typing
+
+    from mergekit_transplant.organ.training.config import OrganTrainSettings, settings_fields
+
+    hints = typing.get_type_hints(OrganTrainSettings)
+    for field, default, meta in reversed(list(settings_fields())):
+        kind = hints[field.name]
+        args = typing.get_args(kind)
+        if args and type(None) in args:
+            kind = next(a for a in args if a is not type(None))
+        flag = meta.get("flag") or "--" + field.name.replace("_", "-")
+        decls = [flag] + ([meta["short"]] if meta.get("short") else []) + [field.name]
+        required = default is MISSING
+        if kind is bool:
+            f = click.option(*decls, is_flag=True, default=default, help=meta["help"])(f)
+        else:
+            f = click.option(*decls, type=kind, required=required, default=None if required else default,
+                             show_default=meta.get("show_default", True) and not required, help=meta["help"])(f)
+    return f
+
+
+@organ.command("train")
+@debug_option
+@settings_options
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(quiet, **options):
+    """Train one block of decoder layers on a domain corpus; write it as an organ.
+
+    Only the block learns (the NOT paper's trained organ, arXiv 2601.13580):
+    every other parameter gets no gradient and no optimizer state. The block
+    is printed before training. OUTPUT gets the block's tensors, config.json,
+    organ.json (kind: trained: base model fingerprint, layers, corpus sha256 and
+    tokens, every hyperparameter, the loss curve, eval perplexity before and
+    after, wall time) and recipe.yml for mergekit-yaml. Runs under
+    `accelerate launch` for data-parallel training on several GPUs.
+    """
+    from mergekit_transplant.organ.training import OrganTrainSettings, train_organ
+
+    result = train_organ(OrganTrainSettings(**options), progress=not quiet)
+    if result.manifest is None:  # not the main process of a data-parallel run
+        return
+    r = result.record
+    ppl = ""
+    if r.perplexity_after is not None:
+        ppl = f"; eval perplexity {r.perplexity_before:.4g} -> {r.perplexity_after:.4g}"
+    click.echo(f"wrote {result.organ_dir}: {result.block.describe()}, {r.trainable_parameters:,} parameters "
+               f"trained for {r.steps} step(s) on {r.tokens_trained:,} tokens in {r.wall_time_s:.1f}s{ppl}")

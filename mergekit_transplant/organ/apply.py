@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -71,24 +72,37 @@ def apply_organ(
     out_path: os.PathLike | str,
     *,
     target: Optional[str] = None,
+    at: Optional[int] = None,
     options=None,
     overwrite: bool = False,
     write_card: bool = True,
 ) -> Tuple[VerifyReport, CheckReport]:
-    """Verify the organ against ``target``, then merge it into ``out_path``."""
+    """Verify the organ against ``target``, then merge it into ``out_path``.
+
+    ``at`` re-inserts the organ's layer block starting at decoder layer ``at``
+    (``organ.at.organ_view``): the merge reads a temporary view of the organ
+    whose tensor names are rewritten; the organ's own files are not changed.
+    """
     from mergekit_transplant.merge import run_transplant
 
     manifest = read_manifest(organ_dir)
     target = target or manifest.target_ref
-    verify = verify_organ(organ_dir, target=target)
-    verify.raise_for_errors()
-    text, _ = organ_recipe_for(organ_dir, target)
     refuse_clobbering(Path(out_path), [target, str(organ_dir)])
-    fd, name = tempfile.mkstemp(prefix="organ-recipe-", suffix=".yml")
-    os.close(fd)
-    try:
+    with contextlib.ExitStack() as stack:
+        if at is None:
+            verify = verify_organ(organ_dir, target=target)
+            verify.raise_for_errors()
+            text, _ = organ_recipe_for(organ_dir, target)
+        else:
+            from mergekit_transplant.organ.at import organ_view
+
+            verify = verify_organ(organ_dir)  # integrity here; the fit at the new position when the view is merged
+            verify.raise_for_errors()
+            view = stack.enter_context(tempfile.TemporaryDirectory(prefix="organ-view-"))
+            text = organ_view(organ_dir, Path(view) / "organ", target, at)
+        fd, name = tempfile.mkstemp(prefix="organ-recipe-", suffix=".yml")
+        os.close(fd)
+        stack.callback(os.unlink, name)
         Path(name).write_text(text, encoding="utf-8")
         report = run_transplant(name, out_path, options, overwrite=overwrite, write_card=write_card)
-    finally:
-        os.unlink(name)
     return verify, report

@@ -28,6 +28,8 @@ TOKENIZER_FILES = (
 )
 DEFAULT_SHARD_BYTES = 5_000_000_000
 _DONOR_FOLDER = re.compile(r"^donor-[1-9][0-9]{0,3}$")
+#: how an organ was made: cut from a donor by ``organ extract``, or trained by ``organ train``
+KINDS = ("extracted", "trained")
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,9 @@ class OrganManifest:
     target_parameters: int
     donors: List[OrganDonor]
     recipe: str  # the source recipe, verbatim
+    kind: str = "extracted"
+    #: ``organ train``'s record (``organ.training.record.TrainRecord.to_json()``); None for extracted organs
+    training: Optional[dict] = None
 
     @property
     def parameters(self) -> int:
@@ -106,6 +111,8 @@ class OrganManifest:
             "donors": [d.to_json() for d in self.donors],
             "parameters": self.parameters,
             "recipe": self.recipe,
+            "kind": self.kind,
+            **({"training": self.training} if self.training is not None else {}),
         }
 
     @classmethod
@@ -154,6 +161,12 @@ class OrganManifest:
             ))
         if not donors:
             raise TransplantError(f"{where}: the manifest lists no donors")
+        kind = data.get("kind", "extracted")  # organs written before organ train have no kind
+        if kind not in KINDS:
+            raise TransplantError(f"{where}: manifest field kind {kind!r} is not one of {', '.join(KINDS)}")
+        training = data.get("training")
+        if kind == "trained" and not isinstance(training, dict):
+            raise TransplantError(f"{where}: manifest field training is missing or malformed")
         folders = [d.folder for d in donors]
         if len(set(folders)) != len(folders) or ("." in folders and len(folders) > 1):
             raise TransplantError(f"{where}: the manifest's donor folders overlap")
@@ -164,6 +177,8 @@ class OrganManifest:
             target_parameters=target.get("parameters") if isinstance(target.get("parameters"), int) else 0,
             donors=donors,
             recipe=need(data, "recipe", str, ""),
+            kind=kind,
+            training=training if kind == "trained" else None,
         )
 
 
@@ -176,8 +191,8 @@ def read_manifest(organ_dir: os.PathLike | str) -> OrganManifest:
     return OrganManifest.from_json(data, str(file))
 
 
-def find_organ_donor(model_dir: os.PathLike | str) -> Optional[OrganDonor]:
-    """If ``model_dir`` is (a donor folder of) an organ, the donor it stands for."""
+def find_organ(model_dir: os.PathLike | str) -> Optional[Tuple[OrganManifest, OrganDonor]]:
+    """If ``model_dir`` is (a donor folder of) an organ, its manifest and the donor it stands for."""
     path = Path(split_revision(str(model_dir))[0])
     for root, folder in ((path, "."), (path.parent, path.name)):
         if not (root / MANIFEST).is_file():
@@ -188,5 +203,11 @@ def find_organ_donor(model_dir: os.PathLike | str) -> Optional[OrganDonor]:
             return None
         for donor in manifest.donors:
             if donor.folder == folder:
-                return donor
+                return manifest, donor
     return None
+
+
+def find_organ_donor(model_dir: os.PathLike | str) -> Optional[OrganDonor]:
+    """If ``model_dir`` is (a donor folder of) an organ, the donor it stands for."""
+    found = find_organ(model_dir)
+    return found[1] if found else None
