@@ -8,6 +8,7 @@ plugin's own offline-safe model card.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -36,8 +37,12 @@ def check_finite(report: CheckReport, *, allow_pickle: bool = False) -> None:
     indexes = {}
     for row in report.rows:
         if row.donor not in indexes:
-            indexes[row.donor] = read_index(row.donor, allow_pickle=allow_pickle)
+            indexes[row.donor] = read_index(row.donor, allow_pickle=allow_pickle, remote=True)
         info = indexes[row.donor].all_tensors()[row.donor_tensor]
+        if info.hub is not None:  # the shard mergekit is about to download anyway, and only that one
+            from mergekit_transplant.hub_files import download
+
+            info = dataclasses.replace(info, file=download(info.hub), hub=None)
         if info.file.endswith(".safetensors"):
             prefetch_range(info.file, info.begin, info.end)  # exactly these bytes, no read-around
             with safe_open(info.file, "pt") as fh:

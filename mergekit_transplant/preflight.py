@@ -120,7 +120,7 @@ def run_check(recipe: Recipe, *, allow_pickle: bool = False, trust_remote_code: 
     indexes: Dict[str, ModelIndex] = {}
     for ref in [recipe.target, *recipe.donors]:
         try:
-            indexes[ref] = read_index(ref, allow_pickle=allow_pickle)
+            indexes[ref] = read_index(ref, allow_pickle=allow_pickle, remote=True)
         except TransplantError as error:
             report.errors.append(str(error))
     if report.errors:
