@@ -444,4 +444,22 @@ class _Handler(BaseHTTPRequestHandler):
         return self.hub._fault("short", urlsplit(self.path).path)
 
 
-__all__ = ["LocalHub", "Request", "LFS_THRESHOLD"]
+__all__ = ["LocalHub", "Request", "LFS_THRESHOLD", "shard_model"]
+
+
+def shard_model(src: os.PathLike | str, dst: os.PathLike | str, shard_bytes: int) -> Path:
+    """A copy of a model folder with its weights split into HF-style shards of about ``shard_bytes``."""
+    import shutil
+
+    from mergekit_transplant.checkpoint import read_index
+    from mergekit_transplant.organ.extract import write_tensor_folder
+
+    src, dst = Path(src), Path(dst)
+    index = read_index(str(src))
+    dst.mkdir(parents=True, exist_ok=True)
+    for path in src.iterdir():
+        if path.is_file() and not path.name.startswith("model.safetensors") and not path.name.endswith(".safetensors"):
+            shutil.copy2(path, dst / path.name)
+    entries = sorted(index.tensors.values(), key=lambda t: (t.file, t.begin))
+    write_tensor_folder(dst, entries, max_shard_bytes=shard_bytes)
+    return dst
