@@ -33,7 +33,11 @@ TIMEOUT_S = 60.0
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
-class HubNetworkError(TransplantError):
+class HubError(TransplantError):
+    """A Hub model could not be read: missing repo, revision or file, or a server sending the wrong bytes."""
+
+
+class HubNetworkError(HubError):
     """The Hub (or the network to it) failed; not the user's input."""
 
     exit_code = 1
@@ -73,25 +77,25 @@ def hub_error(error: BaseException, model: str, what: str) -> TransplantError:
     )
 
     if isinstance(error, TransplantError):
-        return error
+        return error if isinstance(error, HubError) else HubError(str(error))
     first = (str(error).strip().splitlines() or [""])[0].strip()
     if isinstance(error, GatedRepoError):
-        return TransplantError(f"model {model}: gated on the Hub; accept its terms and log in (hf auth login)")
+        return HubError(f"model {model}: gated on the Hub; accept its terms and log in (hf auth login)")
     if isinstance(error, RevisionNotFoundError):
-        return TransplantError(f"model {model}: the revision does not exist on the Hub ({what})")
+        return HubError(f"model {model}: the revision does not exist on the Hub ({what})")
     if isinstance(error, RepositoryNotFoundError):
-        return TransplantError(f"model {model}: no such model on the Hub, or it is private ({what})")
+        return HubError(f"model {model}: no such model on the Hub, or it is private ({what})")
     if isinstance(error, EntryNotFoundError):
-        return TransplantError(f"model {model}: a file is missing on the Hub ({what}: {first})")
+        return HubError(f"model {model}: a file is missing on the Hub ({what}: {first})")
     if isinstance(error, OfflineModeIsEnabled):
-        return TransplantError(f"model {model}: HF_HUB_OFFLINE is set and {what} is not in the local cache")
+        return HubError(f"model {model}: HF_HUB_OFFLINE is set and {what} is not in the local cache")
     if isinstance(error, HfHubHTTPError):
         status = getattr(getattr(error, "response", None), "status_code", None)
-        cls = HubNetworkError if status is None or status >= 500 else TransplantError
+        cls = HubNetworkError if status is None or status >= 500 else HubError
         return cls(f"model {model}: the Hub refused {what} (HTTP {status}: {first})")
     if _transport_error(error):
         return HubNetworkError(f"model {model}: network fault during {what} ({type(error).__name__}: {first})")
-    return TransplantError(f"model {model}: {what} failed ({type(error).__name__}: {first})")
+    return HubError(f"model {model}: {what} failed ({type(error).__name__}: {first})")
 
 
 def model_files(repo_id: str, revision: Optional[str]) -> Tuple[str, List[str]]:
@@ -104,7 +108,7 @@ def model_files(repo_id: str, revision: Optional[str]) -> Tuple[str, List[str]]:
     except Exception as error:
         raise hub_error(error, model, f"reading the model info{f' at revision {revision!r}' if revision else ''}") from None
     if not info.sha:
-        raise TransplantError(f"model {model}: the Hub gave no commit for this revision")
+        raise HubError(f"model {model}: the Hub gave no commit for this revision")
     return info.sha, sorted(s.rfilename for s in info.siblings or [])
 
 
@@ -128,22 +132,20 @@ def iter_range(file: HubFile, begin: int, end: int, *, what: str = "") -> Iterat
                                   follow_redirects=True) as response:
             hf_raise_for_status(response)
             if response.status_code != 206:
-                raise TransplantError(
+                raise HubError(
                     f"model {file.ref}: the server ignored the Range request for {what} "
                     f"(HTTP {response.status_code}); refusing to download the whole {file.filename}")
             for chunk in response.iter_bytes(CHUNK_BYTES):
                 if received + len(chunk) > end - begin:
-                    raise TransplantError(f"model {file.ref}: the server sent more than {what} asked for")
+                    raise HubError(f"model {file.ref}: the server sent more than {what} asked for")
                 received += len(chunk)
                 yield chunk
     except TransplantError:
         raise
-    except GeneratorExit:
-        raise
     except Exception as error:
         raise hub_error(error, file.ref, f"reading {what}") from None
     if received != end - begin:
-        raise TransplantError(
+        raise HubError(
             f"model {file.ref}: short read of {what}: the server sent {received:,} of {end - begin:,} bytes")
 
 
@@ -200,5 +202,5 @@ def small_files(repo_id: str, commit: str, patterns: List[str]) -> str:
         raise hub_error(error, f"{repo_id}@{commit[:12]}", "downloading its config files") from None
 
 
-__all__ = ["HubFile", "HubNetworkError", "hub_error", "model_files", "iter_range", "read_range",
+__all__ = ["HubFile", "HubError", "HubNetworkError", "hub_error", "model_files", "iter_range", "read_range",
            "read_header_bytes", "remote_header", "download", "small_files"]

@@ -101,7 +101,7 @@ class LocalHub:
     def __init__(self) -> None:
         self.repos: Dict[str, Repo] = {}
         self.log: List[Request] = []
-        self._faults: List[Tuple[str, str]] = []  # (kind, pattern)
+        self._faults: List[Tuple[str, str, int]] = []  # (kind, URL path pattern, minimum request bytes)
         self._lock = threading.Lock()
         self._server: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
@@ -135,23 +135,23 @@ class LocalHub:
 
     # ------------------------------------------------------------------ faults
 
-    def fail_halfway(self, pattern: str) -> None:
-        """A GET of a file whose path contains ``pattern`` sends half its bytes, then drops the connection."""
+    def fail_halfway(self, pattern: str, min_bytes: int = 0) -> None:
+        """A GET of more than ``min_bytes`` of a file whose URL path contains ``pattern`` sends half, then drops."""
         with self._lock:
-            self._faults.append(("halfway", pattern))
+            self._faults.append(("halfway", pattern, min_bytes))
 
-    def short_range(self, pattern: str) -> None:
-        """A ranged GET of a matching file returns fewer bytes than the range asked for."""
+    def short_range(self, pattern: str, min_bytes: int = 0) -> None:
+        """A ranged GET of more than ``min_bytes`` of a matching file returns half the bytes asked for."""
         with self._lock:
-            self._faults.append(("short", pattern))
+            self._faults.append(("short", pattern, min_bytes))
 
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
 
-    def _fault(self, kind: str, path: str) -> bool:
+    def _fault(self, kind: str, path: str, length: int) -> bool:
         with self._lock:
-            return any(k == kind and p in path for k, p in self._faults)
+            return any(k == kind and p in path and length > m for k, p, m in self._faults)
 
     # ------------------------------------------------------------------ accounting
 
@@ -407,7 +407,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(416, "RangeNotSatisfiable", f"range {wanted} outside {f.size} bytes")
                 return
             status = 206
-            if self._fault_short():
+            if self.hub._fault("short", urlsplit(self.path).path, end - begin):
                 end = begin + max((end - begin) // 2, 0)
             headers["Content-Range"] = f"bytes {begin}-{end - 1}/{f.size}"
         length = end - begin
@@ -419,7 +419,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         sent = 0
         if self.command == "GET":
-            stop = begin + length // 2 if self.hub._fault("halfway", f.path) else end
+            halfway = self.hub._fault("halfway", urlsplit(self.path).path, length)
+            stop = begin + length // 2 if halfway else end
             with open(f.local, "rb") as fh:
                 fh.seek(begin)
                 pos = begin
@@ -439,9 +440,6 @@ class _Handler(BaseHTTPRequestHandler):
                 with contextlib.suppress(OSError):
                     self.connection.shutdown(2)
         self.hub._record(Request(self.command, urlsplit(self.path).path, status, sent, wanted))
-
-    def _fault_short(self) -> bool:
-        return self.hub._fault("short", urlsplit(self.path).path)
 
 
 __all__ = ["LocalHub", "Request", "LFS_THRESHOLD", "shard_model"]
