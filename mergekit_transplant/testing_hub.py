@@ -171,6 +171,32 @@ class LocalHub:
             return sum(r.sent for r in self.log
                        if r.path.startswith(prefix) and r.path.endswith(suffix) and r.method == "GET")
 
+    def repo_bytes(self, repo_id: str, *, weights: bool = True, branch: str = "main") -> int:
+        """Bytes of every file of ``repo_id`` at ``branch`` (without ``*.safetensors`` unless ``weights``)."""
+        files = self.repos[repo_id].resolve(branch).files.values()
+        return sum(f.size for f in files if weights or not f.path.endswith(".safetensors"))
+
+    def header_bytes(self, repo_id: str, branch: str = "main") -> int:
+        """Bytes of every safetensors header (8-byte length + JSON) of ``repo_id`` at ``branch``."""
+        total = 0
+        for f in self.repos[repo_id].resolve(branch).files.values():
+            if f.path.endswith(".safetensors"):
+                with open(f.local, "rb") as fh:
+                    total += 8 + int.from_bytes(fh.read(8), "little")
+        return total
+
+    def transfer_goal(self, target: str, donor: str, transplanted: int) -> Dict[str, int]:
+        """What was sent against the issue's goal: the target + 1.1x the transplanted bytes + the headers.
+
+        "Headers" are everything that is not tensor data: each safetensors
+        header of both models, the donor's small files (configs, tokenizer,
+        shard index) and the Hub API's JSON answers.
+        """
+        headers = (self.header_bytes(target) + self.header_bytes(donor) + self.repo_bytes(donor, weights=False)
+                   + self.bytes_sent("/api/"))
+        return {"sent": self.bytes_sent(), "target": self.repo_bytes(target), "transplanted": transplanted,
+                "headers": headers, "budget": self.repo_bytes(target) + int(1.1 * transplanted) + headers}
+
     def _record(self, request: Request) -> None:
         with self._lock:
             self.log.append(request)

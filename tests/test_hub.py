@@ -93,31 +93,6 @@ def weight_gets(hub, repo):
     return out
 
 
-def header_bytes(folder: Path) -> int:
-    """Bytes of every safetensors header (length prefix + JSON) in a model folder."""
-    total = 0
-    for f in folder.glob("*.safetensors"):
-        with open(f, "rb") as fh:
-            total += 8 + int.from_bytes(fh.read(8), "little")
-    return total
-
-
-def repo_bytes(folder: Path, weights: bool = True) -> int:
-    return sum(p.stat().st_size for p in folder.iterdir()
-               if p.is_file() and (weights or not p.name.endswith(".safetensors")))
-
-
-def transfer_budget(hub, *, target: Path, donor: Path, transplanted: int) -> int:
-    """The issue's goal: the target + 1.1x the transplanted bytes + the headers.
-
-    "Headers" are everything that is not tensor data: every safetensors header
-    of both models, the donor's small files, and the Hub API's JSON answers.
-    """
-    api = hub.bytes_sent("/api/")
-    return repo_bytes(target) + int(1.1 * transplanted) + header_bytes(target) + header_bytes(donor) \
-        + repo_bytes(donor, weights=False) + api
-
-
 # ----------------------------------------------------------------------------- the server itself
 
 
@@ -150,7 +125,7 @@ def test_check_reads_hub_headers_and_downloads_no_weights(hub, cache, tmp_path):
     assert DOWN1 in result.stdout
     gets = weight_gets(hub, "org/target") + weight_gets(hub, "org/donor")
     assert gets and all(rng is not None for _f, _n, rng in gets), gets  # only ranged reads
-    headers = header_bytes(hub.local["target"]) + header_bytes(hub.root / "donor-sharded")
+    headers = hub.header_bytes("org/target") + hub.header_bytes("org/donor")
     assert sum(n for _f, n, _r in gets) == headers  # exactly the headers, not one tensor byte
 
 
@@ -195,9 +170,8 @@ def test_merge_with_hub_donor_transfers_target_plus_transplanted_bytes(hub, cach
     assert transplanted / sum(t.numel() * t.element_size() for t in target.values()) > 0.04  # a ~5% transplant
     donor_data = sum(n for f, n, rng in weight_gets(hub, "org/donor") if not (rng or "").startswith(("bytes=0-7", "bytes=8-")))
     assert donor_data <= 1.1 * transplanted, weight_gets(hub, "org/donor")
-    sent = hub.bytes_sent()
-    budget = transfer_budget(hub, target=hub.local["target"], donor=hub.root / "donor-sharded", transplanted=transplanted)
-    assert sent <= budget, (sent, budget)
+    goal = hub.transfer_goal("org/target", "org/donor", transplanted)
+    assert goal["sent"] <= goal["budget"], goal
 
 
 def test_read_all_downloads_every_donor_shard(hub, cache, tmp_path, monkeypatch):
@@ -241,8 +215,8 @@ def test_organ_extract_from_hub_fetches_only_transplanted_ranges(hub, cache, tmp
     transplanted = sum(donor[n].numel() * donor[n].element_size() for n in strengths)
     data = [(f, n, r) for f, n, r in weight_gets(hub, "org/donor") if not r.startswith(("bytes=0-7", "bytes=8-"))]
     assert sum(n for _f, n, _r in data) == transplanted and len(data) == 2
-    assert hub.bytes_sent("/org/donor/resolve/") <= 1.1 * transplanted + header_bytes(hub.root / "donor-sharded") \
-        + repo_bytes(hub.root / "donor-sharded", weights=False)
+    assert hub.bytes_sent("/org/donor/resolve/") <= 1.1 * transplanted + hub.header_bytes("org/donor") \
+        + hub.repo_bytes("org/donor", weights=False)
     # the same organ, byte for byte, as one cut from the local donor
     local = tmp_path / "local.yml"
     local.write_text(recipe(str(hub.local["target"]), str(hub.local["donor"]), strengths))
