@@ -39,7 +39,7 @@ import inspect
 import logging
 import os
 import threading
-from typing import Dict, Iterable, List, Optional, Set
+from typing import Dict, List, Optional, Set
 
 LOG = logging.getLogger(__name__)
 
@@ -49,9 +49,6 @@ LOCAL_PATH_PARAMETERS = ("self", "cache_dir", "ignore_lora")
 RUN_MERGE_PARAMETERS = ("merge_config", "out_path", "options")
 
 _LOCAL = threading.local()
-_LOCK = threading.Lock()
-#: tensors fetched per donor by the merges of this process (for tests and benchmarks)
-FETCHED: Dict[str, List[str]] = {}
 
 
 def _active() -> Optional[Dict[str, Set[str]]]:
@@ -144,10 +141,8 @@ def download_hook_installed() -> bool:
 def _download_donor(model_path, names: Set[str], cache_dir) -> str:
     from mergekit_transplant.sparse_donor import sparse_donor
 
-    folder = sparse_donor(str(model_path), names, cache_dir=cache_dir)
-    with _LOCK:
-        FETCHED.setdefault(str(model_path), []).extend(sorted(names))
-    return str(folder)
+    LOG.info("transplant: fetching %d tensor(s) of donor %s (not its whole shards)", len(names), model_path)
+    return str(sparse_donor(str(model_path), names, cache_dir=cache_dir))
 
 
 def _hub_model(model) -> bool:
@@ -200,4 +195,4 @@ def _target_tensor_names(ref: str) -> Set[str]:
     return set(read_index(ref, remote=True).all_tensors())
 
 
-__all__ = ["install_download_hook", "uninstall_download_hook", "download_hook_installed", "donor_tensors", "FETCHED"]
+__all__ = ["install_download_hook", "uninstall_download_hook", "download_hook_installed", "donor_tensors"]

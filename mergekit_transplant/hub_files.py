@@ -182,16 +182,6 @@ def remote_header(file: HubFile) -> Tuple[int, dict]:
     return start, header
 
 
-def download(file: HubFile) -> str:
-    """The whole file in the Hugging Face cache (what mergekit will read anyway); its local path."""
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return hf_hub_download(file.repo_id, file.filename, revision=file.commit)
-    except Exception as error:
-        raise hub_error(error, file.ref, f"downloading {file.filename}") from None
-
-
 def small_files(repo_id: str, commit: str, patterns: List[str]) -> str:
     """The commit's small files (configs, index, tokenizer, card) in the cache; the snapshot folder."""
     from huggingface_hub import snapshot_download
@@ -203,4 +193,4 @@ def small_files(repo_id: str, commit: str, patterns: List[str]) -> str:
 
 
 __all__ = ["HubFile", "HubError", "HubNetworkError", "hub_error", "model_files", "iter_range", "read_range",
-           "read_header_bytes", "remote_header", "download", "small_files"]
+           "read_header_bytes", "remote_header", "small_files"]

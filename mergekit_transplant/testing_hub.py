@@ -79,14 +79,6 @@ class Request:
     range: Optional[str] = None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _git_oid(path: Path, size: int) -> str:
     h = hashlib.sha1(f"blob {size}\0".encode())
     with open(path, "rb") as fh:
@@ -111,6 +103,8 @@ class LocalHub:
     def add_model(self, repo_id: str, folder: os.PathLike | str, *, branch: str = "main",
                   tags: Tuple[str, ...] = ()) -> str:
         """Commit every file of ``folder`` as a new revision of ``repo_id`` on ``branch``; returns its sha."""
+        from mergekit_transplant.organ.byte_io import sha256_file
+
         folder = Path(folder)
         files = {}
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -118,7 +112,7 @@ class LocalHub:
             if any(part.startswith(".") for part in rel.split("/")):
                 continue
             size = path.stat().st_size
-            files[rel] = RepoFile(rel, path, size, _sha256(path), _git_oid(path, size))
+            files[rel] = RepoFile(rel, path, size, sha256_file(path), _git_oid(path, size))
         repo = self.repos.setdefault(repo_id, Repo(repo_id))
         digest = hashlib.sha1(repo_id.encode() + str(len(repo.commits)).encode())
         for rel, f in files.items():

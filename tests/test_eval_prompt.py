@@ -7,7 +7,6 @@ prompts lm-eval logs show the template and the system instruction applied.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner

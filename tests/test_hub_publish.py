@@ -129,32 +129,28 @@ def test_stale_shards_are_what_the_delete_patterns_remove(on_hub, tmp_path):
     assert deleted == previous[:3]  # the old shards and their index; a user's notes.txt stays
 
 
-def test_card_inherits_the_targets_license_from_its_hub_card(on_hub, tmp_path):
+def card_for_hub_target(root, tmp_path, target_repo):
+    """A fresh card for the merged folder, its recipe naming ``target_repo`` and org/donor on the Hub."""
     from mergekit_transplant.card import write_card
     from mergekit_transplant.recipe import parse_recipe
 
-    root, hub = on_hub
     out = tmp_path / "m"
     shutil.copytree(root / "out", out)
     (out / "README.md").unlink()
-    recipe = parse_recipe((root / "recipe.yml").read_text().replace(str(root / "target"), "org/target")
+    recipe = parse_recipe((root / "recipe.yml").read_text().replace(str(root / "target"), target_repo)
                           .replace(str(root / "donor"), "org/donor"))
-    write_card(out, recipe=recipe)
-    assert ModelCard.load(out / "README.md").data.license == "apache-2.0"  # the target's, not the donor's mit
+    result = write_card(out, recipe=recipe)
+    return ModelCard.load(out / "README.md"), result
+
+
+def test_card_inherits_the_targets_license_from_its_hub_card(on_hub, tmp_path):
+    card, _result = card_for_hub_target(on_hub[0], tmp_path, "org/target")
+    assert card.data.license == "apache-2.0"  # the target's, not the donor's mit
 
 
 def test_card_states_no_license_when_the_target_states_none(on_hub, tmp_path):
-    from mergekit_transplant.card import write_card
-    from mergekit_transplant.recipe import parse_recipe
-
-    root, hub = on_hub
-    out = tmp_path / "m"
-    shutil.copytree(root / "out", out)
-    (out / "README.md").unlink()
-    recipe = parse_recipe((root / "recipe.yml").read_text().replace(str(root / "target"), "org/bare")
-                          .replace(str(root / "donor"), "org/donor"))
-    result = write_card(out, recipe=recipe)
-    assert ModelCard.load(out / "README.md").data.license is None
+    card, result = card_for_hub_target(on_hub[0], tmp_path, "org/bare")
+    assert card.data.license is None
     assert any("states no license" in w for w in result.warnings)
 
 
