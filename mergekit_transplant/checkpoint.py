@@ -272,12 +272,13 @@ def read_index(ref: str, *, allow_pickle: bool = False, remote: bool = False) ->
 
     With ``remote``, a Hub model's safetensors headers are read over HTTP
     (exact byte ranges, see ``hub_files``) and only its small files are
-    downloaded; shards already in the local cache are read there. Without it,
-    or offline, the model is resolved to a local folder first.
+    downloaded; shards already in the local cache are read there, and headers
+    read before come from the header cache. Offline, the same from the local
+    cache alone. Without ``remote`` the model is resolved to a local folder.
     """
     path, _rev = split_revision(ref)
-    if remote and not os.path.isdir(path) and looks_like_hub_id(ref) and not _offline():
-        index = read_hub_index(ref, allow_pickle=allow_pickle)
+    if remote and not os.path.isdir(path) and looks_like_hub_id(ref):
+        index = read_cached_hub_index(ref) if _offline() else read_hub_index(ref, allow_pickle=allow_pickle)
         if index is not None:
             return index
     root = resolve_model_dir(ref)
@@ -296,12 +297,11 @@ def read_hub_index(ref: str, *, allow_pickle: bool = False) -> Optional[ModelInd
     The revision is resolved to a commit once, so every header (and any later
     range read) comes from the same commit even if the branch moves meanwhile.
     """
-    from mergekit_transplant.hub_files import HubFile, model_files, remote_header, small_files
+    from mergekit_transplant.hub_files import model_files, small_files
 
     path, rev = split_revision(ref)
     commit, files = model_files(path, rev)
-    root = Path(small_files(path, commit, HUB_SMALL_FILES))
-    index = ModelIndex(ref=ref, root=root, config=load_config(root), commit=commit)
+    root = Path(small_files(path, commit, HUB_SMALL_FILES, rev))
     if "model.safetensors.index.json" in files:
         shards = shard_names(root / "model.safetensors.index.json")
     elif "model.safetensors" in files:
@@ -315,15 +315,48 @@ def read_hub_index(ref: str, *, allow_pickle: bool = False) -> Optional[ModelInd
     missing = [s for s in shards if s not in files]
     if missing:
         raise TransplantError(f"model {ref}: the shard index names {missing[0]!r}, which is not in the repo")
+    return _hub_index(ref, root, commit, shards, online=True)
+
+
+def _hub_index(ref: str, root: Path, commit: str, shards: List[str], *, online: bool) -> Optional[ModelIndex]:
+    """The index from each shard's local header, its cached remote header, or (online) a remote read."""
+    from mergekit_transplant.hub_files import HubFile, cached_header, remote_header
+
+    path, _rev = split_revision(ref)
+    index = ModelIndex(ref=ref, root=root, config=load_config(root), commit=commit)
     for shard in shards:
         local = root / shard
         if local.is_file():  # already downloaded (by a merge, say): no network
             index.tensors.update(read_header(local))
             continue
         hub_file = HubFile(path, commit, shard)
-        start, header = remote_header(hub_file)
+        found = remote_header(hub_file) if online else cached_header(hub_file)
+        if found is None:
+            return None
+        start, header = found
         index.tensors.update(parse_header(header, f"model {ref}: {shard}", start, None, str(hub_file), hub_file))
     return index
+
+
+def read_cached_hub_index(ref: str) -> Optional[ModelIndex]:
+    """Offline: a Hub model's index from the local cache (its small files, shards or headers read before)."""
+    import re
+
+    from huggingface_hub import constants
+
+    path, rev = split_revision(ref)
+    repo = Path(constants.HF_HUB_CACHE) / f"models--{path.replace('/', '--')}"
+    commit = rev if rev and re.fullmatch(r"[0-9a-f]{40}", rev) else None
+    if commit is None and (repo / "refs" / (rev or "main")).is_file():
+        commit = (repo / "refs" / (rev or "main")).read_text().strip()
+    root = repo / "snapshots" / str(commit)
+    if commit is None or not (root / "config.json").is_file():
+        return None
+    if (root / "model.safetensors.index.json").is_file():
+        shards = shard_names(root / "model.safetensors.index.json")
+    else:
+        shards = ["model.safetensors"]
+    return _hub_index(ref, root, commit, shards, online=False)
 
 
 def parse_header(header: dict, where: str, data_start: int, size: Optional[int], file: str,

@@ -166,9 +166,34 @@ def read_header_bytes(file: HubFile) -> Tuple[int, bytes]:
 _HEADERS: Dict[HubFile, Tuple[int, dict]] = {}
 
 
+def _header_cache_file(file: HubFile):
+    """Where a remote header is kept on disk: beside the hub cache, per commit (commits never change)."""
+    from pathlib import Path
+
+    from huggingface_hub import constants
+
+    return (Path(constants.HF_HUB_CACHE).parent / "mergekit-transplant" / "headers"
+            / file.repo_id.replace("/", "--") / file.commit / f"{file.filename}.json")
+
+
+def cached_header(file: HubFile) -> Optional[Tuple[int, dict]]:
+    """(data start, header) of ``file`` from this process or the disk cache; None when never read."""
+    if file in _HEADERS:
+        return _HEADERS[file]
+    try:
+        data = json.loads(_header_cache_file(file).read_text(encoding="utf-8"))
+        start, header = int(data["data_start"]), data["header"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    _HEADERS[file] = (start, header)
+    return _HEADERS[file]
+
+
 def remote_header(file: HubFile) -> Tuple[int, dict]:
-    """(data start, parsed header) of a remote safetensors file; once per process per commit."""
-    cached = _HEADERS.get(file)
+    """(data start, parsed header) of a remote safetensors file; fetched once per commit, then cached on disk."""
+    cached = cached_header(file)
     if cached is not None:
         return cached
     start, raw = read_header_bytes(file)
@@ -179,18 +204,44 @@ def remote_header(file: HubFile) -> Tuple[int, dict]:
     if not isinstance(header, dict):
         raise TransplantError(f"model {file.ref}: {file.filename} is not a valid safetensors file (header is not a table)")
     _HEADERS[file] = (start, header)
+    try:  # a cache, never a reason to fail
+        from mergekit_transplant import atomic
+
+        path = _header_cache_file(file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(path, json.dumps({"data_start": start, "header": header}))
+    except OSError:
+        pass
     return start, header
 
 
-def small_files(repo_id: str, commit: str, patterns: List[str]) -> str:
-    """The commit's small files (configs, index, tokenizer, card) in the cache; the snapshot folder."""
+def small_files(repo_id: str, commit: str, patterns: List[str], revision: Optional[str] = None) -> str:
+    """The commit's small files (configs, index, tokenizer, card) in the cache; the snapshot folder.
+
+    ``revision`` (a branch or tag that resolved to ``commit``) is recorded in
+    the cache's ``refs/`` as huggingface_hub does, so offline reads find it.
+    """
+    from pathlib import Path
+
     from huggingface_hub import snapshot_download
 
     try:
-        return snapshot_download(repo_id, revision=commit, allow_patterns=patterns)
+        folder = snapshot_download(repo_id, revision=commit, allow_patterns=patterns)
     except Exception as error:
         raise hub_error(error, f"{repo_id}@{commit[:12]}", "downloading its config files") from None
+    ref = revision or "main"
+    if ref != commit:
+        try:
+            refs = Path(folder).parents[1] / "refs" / ref
+            refs.parent.mkdir(parents=True, exist_ok=True)
+            if not refs.is_file() or refs.read_text().strip() != commit:
+                from mergekit_transplant import atomic
+
+                atomic.write_text(refs, commit)
+        except OSError:
+            pass  # a cache, never a reason to fail
+    return folder
 
 
 __all__ = ["HubFile", "HubError", "HubNetworkError", "hub_error", "model_files", "iter_range", "read_range",
-           "read_header_bytes", "remote_header", "small_files"]
+           "read_header_bytes", "remote_header", "cached_header", "small_files"]

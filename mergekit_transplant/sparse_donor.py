@@ -16,6 +16,7 @@ same donor fetch each tensor once.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -26,6 +27,8 @@ from mergekit_transplant.errors import TransplantError
 
 #: small files copied beside the tensors (mergekit reads the config from the Hub id itself)
 SIDE_FILES = ("config.json", "generation_config.json")
+#: every tensor name merges asked this folder for (aliases the donor lacks included): what an offline merge may reuse
+ASKED = "transplant_asked.json"
 
 
 def cache_root(cache_dir: Optional[os.PathLike | str] = None) -> Path:
@@ -39,6 +42,9 @@ def sparse_donor(ref: str, names: Iterable[str], *, cache_dir: Optional[os.PathL
     from mergekit_transplant.checkpoint import read_index, split_revision
     from mergekit_transplant.organ.extract import write_tensor_folder
 
+    cached = _offline_folder(ref, names, cache_dir)
+    if cached is not None:
+        return cached
     remote = read_index(ref, remote=True)
     if remote.commit is None:  # offline, or already a local snapshot: mergekit can read that folder directly
         return remote.root
@@ -51,7 +57,8 @@ def sparse_donor(ref: str, names: Iterable[str], *, cache_dir: Optional[os.PathL
             held = read_index(str(folder)).tensors
         except TransplantError:
             held = {}  # a damaged cache folder is rebuilt
-    if wanted <= set(held) and held:
+    asked = set(_asked(folder)) | set(names)
+    if wanted <= set(held) and held and asked <= set(_asked(folder)):
         return folder
     entries = [held.get(n) or remote.tensors[n] for n in sorted(wanted | set(held))]
     entries.sort(key=lambda info: (info.hub is None, info.file, info.begin))
@@ -60,7 +67,41 @@ def sparse_donor(ref: str, names: Iterable[str], *, cache_dir: Optional[os.PathL
             if (remote.root / name).is_file():
                 shutil.copyfile(remote.root / name, tmp / name)
         write_tensor_folder(tmp, entries)
+        (tmp / ASKED).write_text(json.dumps(sorted(asked)) + "\n", encoding="utf-8")
     return folder
+
+
+def _asked(folder: Path) -> list:
+    try:
+        names = json.loads((folder / ASKED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
+def _offline_folder(ref: str, names: Iterable[str], cache_dir) -> Optional[Path]:
+    """Offline: the folder an earlier merge left for the commit ``ref`` resolves to in the local cache, if complete."""
+    import re
+
+    from huggingface_hub import constants
+
+    from mergekit_transplant.checkpoint import _offline, read_index, split_revision
+
+    if not _offline():
+        return None
+    repo_id, rev = split_revision(ref)
+    commit = rev if rev and re.fullmatch(r"[0-9a-f]{40}", rev) else None
+    if commit is None:
+        refs = Path(cache_dir or constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / (rev or "main")
+        commit = refs.read_text().strip() if refs.is_file() else None
+    folder = cache_root(cache_dir) / repo_id.replace("/", "--") / commit if commit else None
+    if folder is None or not (folder / "config.json").is_file():
+        return None
+    try:
+        held = read_index(str(folder)).tensors
+    except TransplantError:
+        return None
+    return folder if set(names) <= set(held) | set(_asked(folder)) else None
 
 
 __all__ = ["sparse_donor", "cache_root"]

@@ -174,6 +174,21 @@ def test_merge_with_hub_donor_transfers_target_plus_transplanted_bytes(hub, cach
     assert goal["sent"] <= goal["budget"], goal
 
 
+def test_a_merge_offline_reuses_the_donor_tensors_an_online_merge_fetched(hub, cache, tmp_path, monkeypatch):
+    import huggingface_hub as hh
+
+    # a local target: mergekit itself lists a Hub target's files online even when they are cached
+    (tmp_path / "r.yml").write_text(recipe(str(hub.local["target"]), "org/donor", {DOWN1: 1.0}))
+    assert cli(["merge", tmp_path / "r.yml", tmp_path / "online"], hub, cache, tmp_path).returncode == 0
+    hub.reset_log()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hh.constants, "HF_HUB_OFFLINE", True)
+    result = cli(["merge", tmp_path / "r.yml", tmp_path / "offline"], hub, cache, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert hub.log == []
+    assert torch.equal(load_state(tmp_path / "offline")[DOWN1], load_state(hub.local["donor"])[DOWN1])
+
+
 def test_read_all_downloads_every_donor_shard(hub, cache, tmp_path, monkeypatch):
     (tmp_path / "r.yml").write_text(recipe("org/target", "org/donor", {DOWN1: 1.0}))
     monkeypatch.setenv("MERGEKIT_TRANSPLANT_READ_ALL", "1")
