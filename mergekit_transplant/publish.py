@@ -266,7 +266,7 @@ def publish(
     plan = plan_upload(folder, repo_id, private=private)
     passed = f"{plan.folder} passed every local check, but nothing was uploaded: "
     where = f"{repo_id}{f'@{revision}' if revision else ''}"
-    head = None
+    head, unreachable = None, ""
     offline = not dry_run and api is None and hub_offline()
     if not dry_run and not offline:
         if api is None:
@@ -276,14 +276,15 @@ def publish(
         try:
             head = parent_commit or branch_head(api, repo_id, revision)
         except Exception as error:
-            problem = hub_problem(error, repo_id)
-            if problem is None:
+            unreachable = hub_problem(error, repo_id)  # reported after the local checks, like an offline Hub
+            if unreachable is None:
                 raise
-            raise TransplantError(f"{plan.folder}: nothing was checked or uploaded: {problem}") from None
     check = verify_folder(folder, load=load)
     check.raise_for_errors()
     if dry_run:
         return check, plan, None
+    if unreachable:
+        raise TransplantError(passed + unreachable)
     if offline:
         raise TransplantError(
             passed + "offline mode is set (HF_HUB_OFFLINE), so the Hugging Face Hub cannot be reached; "
