@@ -27,6 +27,9 @@ def register() -> None:
 
     register_method()
     install_planner_hook()
+    from mergekit_transplant.download_plan import install_download_hook
+
+    install_download_hook()
 
 
 # Imported after mergekit (either import order): register now, cheaply.

@@ -40,11 +40,18 @@ def _install_card_hook() -> None:
     install_mergekit_card_hook()
 
 
+def _install_download_hook() -> None:
+    from mergekit_transplant.download_plan import install_download_hook
+
+    install_download_hook()
+
+
 #: module name -> callback run right after that module finishes executing
 AFTER_IMPORT: "dict[str, object]" = {
     "mergekit.merge_methods": _register_method,
     "mergekit.plan": _install_planner_hook,
     "mergekit.card": _install_card_hook,
+    "mergekit.merge": _install_download_hook,
 }
 
 

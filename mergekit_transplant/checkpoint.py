@@ -36,6 +36,8 @@ class TensorInfo:
     file: str
     begin: int  # absolute byte offset of the data in ``file``
     end: int
+    #: where the bytes are when ``file`` is on the Hub, not on this disk (a ``hub_files.HubFile``)
+    hub: Optional[object] = field(default=None, compare=False)
 
     @property
     def numel(self) -> int:
@@ -61,6 +63,8 @@ class ModelIndex:
     #: dtype are real, ``begin``/``end`` are not byte offsets, so they are kept
     #: apart from ``tensors``, which byte-level readers (organ, streaming) use.
     pickled: Dict[str, TensorInfo] = field(default_factory=dict)
+    #: the Hub commit the index was read at (Hub models only)
+    commit: Optional[str] = None
 
     def all_tensors(self) -> Dict[str, TensorInfo]:
         """Safetensors and (allowed) pickle tensors together, for checks of names and shapes."""
@@ -197,43 +201,36 @@ def read_header(file: Path) -> Dict[str, TensorInfo]:
         raise TransplantError(f"{file}: not a valid safetensors file ({error})") from None
     if not isinstance(header, dict):
         raise TransplantError(f"{file}: not a valid safetensors file (header is not a table)")
-    data_start = 8 + n
-    out = {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            begin, end = (int(x) for x in meta["data_offsets"])
-            dtype, shape = str(meta["dtype"]), tuple(int(d) for d in meta["shape"])
-        except (KeyError, TypeError, ValueError):
-            raise TransplantError(f"{file}: malformed header entry for tensor {name!r}") from None
-        info = TensorInfo(name, shape, dtype, str(file), data_start + begin, data_start + end)
-        expected = DTYPE_BYTES.get(dtype, 0) * info.numel
-        if info.end > size or (expected and info.nbytes != expected) or begin > end:
-            raise TransplantError(
-                f"{file}: tensor {name!r} runs past the end of the file or has the "
-                "wrong size (truncated or corrupted download?)"
-            )
-        out[name] = info
-    return out
+    return parse_header(header, str(file), 8 + n, size, str(file))
+
+
+def shard_names(index: Path) -> List[str]:
+    """The shard files a ``model.safetensors.index.json`` names, checked to stay inside its folder.
+
+    The check is lexical: in the Hugging Face cache every file is a symlink
+    into ``blobs/``, so resolving links would put every shard "outside".
+    """
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise TransplantError(f"{index}: malformed safetensors index") from None
+    for shard in names:
+        norm = os.path.normpath(str(shard))
+        if not isinstance(shard, str) or os.path.isabs(norm) or norm.startswith(".."):
+            raise TransplantError(f"{index}: shard {shard!r} points outside the model folder")
+    return names
 
 
 def weight_files(root: Path, *, allow_pickle: bool = False) -> List[Path]:
     """The safetensors files of a model folder (via the index when sharded)."""
     index = root / "model.safetensors.index.json"
     if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError, TypeError):
-            raise TransplantError(f"{index}: malformed safetensors index") from None
         files = []
-        for shard in sorted(set(weight_map.values())):
-            resolved = (root / shard).resolve()
-            if root.resolve() not in resolved.parents:
-                raise TransplantError(f"{index}: shard {shard!r} points outside the model folder")
-            if not resolved.exists():
+        for shard in shard_names(index):
+            if not (root / shard).exists():
                 raise TransplantError(f"{index}: shard {shard!r} is missing")
-            files.append(resolved)
+            files.append(Path(os.path.abspath(root / shard)))
         return files
     single = root / "model.safetensors"
     if single.exists():
@@ -266,8 +263,24 @@ def load_config(root: Path) -> dict:
     return cfg
 
 
-def read_index(ref: str, *, allow_pickle: bool = False) -> ModelIndex:
-    """Config plus every tensor's name, shape, dtype and byte range; no data read."""
+#: the small files of a Hub model fetched with its headers: configs, the shard index, tokenizer, card
+HUB_SMALL_FILES = ["*.json", "tokenizer.model", "*.jinja", "README.md"]
+
+
+def read_index(ref: str, *, allow_pickle: bool = False, remote: bool = False) -> ModelIndex:
+    """Config plus every tensor's name, shape, dtype and byte range; no data read.
+
+    With ``remote``, a Hub model's safetensors headers are read over HTTP
+    (exact byte ranges, see ``hub_files``) and only its small files are
+    downloaded; shards already in the local cache are read there, and headers
+    read before come from the header cache. Offline, the same from the local
+    cache alone. Without ``remote`` the model is resolved to a local folder.
+    """
+    path, _rev = split_revision(ref)
+    if remote and not os.path.isdir(path) and looks_like_hub_id(ref):
+        index = read_cached_hub_index(ref) if _offline() else read_hub_index(ref, allow_pickle=allow_pickle)
+        if index is not None:
+            return index
     root = resolve_model_dir(ref)
     index = ModelIndex(ref=ref, root=root, config=load_config(root))
     for file in weight_files(root, allow_pickle=allow_pickle):
@@ -276,6 +289,97 @@ def read_index(ref: str, *, allow_pickle: bool = False) -> ModelIndex:
             continue
         index.tensors.update(read_header(file))
     return index
+
+
+def read_hub_index(ref: str, *, allow_pickle: bool = False) -> Optional[ModelIndex]:
+    """A Hub model's index from its small files and remote headers; None for a pickle-only model.
+
+    The revision is resolved to a commit once, so every header (and any later
+    range read) comes from the same commit even if the branch moves meanwhile.
+    """
+    from mergekit_transplant.hub_files import model_files, small_files
+
+    path, rev = split_revision(ref)
+    commit, files = model_files(path, rev)
+    root = Path(small_files(path, commit, HUB_SMALL_FILES, rev))
+    if "model.safetensors.index.json" in files:
+        shards = shard_names(root / "model.safetensors.index.json")
+    elif "model.safetensors" in files:
+        shards = ["model.safetensors"]
+    else:
+        shards = [f for f in files if f.endswith(".safetensors") and "/" not in f]
+    if not shards:
+        if allow_pickle and any(f.endswith(PICKLE_SUFFIXES) for f in files):
+            return None  # pickle tables need the files: resolved locally by the caller
+        raise TransplantError(f"model {ref}: no safetensors weights on the Hub (files: {', '.join(files[:6])})")
+    missing = [s for s in shards if s not in files]
+    if missing:
+        raise TransplantError(f"model {ref}: the shard index names {missing[0]!r}, which is not in the repo")
+    return _hub_index(ref, root, commit, shards, online=True)
+
+
+def _hub_index(ref: str, root: Path, commit: str, shards: List[str], *, online: bool) -> Optional[ModelIndex]:
+    """The index from each shard's local header, its cached remote header, or (online) a remote read."""
+    from mergekit_transplant.hub_files import HubFile, cached_header, remote_header
+
+    path, _rev = split_revision(ref)
+    index = ModelIndex(ref=ref, root=root, config=load_config(root), commit=commit)
+    for shard in shards:
+        local = root / shard
+        if local.is_file():  # already downloaded (by a merge, say): no network
+            index.tensors.update(read_header(local))
+            continue
+        hub_file = HubFile(path, commit, shard)
+        found = remote_header(hub_file) if online else cached_header(hub_file)
+        if found is None:
+            return None
+        start, header = found
+        index.tensors.update(parse_header(header, f"model {ref}: {shard}", start, None, str(hub_file), hub_file))
+    return index
+
+
+def read_cached_hub_index(ref: str) -> Optional[ModelIndex]:
+    """Offline: a Hub model's index from the local cache (its small files, shards or headers read before)."""
+    import re
+
+    from huggingface_hub import constants
+
+    path, rev = split_revision(ref)
+    repo = Path(constants.HF_HUB_CACHE) / f"models--{path.replace('/', '--')}"
+    commit = rev if rev and re.fullmatch(r"[0-9a-f]{40}", rev) else None
+    if commit is None and (repo / "refs" / (rev or "main")).is_file():
+        commit = (repo / "refs" / (rev or "main")).read_text().strip()
+    root = repo / "snapshots" / str(commit)
+    if commit is None or not (root / "config.json").is_file():
+        return None
+    if (root / "model.safetensors.index.json").is_file():
+        shards = shard_names(root / "model.safetensors.index.json")
+    else:
+        shards = ["model.safetensors"]
+    return _hub_index(ref, root, commit, shards, online=False)
+
+
+def parse_header(header: dict, where: str, data_start: int, size: Optional[int], file: str,
+                 hub=None) -> Dict[str, TensorInfo]:
+    """The tensor table of a parsed safetensors header (``size`` None: the file's size is not known)."""
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, end = (int(x) for x in meta["data_offsets"])
+            dtype, shape = str(meta["dtype"]), tuple(int(d) for d in meta["shape"])
+        except (KeyError, TypeError, ValueError):
+            raise TransplantError(f"{where}: malformed header entry for tensor {name!r}") from None
+        info = TensorInfo(name, shape, dtype, file, data_start + begin, data_start + end, hub)
+        expected = DTYPE_BYTES.get(dtype, 0) * info.numel
+        if (size is not None and info.end > size) or (expected and info.nbytes != expected) or begin > end:
+            raise TransplantError(
+                f"{where}: tensor {name!r} runs past the end of the file or has the "
+                "wrong size (truncated or corrupted download?)"
+            )
+        out[name] = info
+    return out
 
 
 def read_pickle_table(file: Path) -> Dict[str, TensorInfo]:

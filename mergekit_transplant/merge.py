@@ -36,8 +36,14 @@ def check_finite(report: CheckReport, *, allow_pickle: bool = False) -> None:
     indexes = {}
     for row in report.rows:
         if row.donor not in indexes:
-            indexes[row.donor] = read_index(row.donor, allow_pickle=allow_pickle)
+            indexes[row.donor] = read_index(row.donor, allow_pickle=allow_pickle, remote=True)
         info = indexes[row.donor].all_tensors()[row.donor_tensor]
+        if info.hub is not None:  # fetched into the donor's sparse folder, which the merge then reuses
+            from mergekit_transplant.sparse_donor import sparse_donor
+
+            names = {r.donor_tensor for r in report.rows if r.donor == row.donor}
+            indexes[row.donor] = read_index(str(sparse_donor(row.donor, names)))
+            info = indexes[row.donor].all_tensors()[row.donor_tensor]
         if info.file.endswith(".safetensors"):
             prefetch_range(info.file, info.begin, info.end)  # exactly these bytes, no read-around
             with safe_open(info.file, "pt") as fh:

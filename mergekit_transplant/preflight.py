@@ -12,6 +12,7 @@ from typing import Dict, List, Optional
 
 from mergekit_transplant.checkpoint import ModelIndex, read_index
 from mergekit_transplant.errors import TransplantError
+from mergekit_transplant.hub_files import HubError
 from mergekit_transplant.method import StrengthError, check_strengths
 from mergekit_transplant.recipe import PlannedTensor, Recipe, resolve_strengths
 
@@ -120,7 +121,9 @@ def run_check(recipe: Recipe, *, allow_pickle: bool = False, trust_remote_code: 
     indexes: Dict[str, ModelIndex] = {}
     for ref in [recipe.target, *recipe.donors]:
         try:
-            indexes[ref] = read_index(ref, allow_pickle=allow_pickle)
+            indexes[ref] = read_index(ref, allow_pickle=allow_pickle, remote=True)
+        except HubError:
+            raise  # the Hub could not be read (exit 1 for network faults): one line, not a check finding
         except TransplantError as error:
             report.errors.append(str(error))
     if report.errors:

@@ -225,6 +225,21 @@ def plan_upload(folder: os.PathLike | str, repo_id: str, *, private: bool = Fals
     return UploadPlan(repo_id=repo_id, private=private, folder=folder, files=upload_files(folder))
 
 
+#: remote files a new upload replaces: weights of a previous upload that the folder no longer has are deleted
+STALE_PATTERNS = ["*.safetensors", "*.safetensors.index.json"]
+
+
+def branch_head(api, repo_id: str, revision: Optional[str]) -> Optional[str]:
+    """The commit ``revision`` (default main) of ``repo_id`` points at now; None for a new repo or branch."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        info = api.repo_info(repo_id, repo_type="model", revision=revision)
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        return None
+    return getattr(info, "sha", None)
+
+
 def publish(
     folder: os.PathLike | str,
     repo_id: str,
@@ -234,39 +249,71 @@ def publish(
     load: bool = True,
     token: Optional[str] = None,
     api=None,
+    revision: Optional[str] = None,
+    create_pr: bool = False,
+    parent_commit: Optional[str] = None,
 ) -> Tuple[FolderCheck, UploadPlan, Optional[str]]:
     """Verify ``folder``, then (unless ``dry_run``) create the repo and upload exactly the planned files.
 
-    Returns the check, the plan and the commit URL (None on a dry run).
+    The branch's head is read before the checks (or given as ``parent_commit``)
+    and the upload is refused if the branch moved meanwhile: checked here just
+    before the upload, and passed to the Hub as ``parent_commit`` so the commit
+    itself fails if the branch moves during the upload. Weights of a previous
+    upload that the folder does not have are deleted in the same commit
+    (``STALE_PATTERNS``). Returns the check, the plan and the commit or PR URL
+    (None on a dry run).
     """
     plan = plan_upload(folder, repo_id, private=private)
+    passed = f"{plan.folder} passed every local check, but nothing was uploaded: "
+    where = f"{repo_id}{f'@{revision}' if revision else ''}"
+    head, unreachable = None, ""
+    offline = not dry_run and api is None and hub_offline()
+    if not dry_run and not offline:
+        if api is None:
+            from huggingface_hub import HfApi
+
+            api = HfApi(token=token)
+        try:
+            head = parent_commit or branch_head(api, repo_id, revision)
+        except Exception as error:
+            unreachable = hub_problem(error, repo_id)  # reported after the local checks, like an offline Hub
+            if unreachable is None:
+                raise
     check = verify_folder(folder, load=load)
     check.raise_for_errors()
     if dry_run:
         return check, plan, None
-    passed = f"{plan.folder} passed every local check, but nothing was uploaded: "
-    if api is None:
-        if hub_offline():
-            raise TransplantError(
-                passed + "offline mode is set (HF_HUB_OFFLINE), so the Hugging Face Hub cannot be reached; "
-                "unset it to upload (--dry-run runs the checks without the network)"
-            )
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
+    if unreachable:
+        raise TransplantError(passed + unreachable)
+    if offline:
+        raise TransplantError(
+            passed + "offline mode is set (HF_HUB_OFFLINE), so the Hugging Face Hub cannot be reached; "
+            "unset it to upload (--dry-run runs the checks without the network)"
+        )
     try:
+        now = branch_head(api, repo_id, revision) if head is not None else None
+        if head is not None and now != head:
+            raise TransplantError(
+                passed + f"{where} moved since the check (was {head[:12]}, now {str(now)[:12]}); "
+                "look at the new commit, then publish again")
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        if revision and not create_pr and head is None:
+            api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
         info = api.upload_folder(
             repo_id=repo_id, repo_type="model", folder_path=str(plan.folder),
             allow_patterns=[_escape_glob(name) for name, _ in plan.files],
+            delete_patterns=list(STALE_PATTERNS),
+            revision=revision, create_pr=create_pr, parent_commit=head,
             commit_message="Upload transplant merge (mergekit-transplant)",
         )
+    except TransplantError:
+        raise
     except Exception as error:
         problem = hub_problem(error, repo_id)
         if problem is None:
             raise
         raise TransplantError(passed + problem) from None
-    url = getattr(info, "commit_url", None) or str(info)
+    url = getattr(info, "pr_url", None) or getattr(info, "commit_url", None) or str(info)
     return check, plan, url
 
 
@@ -293,6 +340,8 @@ def hub_problem(error: BaseException, repo_id: str) -> Optional[str]:
         status = getattr(getattr(error, "response", None), "status_code", None)
         hint = {401: "check --token / HF_TOKEN / `hf auth login`",
                 403: f"the token may not write to {repo_id.split('/')[0]}"}.get(status, "")
+        hint = hint or ("the branch moved during the upload (parent_commit no longer its head); publish again"
+                        if status == 412 else "")
         return f"the Hugging Face Hub refused it (HTTP {status}: {first})" + (f"; {hint}" if hint else "")
     # huggingface_hub's HTTP client (httpx, or httpx2 in huggingface_hub 2.x) raises its own transport
     # errors, not ConnectionError: match them by class name so either client is covered

@@ -254,6 +254,11 @@ def resolve_strengths(recipe: Recipe, *, trust_remote_code: bool = False) -> Lis
     mergekit's own planner and parameter resolver, filters, first-match-wins,
     gradients and slices resolve exactly as in ``mergekit-yaml``.
     """
+    return plan_config(recipe.config, trust_remote_code=trust_remote_code)
+
+
+def plan_config(config, *, trust_remote_code: bool = False) -> List[PlannedTensor]:
+    """``resolve_strengths`` for a parsed ``MergeConfiguration`` (what the download hook sees)."""
     import mergekit_transplant
 
     mergekit_transplant.register()
@@ -264,7 +269,6 @@ def resolve_strengths(recipe: Recipe, *, trust_remote_code: bool = False) -> Lis
 
     from mergekit_transplant.registration import per_input_parameters
 
-    config = recipe.config
     options = MergeOptions(trust_remote_code=trust_remote_code, quiet=True)
     LoaderCache().setup(options)
     LoaderCache().loaders.clear()  # keyed by path as written: stale across working directories

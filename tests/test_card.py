@@ -284,7 +284,10 @@ def test_untrusted_strings_are_escaped(tmp_path, work):
         os.chdir(cwd)
     raw = (out / "README.md").read_text()
     card = ModelCard.load(out / "README.md")
-    assert set(card.data.to_dict()) == {"library_name", "tags"}  # no injected front matter
+    meta = card.data.to_dict()
+    assert set(meta) == {"library_name", "tags", "model-index"}  # no injected front matter
+    # the hostile task name is one string value of the model-index, nothing more
+    assert meta["model-index"][0]["results"][0]["dataset"]["name"].startswith("t|x</td><script>")
     assert validate_card(out / "README.md") == []
     html_out = _html(card.text)
     assert "<script" not in html_out and "<img" not in html_out and "javascript:" not in html_out.replace(

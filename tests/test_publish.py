@@ -113,6 +113,9 @@ class RecordingApi:
     def __init__(self):
         self.calls = []
 
+    def repo_info(self, repo_id, **kwargs):  # a new repo: no branch head to guard
+        return type("Info", (), {"sha": None})()
+
     def create_repo(self, repo_id, **kwargs):
         self.calls.append(("create_repo", repo_id, kwargs))
 

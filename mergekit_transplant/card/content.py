@@ -417,6 +417,22 @@ def _intro(inp: CardInputs) -> str:
     )
 
 
+def _eval_results(inp: CardInputs) -> list:
+    """One ``EvalResult`` per evaluated task with a merged score, for the card's ``model-index``."""
+    from huggingface_hub import EvalResult
+
+    tasks = (inp.evaluation or {}).get("tasks")
+    out = []
+    for task in sorted(tasks or {}, key=str):
+        row = tasks[task] if isinstance(tasks[task], dict) else {}
+        value = row.get("merged")
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        out.append(EvalResult(task_type="text-generation", dataset_type=str(task), dataset_name=str(task),
+                              metric_type=str(row.get("metric", "?")), metric_value=float(value)))
+    return out
+
+
 def build_card(inp: CardInputs) -> CardResult:
     """Render the card text; warnings list what was left out and why."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -436,6 +452,8 @@ def build_card(inp: CardInputs) -> CardResult:
     meta = dict(inp.extra_metadata)
     for key in ("base_model", "base_model_relation", "tags", "library_name"):
         meta.pop(key, None)
+    if inp.evaluation:
+        meta.pop("model-index", None)
     tags = list(TAGS) + [t for t in (inp.extra_metadata.get("tags") or []) if isinstance(t, str) and t not in TAGS]
     data = ModelCardData(
         base_model=base_model or None,
@@ -443,6 +461,9 @@ def build_card(inp: CardInputs) -> CardResult:
         tags=tags,
         **meta,
     )
+    results = _eval_results(inp)
+    if results:  # the Hub's model-index: the merged model's own scores (the card owns it when it has them)
+        data.eval_results, data.model_name = results, inp.name
     if base_model:
         data["base_model_relation"] = "merge"
     else:

@@ -169,11 +169,21 @@ def write_card(
     meta, before, after = ({}, "", "")
     if readme.is_file():
         meta, before, after = _split_existing(readme.read_text(encoding="utf-8"))
+    warnings = []
+    if "license" not in meta:  # a license someone set on the card is theirs; otherwise the target's, if it states one
+        from mergekit_transplant.card.license import target_license
+
+        inherited, source = target_license(recipe.target)
+        if inherited:
+            meta = {**meta, **inherited}
+        else:
+            warnings.append(f"the target {recipe.target} states no license: the card has none (add one by hand)")
     inputs = CardInputs(
         recipe=recipe, check_report=check_report, analysis=report, evaluation=eval_results,
         hub_ids=mapping, name=name or _display_name(out_dir), heatmap=heatmap_name, extra_metadata=meta,
     )
     result = build_card(inputs)
+    result.warnings += warnings
     text = result.text
     if before or after:
         head, _, generated = text.partition(f"\n---\n\n{BEGIN}")

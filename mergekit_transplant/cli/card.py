@@ -28,7 +28,10 @@ def card(out, recipe, report, eval_results, heatmap, hub_ids, name):
     transplanted tensors, how they were chosen, eval results with TIR and
     Recovery, the recipe verbatim and the commands to reproduce it. Sections
     not given now are kept from the previous run (OUT/transplant_card.json);
-    text you added around the generated block is kept. No network access.
+    text you added around the generated block is kept. The license is the
+    target's when its card or config states one (never invented); --eval
+    results also go into the Hub's model-index. Hub models are read from
+    their headers only (no weights downloaded).
     """
     from mergekit_transplant.recipe import load_recipe
 

@@ -40,6 +40,33 @@ batch_size_type = _BatchSize()
 limit_type = _Limit()
 
 
+def prompt_options(command):
+    """lm-eval's instruct-formatting options, with lm-eval's names; the command gets ``prompt`` (a PromptOptions)."""
+    import functools
+
+    @click.option("--apply-chat-template", is_flag=False, flag_value="true", default=None, metavar="[TEMPLATE]",
+                  help="Format prompts with the tokenizer's chat template (or the named one), as lm-eval's "
+                       "--apply_chat_template; for instruct models.")
+    @click.option("--fewshot-as-multiturn/--no-fewshot-as-multiturn", default=None,
+                  help="Few-shot examples as alternating chat turns (lm-eval's --fewshot_as_multiturn; "
+                       "default: on with --apply-chat-template).")
+    @click.option("--system-instruction", default=None, metavar="TEXT",
+                  help="System message put before every prompt (lm-eval's --system_instruction).")
+    @click.option("--gen-kwargs", default=None, metavar="K=V,...",
+                  help="Generation arguments for generate_until tasks, e.g. 'temperature=0,max_gen_toks=256' "
+                       "(lm-eval's --gen_kwargs).")
+    @functools.wraps(command)
+    def wrapper(*args, apply_chat_template, fewshot_as_multiturn, system_instruction, gen_kwargs, **kwargs):
+        from mergekit_transplant.evaluation.runner import PromptOptions
+
+        template = apply_chat_template if apply_chat_template not in (None, "true") else apply_chat_template == "true"
+        prompt = PromptOptions(apply_chat_template=template, fewshot_as_multiturn=fewshot_as_multiturn,
+                               system_instruction=system_instruction, gen_kwargs=gen_kwargs)
+        return command(*args, prompt=prompt, **kwargs)
+
+    return wrapper
+
+
 @click.command("eval")
 @click.option("--target", required=True, help="The target (base) model: folder or Hub id[@revision].")
 @click.option("--donor", required=True, help="The donor model: folder or Hub id[@revision].")
@@ -69,9 +96,10 @@ limit_type = _Limit()
               help="Accept models whose only weights are pickle files (pytorch_model.bin); transformers loads "
               "them with torch's weights-only unpickler. Only for sources you trust.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write results.json here.")
+@prompt_options
 def evaluate(target, donor, merged, tasks, retain_tasks, include_path, metric, limit, num_fewshot, batch_size,
              device, backend, model_args, bootstrap_iters, seed, cache_dir, no_cache, trust_remote_code, allow_pickle,
-             output):
+             output, prompt):
     """Score TARGET, DONOR and MERGED on the same lm-eval tasks with the same settings.
 
     \b
@@ -89,7 +117,7 @@ def evaluate(target, donor, merged, tasks, retain_tasks, include_path, metric, l
         tasks=tasks, retain_tasks=retain_tasks, include_path=include_path, limit=limit, num_fewshot=num_fewshot,
         batch_size=batch_size, device=device, backend=backend, model_args=model_args, metric=metric,
         cache_dir=cache_dir, use_cache=not no_cache, bootstrap_iters=bootstrap_iters, seed=seed,
-        trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, prompt=prompt,
     )
     report = evaluate_models(target, donor, merged, settings, progress=lambda m: click.echo(m, err=True))
     if output:

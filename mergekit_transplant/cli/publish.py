@@ -16,7 +16,11 @@ from mergekit_transplant.publish import publish as run_publish
               help="Skip loading the model with transformers (for models larger than this machine's memory); "
                    "the header, size and card checks still run.")
 @click.option("--token", envvar="HF_TOKEN", help="Hub token (default: $HF_TOKEN or your `hf auth login`).")
-def publish(out, repo_id, private, dry_run, skip_load, token):
+@click.option("--revision", metavar="BRANCH", help="Branch to commit to (created from main if new; default: main).")
+@click.option("--create-pr", is_flag=True, help="Open a pull request with the upload instead of committing to the branch.")
+@click.option("--parent-commit", metavar="SHA",
+              help="Refuse unless the branch is still at SHA (default: its head when the checks start).")
+def publish(out, repo_id, private, dry_run, skip_load, token, revision, create_pr, parent_commit):
     """Verify OUT and upload it to the Hub as ORG/NAME.
 
     \b
@@ -27,9 +31,14 @@ def publish(out, repo_id, private, dry_run, skip_load, token):
         stored bytes within 2% of parameters x the config's dtype size;
       - a tokenizer is present;
       - transformers loads it with no missing, unexpected or mis-shaped weights.
-    Then creates the repo (if needed) and uploads every non-hidden file.
+    Then creates the repo (if needed) and uploads every non-hidden file in one
+    commit, which also deletes weight files (*.safetensors and their index)
+    of a previous upload that OUT no longer has. The branch's head is read
+    before the checks; if it moved by the time of the upload, nothing is
+    uploaded (and the Hub refuses the commit if it moves during the upload).
     """
-    check, plan, url = run_publish(out, repo_id, private=private, dry_run=dry_run, load=not skip_load, token=token)
+    check, plan, url = run_publish(out, repo_id, private=private, dry_run=dry_run, load=not skip_load, token=token,
+                                   revision=revision, create_pr=create_pr, parent_commit=parent_commit)
     for warning in check.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mergekit_transplant.cli.evaluate import batch_size_type, limit_type
+from mergekit_transplant.cli.evaluate import batch_size_type, limit_type, prompt_options
 from mergekit_transplant.errors import TransplantError
 
 
@@ -61,9 +61,14 @@ def _floats(ctx, param, value):
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
               help="Write sweep.json here (and the points as CSV beside it).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the score-vs-K plot (PNG/SVG/PDF).")
+@click.option("--model-args", default=None, metavar="K=V,...",
+              help="Extra arguments of lm-eval's HFLM around the loaded target, e.g. 'max_length=2048' "
+                   "(not pretrained/dtype/device: see --dtype, --device).")
+@prompt_options
 def sweep(report_path, target, donor, workload, score, ks, strengths, tasks, select_split, report_split,
           include_path, metric, random_controls, no_whole_model, seed, limit, num_fewshot, batch_size,
-          device, device_map, dtype, trust_remote_code, allow_pickle, output_recipe, output, plot):
+          device, device_map, dtype, trust_remote_code, allow_pickle, output_recipe, output, plot, model_args,
+          prompt):
     """Sweep K and strength in memory, against random-module and whole-model controls.
 
     \b
@@ -106,6 +111,7 @@ def sweep(report_path, target, donor, workload, score, ks, strengths, tasks, sel
         include_path=include_path, random_controls=random_controls, seed=seed, whole_model=not no_whole_model,
         limit=limit, num_fewshot=num_fewshot, batch_size=batch_size, device=device, device_map=device_map,
         dtype=dtype, metric=metric, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+        model_args=model_args, prompt=prompt,
     )
     result = run_sweep(ranking, settings)
     click.echo(markdown_table(result), nl=False)

@@ -22,7 +22,7 @@ from mergekit_transplant.errors import TransplantError
 from mergekit_transplant.evaluation import metrics as M
 from mergekit_transplant.evaluation.cache import ResultCache, cache_key
 from mergekit_transplant.evaluation.fingerprint import model_fingerprint
-from mergekit_transplant.evaluation.runner import TaskScores, extract, run_lm_eval
+from mergekit_transplant.evaluation.runner import PromptOptions, TaskScores, extract, run_lm_eval
 from mergekit_transplant.evaluation.tasks import TaskSet, find_tasks, split_names
 
 BACKENDS = ("hf", "vllm")
@@ -49,8 +49,11 @@ class EvalSettings:
     seed: int = 0
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    prompt: PromptOptions = field(default_factory=PromptOptions)
 
     def __post_init__(self):
+        if isinstance(self.prompt, dict):  # from asdict / JSON
+            self.prompt = PromptOptions(**self.prompt)
         self.tasks = split_names(self.tasks)
         self.retain_tasks = split_names(self.retain_tasks)
         if self.backend not in BACKENDS:
@@ -60,6 +63,11 @@ class EvalSettings:
         self.limit = normalize_limit(self.limit)
         if self.num_fewshot is not None and self.num_fewshot < 0:
             raise TransplantError(f"--num-fewshot {self.num_fewshot} is negative")
+
+
+def _prompt_key(prompt: PromptOptions) -> Dict[str, Any]:
+    """The prompt options in the cache key; none when they are lm-eval's defaults (old entries stay valid)."""
+    return {} if prompt == PromptOptions() else {"prompt": asdict(prompt)}
 
 
 def normalize_limit(limit: Optional[float]) -> Optional[float]:
@@ -215,7 +223,7 @@ class Scorer:
             model=fingerprint, task=task, task_config=self.tasks.config_hash(task), limit=s.limit,
             num_fewshot=s.num_fewshot, backend=s.backend, model_args=s.model_args or "",
             trust_remote_code=s.trust_remote_code, bootstrap_iters=s.bootstrap_iters, seed=s.seed,
-            lm_eval=self.lm_eval_version,
+            lm_eval=self.lm_eval_version, **_prompt_key(s.prompt),
         )
 
     def plan(self, role: str, ref: str, names: Sequence[str]) -> List[str]:
@@ -248,7 +256,7 @@ class Scorer:
                 s.backend, self.tasks.load(missing), task_manager=self.tasks.manager,
                 model_args=backend_model_args(ref, s), limit=s.limit, num_fewshot=s.num_fewshot,
                 batch_size=s.batch_size, device=self.device, bootstrap_iters=s.bootstrap_iters, seed=s.seed,
-                model_name=f"{role} model {ref}",
+                model_name=f"{role} model {ref}", prompt=s.prompt,
             )
             self.lm_eval_calls += 1
             for name in missing:

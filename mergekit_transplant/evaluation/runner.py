@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 from mergekit_transplant.errors import TransplantError
 
@@ -195,6 +195,45 @@ def env_info_once() -> Iterator[None]:
         evaluator.add_env_info = original
 
 
+@dataclass
+class PromptOptions:
+    """lm-eval's instruct formatting, under lm-eval's own names (``simple_evaluate``'s arguments).
+
+    What an lm-eval user passes to evaluate an instruct model the way it is
+    used; the same options for every model of a comparison, recorded in the
+    results and part of the result-cache key.
+    """
+
+    #: True, or the name of one of the tokenizer's chat templates
+    apply_chat_template: Union[bool, str] = False
+    #: few-shot examples as alternating turns; None: lm-eval's default (on with a chat template)
+    fewshot_as_multiturn: Optional[bool] = None
+    system_instruction: Optional[str] = None
+    #: generation arguments for generate_until tasks, e.g. "temperature=0,max_gen_toks=256"
+    gen_kwargs: Optional[str] = None
+
+    def __post_init__(self):
+        if isinstance(self.apply_chat_template, str) and self.apply_chat_template.lower() in ("", "true"):
+            self.apply_chat_template = True
+        if self.fewshot_as_multiturn and not self.apply_chat_template:
+            raise TransplantError("--fewshot-as-multiturn needs --apply-chat-template (as in lm-eval)")
+        if self.gen_kwargs is not None:
+            from lm_eval.utils import simple_parse_args_string
+
+            problem = next((f"{kv.strip()!r} has no '='" for kv in self.gen_kwargs.split(",") if "=" not in kv), None)
+            try:
+                simple_parse_args_string(self.gen_kwargs)
+            except Exception as error:
+                problem = str(error)
+            if problem:
+                raise TransplantError(f"--gen-kwargs {self.gen_kwargs!r}: expected key=value,key=value ({problem})")
+
+    def kwargs(self) -> Dict[str, Any]:
+        multiturn = bool(self.apply_chat_template) if self.fewshot_as_multiturn is None else self.fewshot_as_multiturn
+        return {"apply_chat_template": self.apply_chat_template, "fewshot_as_multiturn": multiturn,
+                "system_instruction": self.system_instruction, "gen_kwargs": self.gen_kwargs}
+
+
 def run_lm_eval(
     model: Any,
     tasks: Sequence[Any],
@@ -208,6 +247,7 @@ def run_lm_eval(
     bootstrap_iters: int = 100000,
     seed: int = 0,
     model_name: Optional[str] = None,
+    prompt: Optional[PromptOptions] = None,
 ) -> Dict[str, Any]:
     """``lm_eval.simple_evaluate`` with the settings every model of a comparison shares.
 
@@ -220,6 +260,8 @@ def run_lm_eval(
         batch_size=batch_size, device=device, bootstrap_iters=bootstrap_iters, log_samples=True,
         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
     )
+    if prompt is not None:
+        kwargs.update(prompt.kwargs())
     if isinstance(model, str):
         kwargs["model_args"] = model_args or ""
     with env_info_once():

@@ -12,7 +12,16 @@ CHUNK_BYTES = 16 * 1024 * 1024
 
 
 def range_chunks(info: TensorInfo):
-    """A tensor's bytes from its file, in bounded chunks (never the whole tensor at once)."""
+    """A tensor's bytes from its file, in bounded chunks (never the whole tensor at once).
+
+    A tensor of a Hub model (``info.hub``) is read with one HTTP range request
+    for exactly its bytes.
+    """
+    if info.hub is not None:
+        from mergekit_transplant.hub_files import iter_range
+
+        yield from iter_range(info.hub, info.begin, info.end, what=f"tensor {info.name}")
+        return
     with open(info.file, "rb") as fh:
         fh.seek(info.begin)
         left = info.nbytes

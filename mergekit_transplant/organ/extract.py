@@ -60,6 +60,8 @@ def _ensure_free(out: Path, overwrite: bool) -> None:
 def _pinned_revision(ref: str, index: ModelIndex) -> Optional[str]:
     """The revision in the ref, or the commit of the Hub cache snapshot it resolved to."""
     _path, rev = split_revision(ref)
+    if index.commit:  # a Hub model read remotely: the commit its headers came from
+        return index.commit
     if rev:
         return rev
     if index.root.parent.name == "snapshots" and _HEX40.match(index.root.name):
@@ -206,7 +208,7 @@ def extract_organ(
             "choose a path without them"
         )
 
-    target = read_index(recipe.target, allow_pickle=allow_pickle)
+    target = read_index(recipe.target, allow_pickle=allow_pickle, remote=True)
     donors = recipe.donors
     single = len(donors) == 1
     folders = {d: "." if single else f"donor-{i}" for i, d in enumerate(donors, 1)}
@@ -214,7 +216,7 @@ def extract_organ(
 
     plans: List[Tuple[str, ModelIndex, List[TensorInfo]]] = []
     for donor in donors:
-        index = read_index(donor, allow_pickle=allow_pickle)
+        index = read_index(donor, allow_pickle=allow_pickle, remote=True)
         names: List[str] = []
         for row in report.rows:
             if row.donor == donor and row.donor_tensor not in names:

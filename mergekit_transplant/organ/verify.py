@@ -99,7 +99,7 @@ def _verify_donor(organ_dir: Path, donor: OrganDonor, report: VerifyReport) -> N
 
 def _verify_target(manifest: OrganManifest, target: str, report: VerifyReport) -> None:
     try:
-        index = read_index(target)
+        index = read_index(target, remote=True)
     except TransplantError as error:
         report.errors.append(f"target: {error}")
         return

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from mergekit_transplant.errors import TransplantError
 from mergekit_transplant.evaluation.compare import normalize_limit
-from mergekit_transplant.evaluation.runner import TaskScores, extract, run_lm_eval
+from mergekit_transplant.evaluation.runner import PromptOptions, TaskScores, extract, run_lm_eval
 from mergekit_transplant.evaluation.tasks import find_tasks, split_names
 from mergekit_transplant.sweep.controls import control_seeds, expand_units, random_units, whole_model_tensors
 from mergekit_transplant.sweep.ranking import Ranking
@@ -57,8 +57,30 @@ class SweepSettings:
     bootstrap_iters: int = 0  # the sweep compares point scores; stderrs are not used
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    #: extra arguments of lm-eval's HFLM wrapper around the loaded model, e.g. "max_length=2048,add_bos_token=True"
+    model_args: Optional[str] = None
+    prompt: PromptOptions = field(default_factory=PromptOptions)
+
+    def hflm_kwargs(self) -> Dict[str, Any]:
+        """``model_args`` parsed as lm-eval does; the model, tokenizer and batch size are the sweep's own."""
+        if not self.model_args:
+            return {}
+        from lm_eval.utils import simple_parse_args_string
+
+        try:
+            parsed = simple_parse_args_string(self.model_args)
+        except Exception as error:
+            raise TransplantError(f"--model-args {self.model_args!r}: expected key=value,key=value ({error})") from None
+        taken = sorted(set(parsed) & {"pretrained", "tokenizer", "batch_size", "device", "dtype", "revision"})
+        if taken:
+            raise TransplantError(f"--model-args must not set {', '.join(taken)}: the sweep loads the target itself "
+                                  "(use --device/--dtype/--batch-size)")
+        return parsed
 
     def __post_init__(self):
+        if isinstance(self.prompt, dict):  # from asdict / JSON
+            self.prompt = PromptOptions(**self.prompt)
+        self.hflm_kwargs()  # a malformed --model-args is refused before any model is loaded
         self.select_tasks = split_names(self.select_tasks)
         self.report_tasks = split_names(self.report_tasks)
         if not self.select_tasks or not self.report_tasks:
@@ -144,7 +166,11 @@ class Sweeper:
             ranking.target, device=settings.device, dtype=settings.dtype, device_map=settings.device_map,
             trust_remote_code=settings.trust_remote_code, allow_pickle=settings.allow_pickle,
         )
-        self.lm = HFLM(pretrained=self.model, tokenizer=tokenizer, batch_size=settings.batch_size)
+        try:
+            self.lm = HFLM(pretrained=self.model, tokenizer=tokenizer, batch_size=settings.batch_size,
+                           **settings.hflm_kwargs())
+        except TypeError as error:
+            raise TransplantError(f"--model-args {settings.model_args!r}: lm-eval's HFLM refused it ({error})") from None
         self.live = LiveTransplant(self.model, DonorTensors(ranking.donor, allow_pickle=settings.allow_pickle))
         self.load_s = time.perf_counter() - start
         shared = [n for n in self.live.tensors if n in self.live.donor.index.tensors]
@@ -175,7 +201,7 @@ class Sweeper:
                 results = run_lm_eval(
                     self.lm, self.task_objects, task_manager=self.tasks.manager, limit=s.limit,
                     num_fewshot=s.num_fewshot, bootstrap_iters=s.bootstrap_iters, seed=s.seed,
-                    model_name=f"target {self.ranking.target}",
+                    model_name=f"target {self.ranking.target}", prompt=s.prompt,
                 )
             self.eval_s += time.perf_counter() - start
             self.evaluations += 1
