@@ -408,3 +408,24 @@ def test_uninstall_restores_mergekits_own_planner_and_loader(pristine_planner):
     assert registration.install_planner_hook() is True
     assert registration.planner_hook_installed() is True
     assert getattr(LazyTensorLoader.get_tensor, read_hints.HINT_MARK, False)
+
+
+def test_a_call_the_signature_cannot_bind_still_reaches_mergekit_with_its_planner(pristine_planner):
+    """A planner wrapped by someone else (its signature says less than it accepts): the hook passes the call on."""
+    import functools
+
+    seen = {}
+
+    def strict(self, weight, weights_in, models, cfg_reader):
+        raise AssertionError("not called")
+
+    @functools.wraps(strict)  # inspect.signature now reports strict's signature
+    def lenient(self, *args, **kwargs):
+        seen.update(self=self, args=args, kwargs=kwargs)
+
+    registration.uninstall_planner_hook()
+    pristine_planner.plan_tensor = lenient
+    assert registration.install_planner_hook() is True
+    planner = object()
+    pristine_planner.plan_tensor(planner, "w", surprise=1)  # cannot bind: the hook steps aside
+    assert seen == {"self": planner, "args": ("w",), "kwargs": {"surprise": 1}}
