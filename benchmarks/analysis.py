@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import resource
 import subprocess
 import sys
@@ -37,13 +38,19 @@ MODES = ("idle", "forward1", "forward2", "local", "activation", "attribution")
 PASSES = ("plain", "activation", "local", "attribution")
 
 
-def build(root: Path, samples: int, words: int, seed: int = 0) -> dict:
+#: model sizes: the 104M pair of docs/performance.md and the ~60M pair of issue 16
+SIZES = {"104m": dict(hidden=768, layers=12, intermediate=3072, heads=12, kv_heads=4),
+         "60m": dict(hidden=640, layers=10, intermediate=2560, heads=10, kv_heads=2)}
+#: attribution's peak RSS against local's on the same pair, workload and batch (issue 16)
+ATTRIBUTION_RSS_GOAL = 1.4
+
+
+def build(root: Path, samples: int, words: int, seed: int = 0, size: str = "104m") -> dict:
     from mergekit_transplant.testing import WORDS, make_model, perturbed_copy
 
     target, donor, work = root / "target", root / "donor", root / "work.jsonl"
     if not target.exists():
-        make_model(target, "llama", hidden=768, layers=12, intermediate=3072, heads=12, kv_heads=4,
-                   vocab_size=96, max_positions=512, seed=seed)
+        make_model(target, "llama", **SIZES[size], vocab_size=96, max_positions=512, seed=seed)
     if not donor.exists():
         # like a full fine-tune: every linear weight moves a little, four of them a lot
         from mergekit_transplant.testing import linear_weight_names
@@ -173,12 +180,18 @@ def interleaved(paths: dict, threads: int, batch_size: int, repeats: int) -> dic
     return {k: {"min_s": min(v), "median_s": statistics.median(v), "all_s": v} for k, v in times.items()}
 
 
-def run_worker(mode: str, paths: dict, threads: int, batch_size: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", mode, "--paths", json.dumps(paths), "--threads", str(threads),
+def run_worker(mode: str, paths: dict, threads: int, batch_size: int, before: str = None) -> dict:
+    """One run in a fresh process; a mode ending in ``@before`` runs the code in ``before`` (PYTHONPATH)."""
+    name, _, at = mode.partition("@")
+    cmd = [sys.executable, __file__, "--worker", name, "--paths", json.dumps(paths), "--threads", str(threads),
            "--batch-size", str(batch_size)]
     env = dict(os.environ, TQDM_DISABLE="1", TRANSFORMERS_VERBOSITY="error")
+    if at == "before":
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (before, env.get("PYTHONPATH")) if p)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["mode"] = mode
+    return result
 
 
 def main() -> None:
@@ -192,6 +205,10 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--interleaved", type=int, default=5,
                         help="repeats of the in-process alternating pass timing (0: skip)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="104m", help="the model pair to build")
+    parser.add_argument("--before", metavar="SRC",
+                        help="a checkout of the code to compare with: modes MODE@before run it (e.g. "
+                             "--modes local,attribution,attribution@before)")
     parser.add_argument("--dir", help="folder for the models (kept between runs); default: a temp folder")
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -203,7 +220,7 @@ def main() -> None:
 
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench-analysis-"))
     root.mkdir(parents=True, exist_ok=True)
-    paths = build(root, args.samples, args.words)
+    paths = build(root, args.samples, args.words, size=args.size)
     from mergekit_transplant.checkpoint import read_index
 
     index = read_index(paths["target"])
@@ -217,7 +234,7 @@ def main() -> None:
     runs = {m: [] for m in modes}
     for _ in range(args.repeats):  # round-robin, so a busy spell on the machine hits every mode alike
         for mode in modes:
-            runs[mode].append(run_worker(mode, paths, args.threads, args.batch_size))
+            runs[mode].append(run_worker(mode, paths, args.threads, args.batch_size, args.before))
             print(f"{mode}: {json.dumps({k: v for k, v in runs[mode][-1].items() if k != 'timing'})}",
                   file=sys.stderr, flush=True)
     for mode in modes:
@@ -226,6 +243,8 @@ def main() -> None:
         best["all_passes_s"] = [r.get("passes_s") for r in runs[mode]]
         best["all_peak_rss_mb"] = [r["peak_rss_mb"] for r in runs[mode]]
         best["peak_rss_mb"] = max(best["all_peak_rss_mb"])
+        best["median_wall_s"] = statistics.median(best["all_wall_s"])
+        best["median_peak_rss_mb"] = statistics.median(best["all_peak_rss_mb"])
         results[mode] = best
     summary = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}, "
@@ -256,14 +275,12 @@ def _markdown(summary: dict, args) -> str:
             out.append(f"| {kind} | {x['min_s']:.2f} | {x['median_s']:.2f} | {x['min_s'] / plain['min_s']:.2f}x | "
                        f"{x['median_s'] / plain['median_s']:.2f}x |")
         out.append("")
-    rows = ["| run | wall s | passes s | wall / baseline | passes / baseline | goal | peak RSS MB | RSS - idle, x model |",
-            "|---|---:|---:|---:|---:|---|---:|---:|"]
+    rows = ["| run | wall s | passes s | wall / baseline | passes / baseline | goal | peak RSS MB | RSS - idle, x model "
+            "| plan MB |", "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     goals = {"local": ("forward1", 1.3), "activation": ("forward2", 1.2), "attribution": ("forward1", None)}
-    for mode in MODES:
-        if mode not in r or mode == "interleaved":
-            continue
+    for mode in sorted((m for m in r if m != "interleaved"), key=_mode_order):
         x = r[mode]
-        base, goal = goals.get(mode, (None, None))
+        base, goal = goals.get(mode.partition("@")[0], (None, None))
         ratio_wall = ratio_pass = "-"
         verdict = ""
         if base and base in r:
@@ -274,12 +291,40 @@ def _markdown(summary: dict, args) -> str:
                 verdict = f"<= {goal}x: {'met' if met else 'MISSED'}"
         mem = f"{(x['peak_rss_mb'] - idle) / size:.2f}x" if idle and mode != "idle" else "-"
         rows.append(f"| {mode} | {x.get('wall_s', 0):.2f} | {x.get('passes_s', 0):.2f} | {ratio_wall} | "
-                    f"{ratio_pass} | {verdict} | {x['peak_rss_mb']:.0f} | {mem} |")
+                    f"{ratio_pass} | {verdict} | {x['peak_rss_mb']:.0f} | {mem} | "
+                    f"{x.get('timing', {}).get('plan_peak_mb', '-')} |")
     head = (f"{summary['model']['parameters'] / 1e6:.1f}M parameters ({size:.0f} MB float32), "
             f"{summary['workload']['samples']} samples, {summary['workload']['tokens_per_pass']} tokens per pass, "
             f"batch {args.batch_size}; {summary['machine']}")
     return head + "\n\n" + "\n".join(out + ["End to end, one subprocess per run (load included; fastest of "
-                                             f"{args.repeats}):", ""] + rows)
+                                             f"{args.repeats}):", ""] + rows + [""] + _attribution_goals(r))
+
+
+def _mode_order(mode: str):
+    name, _, at = mode.partition("@")
+    return (MODES.index(name) if name in MODES else len(MODES), at)
+
+
+def _attribution_goals(r: dict) -> list:
+    """Issue 16's goals, computed: attribution's peak RSS vs local's, and its wall time vs the code before."""
+    lines = []
+    for tag in ("", "@before"):
+        attr, local = r.get("attribution" + tag), r.get("local" + tag)
+        if attr and local:
+            ratio = attr["peak_rss_mb"] / local["peak_rss_mb"]
+            verdict = "met" if ratio <= ATTRIBUTION_RSS_GOAL else "MISSED"
+            lines.append(f"- attribution{tag} peak RSS / local{tag} peak RSS (worst runs): {attr['peak_rss_mb']:.0f} / "
+                         f"{local['peak_rss_mb']:.0f} MB = {ratio:.2f}x; goal <= {ATTRIBUTION_RSS_GOAL}x: {verdict}")
+    now, before = r.get("attribution"), r.get("attribution@before")
+    if now and before:
+        for what in ("wall_s", "median_wall_s"):
+            ratio = now[what] / before[what]
+            lines.append(f"- attribution wall time / before ({what.replace('_s', '').replace('_', ' ')}): "
+                         f"{now[what]:.2f} / {before[what]:.2f} s = {ratio:.2f}x; goal <= 1.0x (no worse): "
+                         f"{'met' if ratio <= 1.0 else 'MISSED'}")
+        ratio = now["peak_rss_mb"] / before["peak_rss_mb"]
+        lines.append(f"- attribution peak RSS / before: {ratio:.2f}x")
+    return (["Goals (issue 16):", ""] + lines) if lines else []
 
 
 if __name__ == "__main__":

@@ -24,10 +24,11 @@ import gc
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from mergekit_transplant.analysis import capture as capture_mod
 from mergekit_transplant.analysis.candidates import Candidate, find_candidates, layer_units
+from mergekit_transplant.analysis.plan import MemoryPlan, Planner
 from mergekit_transplant.analysis.scores import (
     REPORTED, SCORES, ScoreTable, layer_scores, module_scores,
 )
@@ -92,6 +93,9 @@ def analyze(
     allow_pickle: bool = False,
     command: Optional[str] = None,
     progress: bool = True,
+    force: bool = False,
+    on_plan: Optional[Callable[["MemoryPlan"], None]] = None,
+    plan_only: bool = False,
 ) -> "AnalysisResult":
     """Score every candidate module of ``target`` against ``donor`` on ``workload``.
 
@@ -99,6 +103,12 @@ def analyze(
     tensors, and the recipe text that ``mergekit-yaml`` runs. Selection is
     ``top_k`` and/or ``param_budget`` (a fraction of the target's
     parameters); with neither, the best ``DEFAULT_TOP_K`` units.
+
+    Before any model loads, the memory plan (``plan.MemoryPlan``) is
+    estimated, handed to ``on_plan`` and stored in the report; when it
+    exceeds the device's free memory the run stops with the largest batch
+    size (or length) that fits, unless ``force``. With ``plan_only`` the
+    plan is returned and nothing loads (``plan_analysis``).
     """
     import torch
 
@@ -147,18 +157,33 @@ def analyze(
     donor_stats: Dict[str, "torch.Tensor"] = {}
     generations: Dict[str, List[str]] = {}
 
+    # Tokenise once (always with the target's tokenizer) and plan the memory, before any model loads.
+    tokenizer = _tokenizer(target, trust_remote_code)
+    limit_len = context_limit(target_index.config, max_length)
+    seqs = encode(tokenizer, workload.samples, limit_len)
+    if capture != "generate":
+        _check_continuations(tokenizer, workload, limit_len)
+    truncated = sum(s.truncated for s in seqs)
+    if truncated:
+        warnings.append(f"{truncated} of {len(seqs)} workload samples were longer than {limit_len} "
+                        "tokens and lost tokens from the start of the prompt")
+    state.update(seqs=seqs, tokenizer=tokenizer, max_len=limit_len, pad_id=_pad_id(tokenizer))
+    planner = _planner(target_index, donor_index, seqs, score=score, also=also, capture=capture,
+                       max_new_tokens=max_new_tokens, max_len=limit_len, modules=modules,
+                       include_embeddings=include_embeddings, dtype=dtype, device=device, device_map=device_map,
+                       trust_remote_code=trust_remote_code)
+    plan = planner.plan(batch_size)
+    if on_plan is not None:
+        on_plan(plan)
+    if plan_only:
+        return plan
+    if plan.fits() is False:
+        _refuse(plan, planner, batch_size, limit_len, force, warnings)
+
     def prepare(model, role: str):
-        """Tokenise once (always with the target's tokenizer) and find the candidates."""
-        if "seqs" not in state:
-            tokenizer = _tokenizer(target, trust_remote_code)
-            limit_len = context_limit(model, max_length)
-            seqs = encode(tokenizer, workload.samples, limit_len)
-            truncated = sum(s.truncated for s in seqs)
-            if truncated:
-                warnings.append(f"{truncated} of {len(seqs)} workload samples were longer than {limit_len} "
-                                "tokens and lost tokens from the start of the prompt")
-            state.update(seqs=seqs, tokenizer=tokenizer, max_len=limit_len,
-                         pad_id=_pad_id(tokenizer), eos_ids=_eos_ids(tokenizer, model))
+        """Find the candidates (on the first model loaded)."""
+        if "candidates" not in state:
+            state["eos_ids"] = _eos_ids(tokenizer, model)
             cands, skipped = find_candidates(model, target_index, donor_index, modules=modules,
                                              include_embeddings=include_embeddings)
             state.update(candidates=cands, skipped=skipped)
@@ -259,14 +284,69 @@ def analyze(
 
     timing["total_s"] = time.perf_counter() - t_start
     timing["peak_rss_mb"] = _peak_rss_mb()
+    timing["plan_peak_mb"] = round(plan.peak_bytes / 2**20, 1)  # with the measured baseline: not deterministic
     report = build_report(
         settings=settings, target_index=target_index, donor_index=donor_index, candidates=candidates,
         modules_table=modules_table, table=table, units_info=units_info, picked=picked, chosen=chosen,
         computed=computed, top_k=top_k, skipped=state["skipped"], warnings=warnings, timing=timing,
         generations=generations,
     )
+    report["plan"] = plan.to_json()
     return AnalysisResult(report=report, selections=chosen, recipe_text=recipe_text, table=table,
                           warnings=warnings)
+
+
+def plan_analysis(target: str, donor: str, workload: Union[Workload, str, Path], **settings) -> MemoryPlan:
+    """The memory plan of ``analyze(target, donor, workload, **settings)``; no model is loaded."""
+    return analyze(target, donor, workload, plan_only=True, **settings)
+
+
+def _planner(target_index: ModelIndex, donor_index: ModelIndex, seqs: Sequence[TokenSequence], *, score, also,
+             capture, max_new_tokens, max_len, modules, include_embeddings, dtype, device, device_map,
+             trust_remote_code) -> Planner:
+    """The plan's view of the workload: tokens fed and positions scored per sample."""
+    if capture == "generate":  # each prompt (cut to leave room) plus up to max_new_tokens generated
+        room = max_len - max_new_tokens
+        lengths = [min(s.prompt_len, room) + max_new_tokens for s in seqs]
+        scored = [max_new_tokens] * len(seqs)
+    else:
+        lengths = [len(s.ids) for s in seqs]
+        scored = [len(s.scored) for s in seqs]
+    return Planner(target_index, donor_index, score=score, also=also, lengths=lengths, scored=scored,
+                   modules=modules, include_embeddings=include_embeddings, dtype=dtype, device=device,
+                   device_map=device_map, trust_remote_code=trust_remote_code)
+
+
+def _check_continuations(tokenizer, workload: Workload, max_len: int) -> None:
+    """A continuation is scored whole: the context must hold it and one prompt token."""
+    longest, where = 0, None
+    for i, sample in enumerate(workload.samples):
+        if sample.continuation:
+            n = len(tokenizer(sample.continuation, add_special_tokens=False)["input_ids"])
+            if n > longest:
+                longest, where = n, i
+    if longest + 1 > max_len:
+        raise TransplantError(
+            f"--max-length {max_len} is below the longest continuation ({longest} tokens, workload sample "
+            f"{where + 1}) plus one prompt token; use --max-length {longest + 1} or more")
+
+
+def _refuse(plan: MemoryPlan, planner: Planner, batch_size: int, max_len: int, force: bool,
+            warnings: List[str]) -> None:
+    """Stop before loading when the plan exceeds the device's free memory (``force`` warns instead)."""
+    from mergekit_transplant.analysis.plan import _mib
+
+    need = f"estimated {_mib(plan.added_bytes)} on {plan.device} but {_mib(plan.free_bytes)} is free"
+    if force:
+        warnings.append(f"memory plan: {need}; running anyway (--force)")
+        return
+    min_len = max(2, max(planner.scored) + 1)
+    advice = planner.advice(batch_size, max_len, min_len)
+    if advice is None:
+        raise TransplantError(f"memory plan: {need}, and it cannot fit even at --batch-size 1 "
+                              f"(the model's weights alone are {_mib(planner.weight_bytes)}); use a larger "
+                              "device, --device-map auto across several, or --force to try anyway")
+    raise TransplantError(f"memory plan: {need}; {advice} (or pass --force to run anyway)")
 
 
 def _validate(score, also, capture, granularity, padding_side, batch_size, max_length, max_new_tokens) -> None:
