@@ -33,7 +33,7 @@ from pathlib import Path
 
 CHANGED = ["model.layers.2.mlp.down_proj.weight", "model.layers.5.self_attn.v_proj.weight",
            "model.layers.8.mlp.up_proj.weight", "model.layers.10.self_attn.o_proj.weight"]
-MODES = ("idle", "forward1", "forward2", "local", "activation", "attribution")
+MODES = ("idle", "forward1", "forward2", "local", "activation", "attribution", "attribution-keep")
 #: in one process, on one loaded model, alternating: the hooks' cost without load-time noise
 PASSES = ("plain", "activation", "local", "attribution")
 
@@ -56,7 +56,8 @@ def build(root: Path, samples: int, words: int, seed: int = 0, size: str = "104m
         from mergekit_transplant.testing import linear_weight_names
 
         everywhere = perturbed_copy(target, root / "donor-base", linear_weight_names(target), scale=0.02, seed=2)
-        perturbed_copy(everywhere, donor, CHANGED, scale=0.5)
+        last = SIZES[size]["layers"] - 2  # layer 10 of the 104M pair
+        perturbed_copy(everywhere, donor, [n.replace("layers.10.", f"layers.{last}.") for n in CHANGED], scale=0.5)
         import shutil
 
         shutil.rmtree(everywhere)
@@ -97,14 +98,17 @@ def worker(mode: str, paths: dict, threads: int, batch_size: int) -> dict:
         return _plain_forward(mode, paths, batch_size)
     from mergekit_transplant.analysis import analyze, load_workload
 
-    start = time.perf_counter()
-    result = analyze(paths["target"], paths["donor"], load_workload(paths["workload"]), score=mode, top_k=4,
-                     batch_size=batch_size, progress=False)
+    start, cpu0 = time.perf_counter(), time.process_time()
+    extra = {"recompute": False} if mode == "attribution-keep" else {}  # attribution --no-recompute
+    score = "attribution" if mode == "attribution-keep" else mode
+    result = analyze(paths["target"], paths["donor"], load_workload(paths["workload"]), score=score, top_k=4,
+                     batch_size=batch_size, progress=False, **extra)
     wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
     timing = result.report["timing"]
     passes = timing.get("target_pass_s", 0.0) + timing.get("donor_pass_s", 0.0)
-    return {"mode": mode, "wall_s": wall, "passes_s": passes, "peak_rss_mb": _peak_rss_mb(),
-            "top4": result.ranking(mode)[:4], "tokens": timing.get("target_tokens") or timing.get("donor_tokens"),
+    return {"mode": mode, "wall_s": wall, "cpu_s": cpu, "passes_s": passes, "peak_rss_mb": _peak_rss_mb(),
+            "top4": result.ranking(score)[:4], "tokens": timing.get("target_tokens") or timing.get("donor_tokens"),
             "timing": timing}
 
 
@@ -244,6 +248,7 @@ def main() -> None:
         best["all_peak_rss_mb"] = [r["peak_rss_mb"] for r in runs[mode]]
         best["peak_rss_mb"] = max(best["all_peak_rss_mb"])
         best["median_wall_s"] = statistics.median(best["all_wall_s"])
+        best["median_cpu_s"] = statistics.median(r.get("cpu_s", float("nan")) for r in runs[mode])
         best["median_peak_rss_mb"] = statistics.median(best["all_peak_rss_mb"])
         results[mode] = best
     summary = {
@@ -275,8 +280,8 @@ def _markdown(summary: dict, args) -> str:
             out.append(f"| {kind} | {x['min_s']:.2f} | {x['median_s']:.2f} | {x['min_s'] / plain['min_s']:.2f}x | "
                        f"{x['median_s'] / plain['median_s']:.2f}x |")
         out.append("")
-    rows = ["| run | wall s | passes s | wall / baseline | passes / baseline | goal | peak RSS MB | RSS - idle, x model "
-            "| plan MB |", "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
+    rows = ["| run | wall s | CPU s (median) | passes s | wall / baseline | passes / baseline | goal | peak RSS MB | RSS - idle, x model "
+            "| plan MB |", "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
     goals = {"local": ("forward1", 1.3), "activation": ("forward2", 1.2), "attribution": ("forward1", None)}
     for mode in sorted((m for m in r if m != "interleaved"), key=_mode_order):
         x = r[mode]
@@ -290,7 +295,8 @@ def _markdown(summary: dict, args) -> str:
                 met = x["wall_s"] / r[base]["wall_s"] <= goal
                 verdict = f"<= {goal}x: {'met' if met else 'MISSED'}"
         mem = f"{(x['peak_rss_mb'] - idle) / size:.2f}x" if idle and mode != "idle" else "-"
-        rows.append(f"| {mode} | {x.get('wall_s', 0):.2f} | {x.get('passes_s', 0):.2f} | {ratio_wall} | "
+        rows.append(f"| {mode} | {x.get('wall_s', 0):.2f} | {x.get('median_cpu_s', float('nan')):.1f} | "
+                    f"{x.get('passes_s', 0):.2f} | {ratio_wall} | "
                     f"{ratio_pass} | {verdict} | {x['peak_rss_mb']:.0f} | {mem} | "
                     f"{x.get('timing', {}).get('plan_peak_mb', '-')} |")
     head = (f"{summary['model']['parameters'] / 1e6:.1f}M parameters ({size:.0f} MB float32), "
@@ -316,6 +322,16 @@ def _attribution_goals(r: dict) -> list:
             lines.append(f"- attribution{tag} peak RSS / local{tag} peak RSS (worst runs): {attr['peak_rss_mb']:.0f} / "
                          f"{local['peak_rss_mb']:.0f} MB = {ratio:.2f}x; goal <= {ATTRIBUTION_RSS_GOAL}x: {verdict}")
     now, before = r.get("attribution"), r.get("attribution@before")
+    for label, run in (("attribution", now), ("attribution-keep", r.get("attribution-keep"))):
+        if run and before:
+            ratio = run["median_cpu_s"] / before["median_cpu_s"]
+            lines.append(f"- {label} CPU time / before (medians): {run['median_cpu_s']:.1f} / "
+                         f"{before['median_cpu_s']:.1f} s = {ratio:.2f}x; goal <= 1.0x (no worse): "
+                         f"{'met' if ratio <= 1.0 else 'MISSED'}")
+    keep, local = r.get("attribution-keep"), r.get("local")
+    if keep and local:
+        lines.append(f"- attribution-keep (--no-recompute) peak RSS / local: "
+                     f"{keep['peak_rss_mb'] / local['peak_rss_mb']:.2f}x")
     if now and before:
         for what in ("wall_s", "median_wall_s"):
             ratio = now[what] / before[what]

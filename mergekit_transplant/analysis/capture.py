@@ -31,6 +31,7 @@ in the target's pass (``local``), the target in the donor's (``attribution``).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from dataclasses import dataclass
@@ -214,7 +215,7 @@ def _input_device(model):
 
 def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequence], *, stats: Sequence[str],
              batch_size: int, pad_id: int, padding_side: str, other: Optional[TensorStreamer] = None,
-             own_files: Optional[TensorStreamer] = None, attribution: bool = False,
+             own_files: Optional[TensorStreamer] = None, attribution: bool = False, recompute: bool = True,
              desc: str = "capture", progress: bool = True,
              sources: Sequence[tuple] = ()) -> PassResult:
     """One pass of ``model`` over ``seqs`` with every candidate probed.
@@ -258,7 +259,7 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
             kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                           position_ids=batch.position_ids, use_cache=False)
             if attribution:
-                with torch.enable_grad(), Replay(model) as ctx.replay:
+                with torch.enable_grad(), (Replay(model) if recompute else contextlib.nullcontext()) as ctx.replay:
                     _attribution_step(model, batch, kwargs, head_is_candidate=head_probed)
                 ctx.replay = None
             else:

@@ -93,6 +93,7 @@ def analyze(
     allow_pickle: bool = False,
     command: Optional[str] = None,
     progress: bool = True,
+    recompute: bool = True,
     force: bool = False,
     on_plan: Optional[Callable[["MemoryPlan"], None]] = None,
     plan_only: bool = False,
@@ -171,7 +172,7 @@ def analyze(
     planner = _planner(target_index, donor_index, seqs, score=score, also=also, capture=capture,
                        max_new_tokens=max_new_tokens, max_len=limit_len, modules=modules,
                        include_embeddings=include_embeddings, dtype=dtype, device=device, device_map=device_map,
-                       trust_remote_code=trust_remote_code)
+                       trust_remote_code=trust_remote_code, recompute=recompute)
     plan = planner.plan(batch_size)
     if on_plan is not None:
         on_plan(plan)
@@ -238,7 +239,7 @@ def analyze(
                 model, state["candidates"], seqs, stats=["activation"], batch_size=batch_size,
                 pad_id=state["pad_id"], padding_side=padding_side, own_files=donor_files,
                 other=target_files if need_attr else None,
-                attribution=need_attr, desc="donor pass" + (" (gradients)" if need_attr else ""),
+                attribution=need_attr, recompute=recompute, desc="donor pass" + (" (gradients)" if need_attr else ""),
                 progress=progress,
                 sources=[("donor", donor_files)] + ([("target", target_files)] if need_attr else []))
         donor_stats = result.stats
@@ -276,7 +277,7 @@ def analyze(
         "max_new_tokens": max_new_tokens if capture == "generate" else None,
         "device": device, "dtype": dtype, "device_map": device_map, "batch_size": batch_size,
         "max_length": max_length, "padding_side": padding_side, "limit": limit, "seed": seed,
-        "trust_remote_code": trust_remote_code,
+        "trust_remote_code": trust_remote_code, "recompute": recompute,
     }
     header = _header(command, settings, workload, picked, target_index, granularity, len(chosen))
     recipe_text = render_recipe(target, chosen, header=header, out_dtype=_out_dtype(target_index, donor_index))
@@ -303,7 +304,7 @@ def plan_analysis(target: str, donor: str, workload: Union[Workload, str, Path],
 
 def _planner(target_index: ModelIndex, donor_index: ModelIndex, seqs: Sequence[TokenSequence], *, score, also,
              capture, max_new_tokens, max_len, modules, include_embeddings, dtype, device, device_map,
-             trust_remote_code) -> Planner:
+             trust_remote_code, recompute=True) -> Planner:
     """The plan's view of the workload: tokens fed and positions scored per sample."""
     if capture == "generate":  # each prompt (cut to leave room) plus up to max_new_tokens generated
         room = max_len - max_new_tokens
@@ -314,7 +315,7 @@ def _planner(target_index: ModelIndex, donor_index: ModelIndex, seqs: Sequence[T
         scored = [len(s.scored) for s in seqs]
     return Planner(target_index, donor_index, score=score, also=also, lengths=lengths, scored=scored,
                    modules=modules, include_embeddings=include_embeddings, dtype=dtype, device=device,
-                   device_map=device_map, trust_remote_code=trust_remote_code)
+                   device_map=device_map, trust_remote_code=trust_remote_code, recompute=recompute)
 
 
 def _check_continuations(tokenizer, workload: Workload, max_len: int) -> None:

@@ -91,6 +91,7 @@ class PlanItem:
     name: str
     bytes: int
     detail: str
+    spread: bool = False  # divides over the devices of a device map, with the layers
 
 
 @dataclass
@@ -118,9 +119,11 @@ class MemoryPlan:
     def peak_bytes(self) -> int:
         return self.baseline_bytes + self.added_bytes
 
-    @property
-    def per_device_bytes(self) -> int:
-        return -(-self.added_bytes // self.devices)
+    def per_device_bytes(self, devices: Optional[int] = None) -> int:
+        """With the layers spread over ``devices``: their share of what spreads, plus the rest (upper bound)."""
+        n = devices or self.devices
+        spread = sum(i.bytes for i in self.items if i.spread)
+        return -(-spread // n) + self.added_bytes - spread
 
     def fits(self) -> Optional[bool]:
         return None if self.free_bytes is None else self.added_bytes <= self.free_bytes
@@ -153,7 +156,7 @@ class MemoryPlan:
             lines.append(f"  {_mib(item.bytes):>10}  {item.name}: {item.detail}")
         peak = f"  {_mib(self.peak_bytes):>10}  estimated peak"
         if self.devices > 1:
-            peak += f" ({_mib(self.per_device_bytes)} per device over {self.devices})"
+            peak += f" (at most {_mib(self.per_device_bytes())} on one of {self.devices} devices)"
         if self.free_bytes is not None:
             peak += f"; {_mib(self.free_bytes)} free on {self.device}"
         lines.append(peak)
@@ -205,29 +208,46 @@ class Module:
 def estimate(dims: Dims, weight_bytes: int, modules: Sequence[Module], shape: BatchShape, *, score: str,
              also: Sequence[str] = (), dtype_bytes: int, dtype: str, device: str = "cpu", devices: int = 1,
              baseline_bytes: int = 0, free_bytes: Optional[int] = None, eager_attention: bool = False,
-             batch_size: Optional[int] = None) -> MemoryPlan:
+             batch_size: Optional[int] = None, recompute: bool = True) -> MemoryPlan:
     """The plan for one run; see the module docstring for what each item holds."""
     wanted = {score, *also}
     passes = []
     if "local" in wanted or "activation" in wanted:
         passes.append("target forward")
     if "activation" in wanted or "attribution" in wanted:
-        passes.append("donor forward + backward, layers recomputed" if "attribution" in wanted
-                      else "donor forward")
+        passes.append(("donor forward + backward" + (", layers recomputed" if recompute else ""))
+                      if "attribution" in wanted else "donor forward")
     b = dtype_bytes
-    items = [PlanItem("weights", weight_bytes, f"one model resident at a time, {dtype}")]
+    items = [PlanItem("weights", weight_bytes, f"one model resident at a time, {dtype}", spread=True)]
     streams = "local" in wanted or "attribution" in wanted
     if streams:
         shapes = {}
         for m in modules:
             if not m.embedding:
                 shapes[(m.d_out, m.d_in)] = max(shapes.get((m.d_out, m.d_in), 0), _DT_BYTES.get(m.stored, 4))
-        streamed = sum(o * i * (4 + stored) for (o, i), stored in shapes.items())
-        items.append(PlanItem("streamed tensors", streamed,
-                              f"read buffer + float32 delta for each of {len(shapes)} weight shapes"))
+        if device.startswith("cpu"):
+            streamed = sum(o * i * (4 + stored) for (o, i), stored in shapes.items())
+            what = f"read buffer + float32 delta for each of {len(shapes)} weight shapes"
+        else:  # read buffers stay on the CPU; the device holds the delta and one cast copy
+            streamed = sum(o * i * 4 for (o, i) in shapes) + max((o * i * b for (o, i) in shapes), default=0)
+            what = f"float32 delta for each of {len(shapes)} weight shapes + one cast copy (read buffers on the CPU)"
+        items.append(PlanItem("streamed tensors", streamed, what))
     forward = _forward_activations(dims, shape, b, eager_attention, keep_all_logits=any(m.head for m in modules))
-    if "attribution" in wanted:
+    if "attribution" in wanted and recompute:
+        inputs = (dims.layers + 1) * shape.padded * dims.hidden * b
+        items.append(PlanItem("layer inputs", inputs, f"{dims.layers + 1} x {shape.rows} x {shape.width} x "
+                              f"{dims.hidden}: each decoder layer's input, kept for its recomputation", spread=True))
         acts, what = _attribution_activations(dims, shape, b, eager_attention, forward)
+    elif "attribution" in wanted:  # --no-recompute: every layer's graph, and the probed inputs, until backward
+        _, saved = _layer(dims, shape.padded, b)
+        q = dims.heads * dims.head_dim
+        held = saved + shape.padded * (2 * dims.hidden + q + dims.intermediate) * b
+        scores = _attention_scores(dims, shape, b, eager_attention)
+        items.append(PlanItem("saved activations", dims.layers * (held + scores),
+                              f"{dims.layers} layers' tensors saved for the backward pass, and the probed "
+                              "modules' inputs (--no-recompute)", spread=True))
+        acts, what = _attribution_activations(dims, shape, b, eager_attention, forward)
+        what = "one layer's gradients, logits at the scored columns"
     else:
         acts, what = forward, "one layer's working set (no gradients)"
     items.append(PlanItem("activations", acts, f"{shape.rows} x {shape.width} tokens: {what}"))
@@ -277,16 +297,14 @@ def _forward_activations(dims: Dims, shape: BatchShape, b: int, eager: bool, *, 
 
 def _attribution_activations(dims: Dims, shape: BatchShape, b: int, eager: bool, forward: int):
     n = shape.padded
-    inputs = (dims.layers + 1) * n * dims.hidden * b
     working, saved = _layer(dims, n, b)
     # one recomputed layer: its saved tensors, plus the gradients flowing through it
     replay = saved + working + 2 * _attention_scores(dims, shape, b, eager)
     # logits at the kept columns (model dtype, and their gradient) and the float32
     # log-softmax at the scored positions (and its gradient)
     logits = 2 * shape.rows * shape.columns * dims.vocab * b + 3 * shape.scored * dims.vocab * 4
-    acts = inputs + max(replay, forward) + logits
-    return acts, (f"{dims.layers + 1} layer inputs kept for the backward pass, one layer recomputed at a time, "
-                  "logits at the scored columns")
+    acts = max(replay, forward) + logits
+    return acts, "one layer recomputed at a time (saved tensors and gradients), logits at the scored columns"
 
 
 # --------------------------------------------------------------------------- from checkpoints
@@ -320,10 +338,10 @@ class Planner:
     def __init__(self, target, donor, *, score: str, also: Sequence[str] = (), lengths: Sequence[int],
                  scored: Sequence[int], modules: Optional[Sequence[str]] = None, include_embeddings: bool = False,
                  dtype: Optional[str] = None, device: str = "cpu", device_map: Optional[str] = None,
-                 trust_remote_code: bool = False, model=None, measure: bool = True):
+                 trust_remote_code: bool = False, model=None, measure: bool = True, recompute: bool = True):
         from mergekit_transplant.analysis.candidates import find_candidates
 
-        self.score, self.also = score, list(also)
+        self.score, self.also, self.recompute = score, list(also), recompute
         self.lengths, self.scored = list(lengths), list(scored)
         self.device = device if not device_map else f"device map {device_map}"
         model = model if model is not None else meta_model(target.config, trust_remote_code=trust_remote_code)
@@ -350,7 +368,7 @@ class Planner:
         plan = estimate(self.dims, self.weight_bytes, self.modules, shape, score=self.score, also=self.also,
                         dtype_bytes=self.dtype_bytes, dtype=self.dtype, device=self.device, devices=self.devices,
                         baseline_bytes=self.baseline, free_bytes=self.free, eager_attention=self.eager,
-                        batch_size=batch_size)
+                        batch_size=batch_size, recompute=self.recompute)
         if self.devices > 1:
             plan.notes.append("spread over the devices by the device map; each holds its layers' share")
         return plan
