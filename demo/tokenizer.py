@@ -20,11 +20,12 @@ PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIALS = [PAD, BOS, EOS, UNK]  # ids 0, 1, 2, 3
 
 
-def train_tokenizer() -> PreTrainedTokenizerFast:
+def train_tokenizer(lines: list[str] | None = None) -> PreTrainedTokenizerFast:
+    """The demo's tokenizer; ``lines`` replaces its corpus (benchmarks/selection.py adds a skill)."""
     tok = Tokenizer(models.WordLevel(unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     trainer = trainers.WordLevelTrainer(special_tokens=SPECIALS, min_frequency=1, show_progress=False)
-    tok.train_from_iterator(corpus.tokenizer_corpus(), trainer=trainer)
+    tok.train_from_iterator(corpus.tokenizer_corpus() if lines is None else lines, trainer=trainer)
     bos_id = tok.token_to_id(BOS)
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos_id)]

@@ -23,10 +23,16 @@ Statistics (per sample, averaged over its scored positions):
   moves: a first-order estimate of how much the continuation's log-probability
   would change if this one module were reverted to the target's weights;
 - ``attribution_signed``: the same sum without the absolute value, per
-  sample: positive where the donor's change raises the log-probability.
+  sample: positive where the donor's change raises the log-probability;
+- ``gain`` (gradient pass, on the target): sum over all real positions of
+  <(W_donor - W_target) x (+ b_donor - b_target), d log p(continuation) / d output>,
+  x the module's input in the target's pass, the donor tensor streamed:
+  sum_m <d log p / d W_m, W_donor,m - W_target,m>, signed, the first-order
+  change of the target's log-likelihood if this one module were transplanted.
 
 ``other`` names the checkpoint each pass compares its model with: the donor
-in the target's pass (``local``), the target in the donor's (``attribution``).
+in the target's pass (``local``, ``gain``), the target in the donor's
+(``attribution``).
 """
 
 from __future__ import annotations
@@ -130,7 +136,7 @@ class Probe:
 
     def __init__(self, index: int, candidate: Candidate, module, ctx: _Context, *, stats: Sequence[str],
                  other: Optional[TensorStreamer] = None, own_files: Optional[TensorStreamer] = None,
-                 attribution: bool = False):
+                 attribution: bool = False, gain: bool = False):
         self.index = index
         self.candidate = candidate
         self.module = module
@@ -139,6 +145,7 @@ class Probe:
         self.other = other
         self.own_files = own_files
         self.attribution = attribution
+        self.gain = gain
         self.handle = module.register_forward_hook(self)
 
     def remove(self) -> None:
@@ -170,22 +177,26 @@ class Probe:
                     ctx.store("local", self.index, norm)
                     ctx.store("local_relative", self.index, norm / ys.norm(dim=-1).clamp_min(EPS))
                 del ys
-        if self.attribution and y.requires_grad:
+        if (self.attribution or self.gain) and y.requires_grad:
             # The change term is computed when the output's gradient arrives, from the module's
             # input (held by reference: q/k/v and gate/up share theirs), and freed right after.
             # Inside a recomputed layer that is moments later; the layer's graph goes with it.
-            stat_index = self.index
+            stat_index, attribution, gain = self.index, self.attribution, self.gain
             x = inputs[0].detach() if inputs else None
 
             def on_grad(grad, x=x):
                 with torch.no_grad():
                     every_row, every_col = ctx.real_positions(grad.device)
-                    # this model's change against the other (the donor's against the target)
-                    own_change = self._change(module, (x,), every_row, every_col, ids).neg_()  # [P, d_out]
-                    per_pos = (own_change * grad[every_row, every_col].float()).sum(-1)  # [P]
-                    del own_change
-                    ctx.store("attribution", stat_index, per_pos.abs(), weighted=False, rows=every_row)
-                    ctx.store("attribution_signed", stat_index, per_pos, weighted=False, rows=every_row)
+                    # the other model's change applied here: (W_other - W_this) x, [P, d_out]
+                    change = self._change(module, (x,), every_row, every_col, ids)
+                    per_pos = (change * grad[every_row, every_col].float()).sum(-1)  # [P]
+                    del change
+                    if gain:  # on the target: the donor's change, signed
+                        ctx.store("gain", stat_index, per_pos, weighted=False, rows=every_row)
+                    if attribution:  # on the donor: its own change against the target, the opposite sign
+                        per_pos = per_pos.neg_()
+                        ctx.store("attribution", stat_index, per_pos.abs(), weighted=False, rows=every_row)
+                        ctx.store("attribution_signed", stat_index, per_pos, weighted=False, rows=every_row)
 
             y.register_hook(on_grad)
 
@@ -215,14 +226,17 @@ def _input_device(model):
 
 def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequence], *, stats: Sequence[str],
              batch_size: int, pad_id: int, padding_side: str, other: Optional[TensorStreamer] = None,
-             own_files: Optional[TensorStreamer] = None, attribution: bool = False, recompute: bool = True,
+             own_files: Optional[TensorStreamer] = None, attribution: bool = False, gain: bool = False,
+             recompute: bool = True,
              desc: str = "capture", progress: bool = True,
              sources: Sequence[tuple] = ()) -> PassResult:
     """One pass of ``model`` over ``seqs`` with every candidate probed.
 
     ``other``: the checkpoint ``local`` and ``attribution`` compare with,
     streamed a tensor at a time; ``own_files``: this model's checkpoint, read
-    for weights that a device map offloaded.
+    for weights that a device map offloaded. ``attribution`` (on the donor)
+    and ``gain`` (on the target) run a backward pass per batch; ``gain``
+    expects every sequence to have a continuation (``tokens.likelihood_view``).
 
     ``sources``: ``(role, TensorStreamer)`` pairs whose tensors are checked
     for NaN/Inf when a statistic comes out non-finite, so the error can name
@@ -234,13 +248,14 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
     device = _input_device(model)
     modules = dict(model.named_modules())
     names = list(stats) + (["local_relative"] if "local" in stats else []) + (
-        ["attribution", "attribution_signed"] if attribution else [])
+        ["attribution", "attribution_signed"] if attribution else []) + (["gain"] if gain else [])
+    gradients = attribution or gain
     ctx = _Context(device, names, len(candidates))
     out = {name: torch.zeros(len(seqs), len(candidates), dtype=torch.float64) for name in names}
     head_probed = any(modules[c.module] is model.get_output_embeddings() for c in candidates)
-    keep_last = _can_keep_last(model) and not attribution and not head_probed
+    keep_last = _can_keep_last(model) and not gradients and not head_probed
     embed_hook = None
-    if attribution:
+    if gradients:
         for p in model.parameters():
             p.requires_grad_(False)
         # registered before the probes (hooks run in order), so an embedding probe sees a graph too
@@ -248,7 +263,7 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
             lambda m, i, o: o.requires_grad_(True))
     probes = [
         Probe(i, c, modules[c.module], ctx, stats=stats, other=other, own_files=own_files,
-              attribution=attribution)
+              attribution=attribution, gain=gain)
         for i, c in enumerate(candidates)
     ]
     start, tokens, n_batches = time.perf_counter(), 0, 0
@@ -258,7 +273,7 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
             ctx.start(batch)
             kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                           position_ids=batch.position_ids, use_cache=False)
-            if attribution:
+            if gradients:
                 with torch.enable_grad(), (Replay(model) if recompute else contextlib.nullcontext()) as ctx.replay:
                     _attribution_step(model, batch, kwargs, head_is_candidate=head_probed)
                 ctx.replay = None

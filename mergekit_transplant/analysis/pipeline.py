@@ -12,7 +12,12 @@ local          target                        1 forward + donor tensors streamed
 activation     target, donor                 2 forwards
 attribution    donor (with gradients)        1 forward + 1 backward + target
                                              tensors streamed
+gain           target (with gradients)       1 forward + 1 backward + donor
+                                             tensors streamed
 =============  ============================  ==================================
+
+``select="greedy"`` then loads the target once more (after the donor, if
+the donor ran) and measures candidates in it (``analysis.greedy``).
 
 Whenever both models run, ``activation`` comes for free and is reported
 too; other scores are computed only when named (``also=``).
@@ -28,13 +33,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from mergekit_transplant.analysis import capture as capture_mod
 from mergekit_transplant.analysis.candidates import Candidate, find_candidates, layer_units
+from mergekit_transplant.analysis.greedy import DEFAULT_PREFILTER_ALL, SelectConfig
 from mergekit_transplant.analysis.plan import MemoryPlan, Planner
 from mergekit_transplant.analysis.scores import (
     REPORTED, SCORES, ScoreTable, layer_scores, module_scores,
 )
 from mergekit_transplant.analysis.selection import Picked, pick, selections, validate
 from mergekit_transplant.analysis.streaming import TensorStreamer
-from mergekit_transplant.analysis.tokens import TokenSequence, context_limit, encode
+from mergekit_transplant.analysis.tokens import TokenSequence, context_limit, encode, likelihood_view
 from mergekit_transplant.analysis.workload import Workload, load_workload
 from mergekit_transplant.checkpoint import ModelIndex, read_index
 from mergekit_transplant.errors import TransplantError
@@ -93,6 +99,11 @@ def analyze(
     allow_pickle: bool = False,
     command: Optional[str] = None,
     progress: bool = True,
+    select: str = "top",
+    prefilter: Optional[int] = None,
+    min_gain: float = 0.0,
+    holdout_fraction: float = 0.25,
+    controls: int = 3,
     recompute: bool = True,
     force: bool = False,
     on_plan: Optional[Callable[["MemoryPlan"], None]] = None,
@@ -104,12 +115,17 @@ def analyze(
     tensors, and the recipe text that ``mergekit-yaml`` runs. Selection is
     ``top_k`` and/or ``param_budget`` (a fraction of the target's
     parameters); with neither, the best ``DEFAULT_TOP_K`` units.
+    ``select="greedy"`` measures instead of ranking (``analysis.greedy``;
+    ``prefilter``, ``min_gain``, ``holdout_fraction``); ``controls`` random
+    unit sets of the selection's size are compared with it.
 
     Before any model loads, the memory plan (``plan.MemoryPlan``) is
     estimated, handed to ``on_plan`` and stored in the report; when it
     exceeds the device's free memory the run stops with the largest batch
     size (or length) that fits, unless ``force``. With ``plan_only`` the
-    plan is returned and nothing loads (``plan_analysis``).
+    plan is returned and nothing loads (``plan_analysis``). ``recompute``
+    (the gradient scores): recompute each decoder layer in the backward
+    pass (memory bounded by one layer; ``recompute.py``).
     """
     import torch
 
@@ -118,6 +134,14 @@ def analyze(
         modules = [modules]
     _validate(score, also, capture, granularity, padding_side, batch_size, max_length, max_new_tokens)
     validate(top_k=top_k, param_budget=param_budget, strength=strength, strength_mode=strength_mode)
+    choosing = SelectConfig(select=select, prefilter=prefilter, min_gain=min_gain,
+                            holdout_fraction=holdout_fraction, controls=controls)
+    choosing.validate()
+    if select == "greedy" and granularity == "layer":
+        raise TransplantError("--select greedy selects modules; it does not combine with --granularity layer")
+    if select == "greedy" and strength_mode != "constant":
+        raise TransplantError("--strength-mode proportional scales by the score; with --select greedy use "
+                              "--strength")
     if top_k is None and param_budget is None:
         top_k = DEFAULT_TOP_K
     if not isinstance(workload, Workload):
@@ -129,7 +153,8 @@ def analyze(
     wanted = {score, *also}
     need_local = "local" in wanted
     need_attr = "attribution" in wanted
-    run_target = need_local or "activation" in wanted
+    need_gain = "gain" in wanted
+    run_target = need_local or "activation" in wanted or need_gain
     run_donor = "activation" in wanted or need_attr
     if run_target and run_donor:
         wanted.add("activation")
@@ -213,17 +238,34 @@ def analyze(
         timing["target_load_s"] = time.perf_counter() - t0
         prepare(model, "target")
         seqs = sequences_for(model, "target")
-        with TensorStreamer(donor_index, donor_pickled) as donor_files, \
-                TensorStreamer(target_index, target_pickled) as target_files:
-            result = capture_mod.run_pass(
-                model, state["candidates"], seqs, stats=["activation"] + (["local"] if need_local else []),
-                batch_size=batch_size, pad_id=state["pad_id"], padding_side=padding_side,
-                other=donor_files if need_local else None, own_files=target_files,
-                desc="target pass", progress=progress,
-                sources=[("target", target_files)] + ([("donor", donor_files)] if need_local else []))
-        target_stats = result.stats
-        timing.update(target_pass_s=result.seconds, target_tokens=result.tokens,
-                      donor_streamed_bytes=result.streamed_bytes)
+        if need_local or "activation" in wanted:
+            with TensorStreamer(donor_index, donor_pickled) as donor_files, \
+                    TensorStreamer(target_index, target_pickled) as target_files:
+                result = capture_mod.run_pass(
+                    model, state["candidates"], seqs, stats=["activation"] + (["local"] if need_local else []),
+                    batch_size=batch_size, pad_id=state["pad_id"], padding_side=padding_side,
+                    other=donor_files if need_local else None, own_files=target_files,
+                    desc="target pass", progress=progress,
+                    sources=[("target", target_files)] + ([("donor", donor_files)] if need_local else []))
+            target_stats = result.stats
+            timing.update(target_pass_s=result.seconds, target_tokens=result.tokens,
+                          donor_streamed_bytes=result.streamed_bytes)
+        if need_gain:
+            scored = [s for s in likelihood_view(seqs) if s is not None]
+            if not scored:
+                raise TransplantError("score gain: the workload has no continuation and no text of at least 2 "
+                                      "tokens to score")
+            with TensorStreamer(donor_index, donor_pickled) as donor_files, \
+                    TensorStreamer(target_index, target_pickled) as target_files:
+                result = capture_mod.run_pass(
+                    model, state["candidates"], scored, stats=[], batch_size=batch_size, pad_id=state["pad_id"],
+                    padding_side=padding_side, other=donor_files, own_files=target_files, gain=True,
+                    recompute=recompute,
+                    desc="target pass (gradients)", progress=progress,
+                    sources=[("target", target_files), ("donor", donor_files)])
+            target_stats = {**target_stats, **result.stats}
+            timing.update(gain_pass_s=result.seconds, gain_tokens=result.tokens,
+                          gain_streamed_bytes=result.streamed_bytes)
         del model
         _free(device)
     if run_donor:
@@ -239,7 +281,8 @@ def analyze(
                 model, state["candidates"], seqs, stats=["activation"], batch_size=batch_size,
                 pad_id=state["pad_id"], padding_side=padding_side, own_files=donor_files,
                 other=target_files if need_attr else None,
-                attribution=need_attr, recompute=recompute, desc="donor pass" + (" (gradients)" if need_attr else ""),
+                attribution=need_attr, recompute=recompute,
+                desc="donor pass" + (" (gradients)" if need_attr else ""),
                 progress=progress,
                 sources=[("donor", donor_files)] + ([("target", target_files)] if need_attr else []))
         donor_stats = result.stats
@@ -263,10 +306,29 @@ def analyze(
         tensors_of = {c.tensor: list(c.tensors) for c in candidates}
         units_info = None
     score_of = dict(zip(table.units, table.scores[score]))
-    picked = pick(table.ranking(score), score_of, parameters_of, top_k=top_k, param_budget=param_budget,
-                  target_parameters=target_index.num_parameters, strength=strength, strength_mode=strength_mode)
+    greedy_result = None
+    if select == "greedy":
+        greedy_result, picked = _greedy(
+            target, donor, load, state, table.ranking(score), score_of, tensors_of, parameters_of,
+            top_k=top_k, param_budget=param_budget, target_parameters=target_index.num_parameters,
+            strength=strength, config=choosing, seed=seed, batch_size=batch_size, padding_side=padding_side,
+            allow_pickle=allow_pickle, progress=progress, timing=timing, device=device)
+        selected_value = dict(zip(greedy_result.units, [r.gain for r in greedy_result.rounds]))
+        if greedy_result.stopped == "min_gain":
+            warnings.append(greedy_result.message)
+        chosen = selections(picked, tensors_of, selected_value, donor)
+        controls_report = _measured_controls(greedy_result)
+    else:
+        picked = pick(table.ranking(score), score_of, parameters_of, top_k=top_k, param_budget=param_budget,
+                      target_parameters=target_index.num_parameters, strength=strength,
+                      strength_mode=strength_mode)
+        chosen = selections(picked, tensors_of, score_of, donor)
+        predicted = "gain" if "gain" in table.scores else score
+        controls_report = _predicted_controls(picked.units, dict(zip(table.units, table.scores[predicted])),
+                                              table.units, predicted, controls, seed)
     warnings.extend(picked.notes)
-    chosen = selections(picked, tensors_of, score_of, donor)
+    if controls_report and not controls_report["clearly_above"]:
+        warnings.append(controls_report["message"])
 
     settings = {
         "target": target, "donor": donor, "score": score, "scores_computed": computed,
@@ -277,7 +339,11 @@ def analyze(
         "max_new_tokens": max_new_tokens if capture == "generate" else None,
         "device": device, "dtype": dtype, "device_map": device_map, "batch_size": batch_size,
         "max_length": max_length, "padding_side": padding_side, "limit": limit, "seed": seed,
-        "trust_remote_code": trust_remote_code, "recompute": recompute,
+        "trust_remote_code": trust_remote_code, "select": select, "controls": controls,
+        "prefilter": prefilter if select == "greedy" else None,
+        "min_gain": min_gain if select == "greedy" else None,
+        "holdout_fraction": holdout_fraction if select == "greedy" else None,
+        "recompute": recompute,
     }
     header = _header(command, settings, workload, picked, target_index, granularity, len(chosen))
     recipe_text = render_recipe(target, chosen, header=header, out_dtype=_out_dtype(target_index, donor_index))
@@ -292,6 +358,10 @@ def analyze(
         computed=computed, top_k=top_k, skipped=state["skipped"], warnings=warnings, timing=timing,
         generations=generations,
     )
+    if greedy_result is not None:
+        report["greedy"] = greedy_result.to_json()
+    if controls_report:
+        report["controls"] = controls_report
     report["plan"] = plan.to_json()
     return AnalysisResult(report=report, selections=chosen, recipe_text=recipe_text, table=table,
                           warnings=warnings)
@@ -483,8 +553,116 @@ def _header(command, settings, workload: Workload, picked: Picked, target: Model
     return [
         f"Written by mergekit-transplant {__version__} analyze:",
         f"  {command}",
-        f"score: {settings['score']} (capture {settings['capture']}, granularity {granularity})",
+        f"score: {settings['score']} (capture {settings['capture']}, granularity {granularity})"
+        + (", selected greedily by measured log-likelihood" if settings.get("select") == "greedy" else ""),
         f"workload: {workload.source}: {workload.n} of {workload.total} samples, sha256 {workload.sha256}",
         f"selected: {len(picked.units)} {what} ({n_tensors} filters), {picked.parameters:,} parameters = "
         f"{share:.3f}% of the target",
     ]
+
+
+def _greedy(target, donor, load, state, ranking, score_of, tensors_of, parameters_of, *, top_k, param_budget,
+            target_parameters, strength, config: SelectConfig, seed, batch_size, padding_side, allow_pickle,
+            progress, timing, device):
+    """Load the target once more and choose units by measuring them in it (``analysis.greedy``)."""
+    import sys
+
+    from mergekit_transplant.analysis.greedy import LogLikelihood, greedy_select, split
+    from mergekit_transplant.sweep.inplace import DonorTensors, LiveTransplant
+
+    measurable = [s for s in likelihood_view(state["seqs"]) if s is not None]
+    if not measurable:
+        raise TransplantError("--select greedy: the workload has no continuation and no text of at least 2 tokens "
+                              "to score")
+    keep, held = split(len(measurable), config.holdout_fraction, seed)
+    t0 = time.perf_counter()
+    model = _load(target, load)
+    timing["greedy_load_s"] = time.perf_counter() - t0
+    donor_files = DonorTensors(donor, allow_pickle=allow_pickle)
+    try:
+        live = LiveTransplant(model, donor_files)
+        live.check([t for u in ranking for t in tensors_of[u]])
+        # a unit whose tensors the donor shares bit for bit cannot change anything: not worth a pass
+        changed = [u for u in ranking if _differs(live, donor_files, tensors_of[u])]
+        limit = config.prefilter or min(len(changed), DEFAULT_PREFILTER_ALL)
+        candidates = changed[:limit]
+        if not candidates:
+            raise TransplantError("no candidate differs between donor and target: nothing to select")
+        budget = None if param_budget is None else param_budget * target_parameters
+        if budget is not None and min(parameters_of[u] for u in candidates) > budget:
+            raise TransplantError(f"--param-budget {param_budget:g} ({int(budget):,} parameters) is smaller than "
+                                  "every candidate")
+        dev = capture_mod._input_device(model)
+        kw = dict(batch_size=batch_size, pad_id=state["pad_id"], padding_side=padding_side, device=dev)
+        select_ll = LogLikelihood(model, [measurable[i] for i in keep], **kw)
+        held_ll = LogLikelihood(model, [measurable[i] for i in held], **kw) if held else None
+        echo = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None)
+        result = greedy_select(live, select_ll, held_ll, candidates, tensors_of, parameters_of, top_k=top_k,
+                               budget=budget, min_gain=config.min_gain, strength=strength,
+                               controls=config.controls, seed=seed, pool=ranking, progress=progress, echo=echo)
+    finally:
+        donor_files.close()
+        del model
+        _free(device)
+    timing.update(greedy_s=result.seconds, greedy_evaluations=result.evaluations,
+                  greedy_forward_s=result.forward_s)
+    if not result.units:
+        raise TransplantError(f"--select greedy: nothing to transplant: {result.message}")
+    parameters = sum(parameters_of[u] for u in result.units)
+    return result, Picked(list(result.units), {u: strength for u in result.units}, parameters)
+
+
+def _differs(live, donor_files, tensors) -> bool:
+    import torch
+
+    for name in tensors:
+        mine = live.tensors[name]
+        if not torch.equal(mine.detach(), donor_files.get(name).to(device=mine.device, dtype=mine.dtype)):
+            return True
+    return False
+
+
+def _clearly_above(selected: float, others: Sequence[float]) -> bool:
+    """Above every random set, and (when they gain on average) at least 1.5x their mean."""
+    if not others:
+        return True
+    mean = sum(others) / len(others)
+    return selected > 0 and selected > max(others) and (mean <= 0 or selected >= 1.5 * mean)
+
+
+def _measured_controls(result) -> Optional[dict]:
+    if not result.controls or not result.rounds:
+        return None
+    part = "held-out part" if result.held_out_baseline is not None else "selection part"
+    last = result.rounds[-1]
+    selected = last.held_out if result.held_out_baseline is not None else last.total
+    values = [c["gain"] for c in result.controls]
+    above = _clearly_above(selected, values)
+    k = len(result.units)
+    return {
+        "kind": "measured", "metric": f"log-likelihood gain, nats per sample ({part})", "selected": selected,
+        "random": [{"units": c["units"], "value": c["gain"]} for c in result.controls], "clearly_above": above,
+        "message": (f"the {k} greedily selected modules raise the workload's log-likelihood by {selected:+.4g} "
+                    f"nats per sample on the {part}, not clearly above {len(values)} random {k}-module sets "
+                    f"({', '.join(f'{v:+.4g}' for v in values)}): the selection may not carry the donor's "
+                    "advantage on this workload"),
+    }
+
+
+def _predicted_controls(units, value_of, pool, metric, controls, seed) -> Optional[dict]:
+    from mergekit_transplant.analysis.greedy import _control_sets
+
+    sets = _control_sets(pool, len(units), controls, seed, avoid=units)
+    if not sets:
+        return None
+    selected = sum(value_of[u] for u in units)
+    values = [sum(value_of[u] for u in s) for s in sets]
+    above = _clearly_above(selected, values)
+    k = len(units)
+    return {
+        "kind": "predicted", "metric": f"sum of {metric}", "selected": selected,
+        "random": [{"units": s, "value": v} for s, v in zip(sets, values)], "clearly_above": above,
+        "message": (f"the selected {k} units' summed {metric} ({selected:.4g}) is not clearly above that of "
+                    f"{len(values)} random {k}-unit sets ({', '.join(f'{v:.4g}' for v in values)}): the donor's "
+                    f"advantage looks spread over many modules; compare with --select greedy or a sweep"),
+    }

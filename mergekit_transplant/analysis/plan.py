@@ -211,15 +211,18 @@ def estimate(dims: Dims, weight_bytes: int, modules: Sequence[Module], shape: Ba
              batch_size: Optional[int] = None, recompute: bool = True) -> MemoryPlan:
     """The plan for one run; see the module docstring for what each item holds."""
     wanted = {score, *also}
+    gradients = bool(wanted & {"attribution", "gain"})  # a backward pass (on the donor, or the target for gain)
     passes = []
     if "local" in wanted or "activation" in wanted:
         passes.append("target forward")
+    if "gain" in wanted:
+        passes.append("target forward + backward" + (", layers recomputed" if recompute else ""))
     if "activation" in wanted or "attribution" in wanted:
         passes.append(("donor forward + backward" + (", layers recomputed" if recompute else ""))
                       if "attribution" in wanted else "donor forward")
     b = dtype_bytes
     items = [PlanItem("weights", weight_bytes, f"one model resident at a time, {dtype}", spread=True)]
-    streams = "local" in wanted or "attribution" in wanted
+    streams = "local" in wanted or gradients
     if streams:
         shapes = {}
         for m in modules:
@@ -233,12 +236,12 @@ def estimate(dims: Dims, weight_bytes: int, modules: Sequence[Module], shape: Ba
             what = f"float32 delta for each of {len(shapes)} weight shapes + one cast copy (read buffers on the CPU)"
         items.append(PlanItem("streamed tensors", streamed, what))
     forward = _forward_activations(dims, shape, b, eager_attention, keep_all_logits=any(m.head for m in modules))
-    if "attribution" in wanted and recompute:
+    if gradients and recompute:
         inputs = (dims.layers + 1) * shape.padded * dims.hidden * b
         items.append(PlanItem("layer inputs", inputs, f"{dims.layers + 1} x {shape.rows} x {shape.width} x "
                               f"{dims.hidden}: each decoder layer's input, kept for its recomputation", spread=True))
         acts, what = _attribution_activations(dims, shape, b, eager_attention, forward)
-    elif "attribution" in wanted:  # --no-recompute: every layer's graph, and the probed inputs, until backward
+    elif gradients:  # --no-recompute: every layer's graph, and the probed inputs, until backward
         _, saved = _layer(dims, shape.padded, b)
         q = dims.heads * dims.head_dim
         held = saved + shape.padded * (2 * dims.hidden + q + dims.intermediate) * b
@@ -256,10 +259,11 @@ def estimate(dims: Dims, weight_bytes: int, modules: Sequence[Module], shape: Ba
         local = max(shape.scored * m.d_out * 4 * 2 for m in modules)
         buffers = max(buffers, local)
         detail.append("local: change at the scored positions of one module")
-    if "attribution" in wanted and modules:
+    if gradients and modules:
         attr = max(shape.tokens * (2 * m.d_out + m.d_in) * 4 for m in modules)
         buffers = max(buffers, attr)
-        detail.append("attribution: change, input and gradient at every real position of one module (float32)")
+        detail.append(f"{'/'.join(sorted(wanted & {'attribution', 'gain'}))}: change, input and gradient at every "
+                      "real position of one module (float32)")
     items.append(PlanItem("score buffers", buffers, "; ".join(detail) or "per-batch statistics only"))
     return MemoryPlan(score=score, passes=passes, device=device, dtype=dtype,
                       batch_size=batch_size or shape.rows, shape=shape, items=items,

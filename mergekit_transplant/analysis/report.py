@@ -107,3 +107,16 @@ def format_table(report: dict, rows: int = 15) -> str:
     lines.append(f"{len(sel['units'])} of {total} {'layers' if layered else 'modules'} selected: "
                  f"{sel['parameters']:,} parameters ({100 * sel['share']:.3f}% of the target)")
     return "\n".join(lines)
+
+
+def format_greedy(report: dict) -> str:
+    """Greedy's rounds: what each chose, its measured gain, the runners-up, and the held-out gain so far."""
+    g = report["greedy"]
+    lines = [f"greedy: {g['samples']} samples measured, {g['held_out_samples']} held out; "
+             f"{g['evaluations']} candidate evaluations; {g['message']}",
+             "round  chosen (gain, nats/sample)  held-out so far  runners-up"]
+    for i, r in enumerate(g["rounds"], start=1):
+        held = "-" if r["held_out"] is None else f"{r['held_out']:+.4g}"
+        runners = ", ".join(f"{u} {v:+.4g}" for u, v in r["runners_up"])
+        lines.append(f"{i:>5}  {r['unit']} ({r['gain']:+.4g})  {held}  {runners}")
+    return "\n".join(lines)

@@ -16,10 +16,10 @@ from typing import Dict, List, Optional, Sequence
 from mergekit_transplant.analysis.candidates import Candidate
 
 #: the scores ``--score`` accepts, in the order reports list them
-SCORES = ("attribution", "local", "activation")
+SCORES = ("attribution", "local", "activation", "gain")
 #: every number a candidate can carry (``local`` brings ``local_relative``,
 #: ``attribution`` brings ``attribution_signed``)
-REPORTED = ("activation", "local", "local_relative", "attribution", "attribution_signed")
+REPORTED = ("activation", "local", "local_relative", "attribution", "attribution_signed", "gain")
 
 
 @dataclass
@@ -54,6 +54,9 @@ def module_scores(candidates: Sequence[Candidate], target: Dict[str, "torch.Tens
         if name in target:
             per_sample[name] = target[name]
             scores[name] = target[name].mean(0).tolist()
+    if "gain" in target:  # signed, predicted change of log p(continuation) per sample
+        per_sample["gain"] = target["gain"]
+        scores["gain"] = target["gain"].mean(0).tolist()
     for name in ("attribution", "attribution_signed"):
         if name in donor:
             per_sample[name] = donor[name]

@@ -2,9 +2,10 @@
 
 ``top_k`` keeps the K best units; ``param_budget`` keeps the longest head of
 the ranking whose parameters fit in that fraction of the target (both may be
-given: both limits apply). Units scoring exactly zero are never selected:
+given: both limits apply). Units scoring zero or less are never selected:
 for ``local`` a zero means the donor's tensor equals the target's, so
-transplanting it would change nothing. ``proportional`` strengths scale with
+transplanting it would change nothing; for ``gain`` a value <= 0 predicts
+that transplanting it would not raise the workload's log-likelihood. ``proportional`` strengths scale with
 the score, the best unit getting ``strength``.
 """
 
@@ -45,7 +46,8 @@ def pick(ranking: Sequence[str], score_of: Dict[str, float], parameters_of: Dict
     notes: List[str] = []
     nonzero = [u for u in ranking if score_of[u] > 0.0]
     if len(nonzero) < len(ranking):
-        notes.append(f"{len(ranking) - len(nonzero)} of {len(ranking)} candidates score 0 and are never selected")
+        notes.append(f"{len(ranking) - len(nonzero)} of {len(ranking)} candidates score 0 or less and are never "
+                     "selected")
     chosen: List[str] = []
     used = 0
     budget = None if param_budget is None else param_budget * target_parameters
@@ -62,7 +64,11 @@ def pick(ranking: Sequence[str], score_of: Dict[str, float], parameters_of: Dict
         chosen.append(unit)
         used += parameters_of[unit]
     if top_k is not None and len(chosen) < top_k and budget is None:
-        notes.append(f"--top-k {top_k}: only {len(chosen)} candidates have a non-zero score")
+        notes.append(f"--top-k {top_k}: only {len(chosen)} candidates have a positive score")
+    negative = sum(1 for u in ranking if score_of[u] < 0.0)
+    if not chosen and negative:
+        raise TransplantError(f"no candidate has a positive score ({negative} score below 0: transplanting any "
+                              "one of them alone is predicted to lower the workload's log-likelihood)")
     if not chosen:
         raise TransplantError("no candidate has a non-zero score: the donor does not differ from the target "
                               "on this workload (are they the same model?)")

@@ -147,3 +147,22 @@ def batches(seqs: Sequence[TokenSequence], batch_size: int, *, pad_id: int, padd
         chunk = order[start:start + batch_size]
         yield make_batch([seqs[i] for i in chunk], chunk, pad_id=pad_id, padding_side=padding_side,
                          device=device)
+
+
+def likelihood_view(seqs: Sequence[TokenSequence]) -> List[Optional[TokenSequence]]:
+    """Each sequence as a log-likelihood to measure: its continuation, or else its own text.
+
+    ``gain`` and greedy selection measure log p(continuation | prompt); a
+    sample without a continuation is measured on its whole text (every token
+    after the first). ``None`` where there is nothing to measure (one token,
+    no continuation).
+    """
+    out: List[Optional[TokenSequence]] = []
+    for seq in seqs:
+        if len(seq.ids) > seq.prompt_len:
+            out.append(seq)
+        elif len(seq.ids) >= 2:
+            out.append(TokenSequence(list(seq.ids), 1, truncated=seq.truncated))
+        else:
+            out.append(None)
+    return out

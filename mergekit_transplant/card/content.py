@@ -153,9 +153,40 @@ def _section_chosen(inp: CardInputs) -> str:
             lines.append(
                 f"| {rank} | {md_code(name, in_table=True)} | {cells} | {'✓' if str(name) in selected else ''} |"
             )
+    lines += _measured_gains(rep)
     if inp.heatmap:
         lines += ["", f"![Score per layer and module type; transplanted modules marked]({inp.heatmap})"]
     return "\n".join(lines)
+
+
+def _measured_gains(rep: dict) -> List[str]:
+    """Greedy's rounds (measured log-likelihood gains) and the random-set comparison, when the report has them."""
+    lines: List[str] = []
+    greedy = rep.get("greedy") if isinstance(rep.get("greedy"), dict) else None
+    if greedy and isinstance(greedy.get("rounds"), list):
+        held = greedy.get("held_out_samples")
+        lines += ["", "Selected greedily: each round transplanted every remaining candidate into the target and "
+                  "kept the one that raised the workload's log-likelihood of the continuations most "
+                  f"(measured on {md_num(greedy.get('samples'), '{:d}')} samples; gains in nats per sample; "
+                  f"held out: {md_num(held, '{:d}')} samples). {md_text(greedy.get('message', ''))}", "",
+                  "| Round | Chosen | Measured gain | Held-out gain so far | Runner-up | Its gain |",
+                  "|---:|---|---:|---:|---|---:|"]
+        for i, r in enumerate(greedy["rounds"], 1):
+            if not isinstance(r, dict):
+                continue
+            runner = r.get("runners_up")[0] if isinstance(r.get("runners_up"), list) and r.get("runners_up") else None
+            name, value = (runner[0], runner[1]) if isinstance(runner, list) and len(runner) == 2 else ("", None)
+            lines.append(f"| {i} | {md_code(r.get('unit'), in_table=True)} | {md_num(r.get('gain'))} | "
+                         f"{md_num(r.get('held_out'))} | {md_code(name, in_table=True) if name else ''} | "
+                         f"{md_num(value) if value is not None else ''} |")
+    controls = rep.get("controls") if isinstance(rep.get("controls"), dict) else None
+    if controls and isinstance(controls.get("random"), list):
+        values = ", ".join(md_num(c.get("value")) for c in controls["random"] if isinstance(c, dict))
+        verdict = "clearly above them" if controls.get("clearly_above") else "**not** clearly above them"
+        lines += ["", f"Against random module sets of the same size ({md_text(controls.get('kind', ''))} "
+                  f"{md_text(controls.get('metric', ''))}): selected {md_num(controls.get('selected'))}, "
+                  f"random {values}: {verdict}."]
+    return lines
 
 
 def _stderr_of(r: dict) -> Any:

@@ -6,7 +6,10 @@ import shlex
 
 import click
 
-SCORE_CHOICES = ("attribution", "local", "activation")
+from mergekit_transplant.analysis.greedy import SelectConfig
+from mergekit_transplant.cli.options import config_from, options_from
+
+SCORE_CHOICES = ("attribution", "local", "activation", "gain")
 
 
 @click.command("analyze")
@@ -18,9 +21,9 @@ SCORE_CHOICES = ("attribution", "local", "activation")
 @click.option("--include-path", multiple=True, type=click.Path(file_okay=False),
               help="Folder of extra lm-eval task YAMLs (repeatable).")
 @click.option("--limit", type=int, help="Use a seeded random subset of this many samples.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --limit's subset.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --limit's subset, greedy's held-out part and the random controls.")
 @click.option("--score", type=click.Choice(SCORE_CHOICES), default="attribution", show_default=True,
-              help="Score that ranks and selects modules.")
+              help="Score that ranks modules (and, with --select greedy, pre-filters them).")
 @click.option("--also", multiple=True, type=click.Choice(SCORE_CHOICES),
               help="Compute this score too, for the report (repeatable).")
 @click.option("--capture", type=click.Choice(("teacher-forced", "generate")), default="teacher-forced",
@@ -31,6 +34,7 @@ SCORE_CHOICES = ("attribution", "local", "activation")
 @click.option("--top-k", type=int, help="Select the K best units.")
 @click.option("--param-budget", type=float,
               help="Select the best units that fit in this fraction of the target's parameters.")
+@options_from(SelectConfig)
 @click.option("--strength", type=float, default=1.0, show_default=True, help="Strength of selected units, in (0, 1].")
 @click.option("--strength-mode", type=click.Choice(("constant", "proportional")), default="constant",
               show_default=True, help="proportional: strength scales with the score, the best unit gets --strength.")
@@ -76,8 +80,17 @@ def analyze(**opts) -> None:
     x the gradient of the continuation's log-prob| on the donor, 1 forward +
     backward with the target's tensors streamed), local (the module's own
     weight change applied to the target's inputs, 1 forward pass, no
-    gradients), activation (|mean |output| difference|, 2 passes). See
-    docs/analysis.md.
+    gradients), activation (|mean |output| difference|, 2 passes), gain
+    (signed first-order change of the target's log-likelihood of the
+    continuations if the module were transplanted: 1 forward + backward on
+    the target, donor tensors streamed; modules predicted <= 0 are never
+    selected).
+    \b
+    --select greedy measures instead: each round transplants every remaining
+    candidate into the live target, keeps the one that raises the workload's
+    log-likelihood most, and stops at K or when nothing helps (--min-gain);
+    a --holdout-fraction of the workload shows how well that generalises.
+    See docs/analysis.md.
     \b
     Every run first prints its memory plan (from the config, the
     safetensors headers and the tokenised workload; nothing loaded) and
@@ -87,7 +100,7 @@ def analyze(**opts) -> None:
     """
     from mergekit_transplant.analysis import analyze as run_analysis
     from mergekit_transplant.analysis import load_workload, write_outputs
-    from mergekit_transplant.analysis.report import format_table
+    from mergekit_transplant.analysis.report import format_greedy, format_table
     from mergekit_transplant.errors import TransplantError
 
     if not opts["output"] and not opts["plan_only"]:
@@ -100,6 +113,8 @@ def analyze(**opts) -> None:
         from mergekit_transplant.analysis.heatmap import check_plot_path
 
         check_plot_path(opts["plot"])  # before the analysis, not after the recipe is written
+    choosing = config_from(SelectConfig, opts)
+    choosing.validate()  # before anything is read
     workload = load_workload(
         opts["workload"], lm_eval_task=opts["lm_eval_task"], include_path=list(opts["include_path"]) or None,
         limit=opts["limit"], seed=opts["seed"],
@@ -114,7 +129,8 @@ def analyze(**opts) -> None:
         padding_side=opts["padding_side"], limit=opts["limit"], seed=opts["seed"],
         trust_remote_code=opts["trust_remote_code"], allow_pickle=opts["allow_pickle"],
         command=_command_line(click.get_current_context()), progress=not opts["quiet"],
-        recompute=opts["recompute"], force=opts["force"], plan_only=opts["plan_only"], on_plan=lambda plan: click.echo(plan.format(), err=True),
+        **vars(choosing), recompute=opts["recompute"], force=opts["force"], plan_only=opts["plan_only"],
+        on_plan=lambda plan: click.echo(plan.format(), err=True),
     )
     if opts["plan_only"]:
         return
@@ -122,6 +138,8 @@ def analyze(**opts) -> None:
         click.echo(f"warning: {warning}", err=True)
     if not opts["quiet"]:
         click.echo(format_table(result.report, rows=opts["rows"]))
+        if "greedy" in result.report:
+            click.echo(format_greedy(result.report))
     write_outputs(result, recipe=opts["output"], report=opts["report"], plot=opts["plot"])
     for label, path in (("recipe", opts["output"]), ("report", opts["report"]), ("heatmap", opts["plot"])):
         if path:

@@ -1,0 +1,248 @@
+"""The model family of the selection protocol (benchmarks/selection.py), built with the demo's tooling.
+
+Two architectures (llama, qwen2), tiny (hidden 64, 4 layers), char-level like
+the demo (demo/corpus.py's skills, demo/tokenizer.py's tokenizer, demo/train.py's
+training loop and exact-match evaluator). Two skills the bases never see:
+``shift`` (the demo's: each letter to the next) and ``inc`` (each digit to
+the next, 9 -> 0). Per architecture:
+
+* ``base``: from scratch on the retention mix (copy / max / color);
+* ``gen1``: from scratch on the mix with both skills;
+* per skill ``s``:
+  ``local-s`` (``base`` with four known linear modules trained, at depths and
+  types that differ per architecture and skill; the rest bit-identical),
+  ``short-s`` / ``long-s`` (``base`` fully fine-tuned, few steps at a low
+  learning rate / more steps at a high one),
+  ``forget-s`` (``gen1`` continued on the mix without ``s``: a regression).
+
+Sixteen pairs: ``base <- local-s``, ``base <- short-s``, ``base <- long-s``,
+``forget-s <- gen1`` for each architecture and skill. Everything is seeded and
+cached under ``build/selection/family``: a model whose folder exists is not
+rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "demo"))
+
+import corpus  # noqa: E402  (demo/corpus.py)
+
+FAMILY_DIR = REPO / "build" / "selection" / "family"
+ARCHS = ("llama", "qwen2")
+SKILL_NAMES = ("shift", "inc")
+SIZE = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=10000.0,
+            tie_word_embeddings=False, hidden_act="silu", initializer_range=0.02)
+
+
+def gen_inc(rng: random.Random) -> Tuple[str, str]:
+    """``inc 3 9 1 : 4 0 2``: each digit becomes the next one."""
+    ds = [rng.choice(corpus.DIGITS) for _ in range(rng.randint(*corpus.DIGIT_LEN))]
+    return f"inc {' '.join(ds)} {corpus.SEP}", " ".join(str((int(d) + 1) % 10) for d in ds)
+
+
+SKILLS = {"shift": corpus.gen_shift, "inc": gen_inc, "copy": corpus.gen_copy, "max": corpus.gen_max,
+          "color": corpus.gen_color}
+RETAIN = {"copy": 0.4, "max": 0.3, "color": 0.3}
+WITH_BOTH = {"shift": 0.2, "inc": 0.2, "copy": 0.25, "max": 0.15, "color": 0.2}
+
+
+def focus(skill: str) -> Dict[str, float]:
+    return {skill: 0.6, "copy": 0.15, "max": 0.1, "color": 0.15}
+
+
+def without(skill: str) -> Dict[str, float]:
+    return {k: v for k, v in WITH_BOTH.items() if k != skill}
+
+
+#: the modules each ``local-*`` donor trains: different depths and types per architecture and skill
+LOCAL = {
+    ("llama", "shift"): ["model.layers.0.mlp.down_proj", "model.layers.0.mlp.up_proj", "model.layers.1.mlp.up_proj",
+                         "model.layers.1.mlp.gate_proj"],
+    ("llama", "inc"): ["model.layers.2.self_attn.o_proj", "model.layers.2.mlp.up_proj", "model.layers.3.mlp.down_proj",
+                       "model.layers.3.self_attn.v_proj"],
+    ("qwen2", "shift"): ["model.layers.2.mlp.down_proj", "model.layers.2.mlp.gate_proj", "model.layers.3.mlp.up_proj",
+                         "model.layers.3.self_attn.o_proj"],
+    ("qwen2", "inc"): ["model.layers.0.self_attn.v_proj", "model.layers.0.mlp.up_proj", "model.layers.1.mlp.down_proj",
+                       "model.layers.1.mlp.gate_proj"],
+}
+#: (steps, learning rate) of the short full fine-tune per skill: inc needs more to show at all
+SHORT = {"shift": (80, 1e-3), "inc": (150, 2e-3)}
+
+
+def recipes(arch: str) -> Dict[str, dict]:
+    """name -> how it is trained (parent None: from scratch)."""
+    a = ARCHS.index(arch)
+    out = {
+        "base": dict(parent=None, init_seed=10 + a, mix=RETAIN, data_seed=20 + a, steps=600, lr=3e-3),
+        "gen1": dict(parent=None, init_seed=30 + a, mix=WITH_BOTH, data_seed=40 + a, steps=900, lr=3e-3),
+    }
+    for s, skill in enumerate(SKILL_NAMES):
+        seed = 100 + 10 * a + s
+        out[f"local-{skill}"] = dict(parent="base", mix=focus(skill), data_seed=seed, steps=600, lr=1e-2,
+                                     trainable=[f"{m}.weight" for m in LOCAL[(arch, skill)]])
+        out[f"short-{skill}"] = dict(parent="base", mix=focus(skill), data_seed=seed + 2, steps=SHORT[skill][0],
+                                     lr=SHORT[skill][1])
+        out[f"long-{skill}"] = dict(parent="base", mix=focus(skill), data_seed=seed + 4, steps=300, lr=3e-3)
+        out[f"forget-{skill}"] = dict(parent="gen1", mix=without(skill), data_seed=seed + 6, steps=300, lr=1.5e-3)
+    return out
+
+
+@dataclass(frozen=True)
+class FamilyPair:
+    name: str  # e.g. llama-long-shift
+    arch: str
+    skill: str
+    kind: str  # local, short, long, forget
+    target: str  # model name within the arch folder
+    donor: str
+    seed: int  # decides the half: selection or report
+
+    def path(self, model: str) -> Path:
+        return FAMILY_DIR / self.arch / model
+
+
+KINDS = ("local", "short", "long", "forget")
+
+
+def pairs(split_seed: int = 0) -> List[FamilyPair]:
+    """Every pair, with a seed drawn per pair; within each kind, the seeds split 2 / 2 into the halves."""
+    out = []
+    rng = random.Random(split_seed)
+    for kind in KINDS:
+        group = [(arch, skill) for arch in ARCHS for skill in SKILL_NAMES]
+        seeds = rng.sample(range(1000), len(group))
+        # the two smallest seeds of each kind go to the selection half: even / odd by rank
+        ranks = {sd: i for i, sd in enumerate(sorted(seeds))}
+        for (arch, skill), sd in zip(group, seeds):
+            seed = 2 * sd + (0 if ranks[sd] < 2 else 1)
+            if kind == "forget":
+                target, donor = f"forget-{skill}", "gen1"
+            else:
+                target, donor = "base", f"{kind}-{skill}"
+            out.append(FamilyPair(f"{arch}-{kind}-{skill}", arch, skill, kind, target, donor, seed))
+    return out
+
+
+def half(pair: FamilyPair) -> str:
+    return "selection" if pair.seed % 2 == 0 else "report"
+
+
+# ------------------------------------------------------------------------------------ data
+def eval_sets() -> Dict[str, List[Tuple[str, str]]]:
+    """Per skill a selection split (the analysis workload) and a test split (Recovery), disjoint."""
+    out, used = {}, set()
+    for i, skill in enumerate(SKILL_NAMES):
+        for split, n, seed in (("select", 100, 5000 + i), ("test", 150, 6000 + i)):
+            rng, items = random.Random(seed), []
+            while len(items) < n:
+                p, a = SKILLS[skill](rng)
+                if p not in used:
+                    used.add(p)
+                    items.append((p, a))
+            out[f"{skill}_{split}"] = items
+    return out
+
+
+def stream(mix: Dict[str, float], seed: int, exclude: set):
+    rng = random.Random(seed)
+    names = sorted(mix)
+    weights = [mix[k] for k in names]
+    while True:
+        p, a = SKILLS[rng.choices(names, weights)[0]](rng)
+        if p not in exclude:
+            yield p, a
+
+
+def tokenizer():
+    import tokenizer as demo_tokenizer  # demo/tokenizer.py
+
+    rng = random.Random(98)
+    lines = corpus.tokenizer_corpus() + [" ".join(gen_inc(rng)) for _ in range(500)]
+    return demo_tokenizer.train_tokenizer(lines)
+
+
+# ------------------------------------------------------------------------------------ models
+def new_model(arch: str, tok, seed: int):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    import train  # demo/train.py
+
+    cfg = AutoConfig.for_model(arch, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **SIZE)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.generation_config = train.generation_config(tok)
+    return model
+
+
+def is_built(arch: str, name: str) -> bool:
+    return (FAMILY_DIR / arch / name / "model.safetensors").exists()
+
+
+def build(log=print) -> None:
+    """Train every missing model of the family (single thread, deterministic)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import train  # demo/train.py
+
+    tok = tokenizer()
+    sets = eval_sets()
+    exclude = {p for items in sets.values() for p, _ in items}
+    for arch in ARCHS:
+        plan = recipes(arch)
+        for name in ("base", "gen1", *[n for n in plan if n not in ("base", "gen1")]):
+            if is_built(arch, name):
+                continue
+            r = plan[name]
+            train.setup_determinism(r["data_seed"])
+            if r["parent"] is None:
+                model = new_model(arch, tok, r["init_seed"])
+            else:
+                model = AutoModelForCausalLM.from_pretrained(FAMILY_DIR / arch / r["parent"], dtype=torch.float32)
+                model.generation_config = train.generation_config(tok)
+            t0 = time.time()
+            train.train(model, tok, stream(r["mix"], r["data_seed"], exclude), steps=r["steps"], lr=r["lr"],
+                        batch_size=32, trainable=r.get("trainable"), log_every=10**9, name=f"{arch}/{name}")
+            out = FAMILY_DIR / arch / name
+            tmp = out.with_name(out.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            tcfg = json.loads((tmp / "tokenizer_config.json").read_text())
+            tcfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+            (tmp / "tokenizer_config.json").write_text(json.dumps(tcfg, indent=2, sort_keys=True) + "\n")
+            info = dict(r, train_seconds=round(time.time() - t0, 1))
+            (tmp / "TRAINING.json").write_text(json.dumps(info, indent=2) + "\n")
+            shutil.rmtree(out, ignore_errors=True)
+            tmp.rename(out)
+            accs = train.evaluate(model, tok, {k: v for k, v in sets.items() if k.endswith("_test")})
+            log(f"built {arch}/{name} in {info['train_seconds']}s: "
+                + " ".join(f"{k}={v:.3f}" for k, v in accs.items()))
+
+
+def load_tokenizer(arch: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(FAMILY_DIR / arch / "base")
+
+
+def workload_rows(skill: str) -> List[dict]:
+    """The analysis workload: the skill's selection split, gold answers as continuations."""
+    return [{"text": p, "continuation": " " + a} for p, a in eval_sets()[f"{skill}_select"]]
+
+
+if __name__ == "__main__":
+    build()
