@@ -30,6 +30,13 @@ Statistics (per sample, averaged over its scored positions):
   sum_m <d log p / d W_m, W_donor,m - W_target,m>, signed, the first-order
   change of the target's log-likelihood if this one module were transplanted.
 
+The gradient scores (``attribution``, ``gain``) compute each module's term in
+a hook on its output's gradient, from a reference to the module's input, and
+free it at once; by default each decoder layer is recomputed in the backward
+pass (``recompute.Replay``), so a batch holds one layer's activations at a
+time, not every layer's. The probes see a recomputed layer twice and measure
+the forward statistics only in its first call.
+
 ``other`` names the checkpoint each pass compares its model with: the donor
 in the target's pass (``local``, ``gain``), the target in the donor's
 (``attribution``).
