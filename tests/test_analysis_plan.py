@@ -92,6 +92,7 @@ def test_plan_is_within_a_quarter_of_the_measured_peak_rss(sized, score):
                              capture_output=True, text=True, env=env, check=True)
         got = json.loads(out.stdout.strip().splitlines()[-1])
         ratios[name] = got["plan_mb"] / got["rss_mb"]
+    print(f"plan / measured peak RSS ({score}):", {k: round(v, 3) for k, v in ratios.items()})
     assert all(0.75 <= r <= 1.25 for r in ratios.values()), ratios
 
 

@@ -72,7 +72,7 @@ def index_from_model(model, name: str, dtype: str = "bfloat16") -> ModelIndex:
 
 def plan_on_paper(name_or_config, *, score: str = "attribution", batch: int = 8, length: int = 512,
                   scored_per_row: int = 64, dtype: str = "bfloat16", also: Sequence[str] = (),
-                  modules: Optional[Sequence[str]] = None) -> MemoryPlan:
+                  modules: Optional[Sequence[str]] = None, recompute: bool = True) -> MemoryPlan:
     """The plan of ``analyze --score SCORE`` on a published architecture, for a uniform batch.
 
     Every row holds ``length`` tokens, the last ``scored_per_row`` of them
@@ -85,5 +85,5 @@ def plan_on_paper(name_or_config, *, score: str = "attribution", batch: int = 8,
     index = index_from_model(model, name, dtype)
     planner = Planner(index, index, score=score, also=also, lengths=[length] * batch,
                       scored=[scored_per_row] * batch, modules=modules, dtype=dtype, device="cuda",
-                      model=model, measure=False)
+                      model=model, measure=False, recompute=recompute)
     return planner.plan(batch)
