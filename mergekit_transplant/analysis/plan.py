@@ -409,28 +409,26 @@ def _weight_bytes(index, dtype_bytes: int) -> int:
     return total
 
 
-def current_rss_bytes() -> int:
-    """This process's resident set now (Linux ``VmRSS``; 0 where unknown)."""
+def _proc_field(path: str, key: str) -> Optional[int]:
+    """A ``key: N kB`` line of a Linux ``/proc`` file, in bytes (None when absent)."""
     try:
-        with open("/proc/self/status") as fh:
+        with open(path) as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def available_ram_bytes() -> Optional[int]:
-    """Memory the kernel can give this process (``MemAvailable``), or None off Linux."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def current_rss_bytes() -> int:
+    """This process's resident set now (Linux ``VmRSS``; 0 where unknown)."""
+    return _proc_field("/proc/self/status", "VmRSS") or 0
+
+
+def available_ram_bytes() -> Optional[int]:
+    """Memory the kernel can give this process (``MemAvailable``), or None off Linux."""
+    return _proc_field("/proc/meminfo", "MemAvailable")
 
 
 def _device_memory(device: str, device_map: Optional[str]):
