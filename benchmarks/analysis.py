@@ -11,7 +11,11 @@ then times, each in a fresh subprocess (so peak RSS is per run):
 
 Goals (docs/performance.md): ``activation`` <= 1.2 x two forward passes,
 ``local`` <= 1.3 x one forward pass, peak RSS <= 1.25 x the larger model
-plus runtime overhead.
+plus runtime overhead; ``gain`` <= 1.3 x a forward plus backward pass (the
+gradient of log p(continuation) with respect to every candidate weight, on
+the same batches), and ``greedy`` <= 1.1 x one forward pass over the
+workload per candidate evaluation (both measured in one process,
+interleaved).
 
     python benchmarks/analysis.py [--samples 32] [--words 128] [--threads 1] [--repeats 3] [--json out.json]
 """
@@ -33,9 +37,11 @@ from pathlib import Path
 
 CHANGED = ["model.layers.2.mlp.down_proj.weight", "model.layers.5.self_attn.v_proj.weight",
            "model.layers.8.mlp.up_proj.weight", "model.layers.10.self_attn.o_proj.weight"]
-MODES = ("idle", "forward1", "forward2", "local", "activation", "attribution", "attribution-keep")
+MODES = ("idle", "forward1", "forward2", "local", "activation", "attribution", "attribution-keep", "gain")
 #: in one process, on one loaded model, alternating: the hooks' cost without load-time noise
-PASSES = ("plain", "activation", "local", "attribution")
+PASSES = ("plain", "activation", "local", "attribution", "backward", "gain", "greedy")
+#: goals measured in one process: pass -> (baseline pass, ratio)
+PASS_GOALS = {"gain": ("backward", 1.3), "greedy": ("plain", 1.1)}
 
 
 #: model sizes: the 104M pair of docs/performance.md and the ~60M pair of issue 16
@@ -100,6 +106,10 @@ def worker(mode: str, paths: dict, threads: int, batch_size: int) -> dict:
 
     start, cpu0 = time.perf_counter(), time.process_time()
     extra = {"recompute": False} if mode == "attribution-keep" else {}  # attribution --no-recompute
+    import inspect
+
+    if "select" in inspect.signature(analyze).parameters:  # not in the code before issue 17 (@before)
+        extra["select"] = "top"
     score = "attribution" if mode == "attribution-keep" else mode
     result = analyze(paths["target"], paths["donor"], load_workload(paths["workload"]), score=score, top_k=4,
                      batch_size=batch_size, progress=False, **extra)
@@ -169,17 +179,59 @@ def interleaved(paths: dict, threads: int, batch_size: int, repeats: int) -> dic
                 model(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids,
                       use_cache=False, logits_to_keep=1)
 
+    from mergekit_transplant.analysis.greedy import LogLikelihood, greedy_select
+    from mergekit_transplant.analysis.tokens import likelihood_view
+    from mergekit_transplant.sweep.inplace import DonorTensors, LiveTransplant
+
+    scored = [s for s in likelihood_view(seqs) if s is not None]
+
     def hooked(kind):
         with TensorStreamer(donor) as files:
-            run_pass(model, cands, seqs, stats=["activation"] + (["local"] if kind == "local" else []),
+            run_pass(model, cands, scored if kind == "gain" else seqs,
+                     stats=[] if kind == "gain" else ["activation"] + (["local"] if kind == "local" else []),
                      batch_size=batch_size, pad_id=0, padding_side="right", other=files,
-                     attribution=kind == "attribution", progress=False)
+                     attribution=kind == "attribution", gain=kind == "gain", progress=False)
 
-    times = {k: [] for k in PASSES}
+    weights = [dict(model.named_parameters())[c.tensor] for c in cands]
+
+    def backward():
+        """What ``gain`` is compared with: d log p(continuation) / dW for every candidate weight."""
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for w in weights:
+            w.requires_grad_(True)
+        try:
+            for b in batches(scored, batch_size, pad_id=0, padding_side="right", device="cpu"):
+                logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids,
+                               use_cache=False).logits
+                picked = logits[b.rows, b.cols].float().log_softmax(-1)
+                picked.gather(1, b.labels[:, None]).sum().backward()
+                for w in weights:
+                    w.grad = None
+        finally:
+            for w in weights:
+                w.requires_grad_(False)
+
+    live = LiveTransplant(model, DonorTensors(paths["donor"]))
+    ll = LogLikelihood(model, scored, batch_size=batch_size, pad_id=0, padding_side="right", device="cpu")
+
+    def greedy():
+        """One greedy round over the 4 strongly changed tensors; returns seconds per candidate evaluation."""
+        result = greedy_select(live, ll, None, CHANGED, {c: [c] for c in CHANGED},
+                               {c.tensor: c.parameters for c in cands}, top_k=1, budget=None, min_gain=-1e30,
+                               strength=1.0, controls=0, seed=0, pool=CHANGED, progress=False,
+                               echo=lambda line: None)
+        return (result.seconds - result.forward_s) / result.evaluations
+
+    kinds = [k for k in PASSES if k in os.environ.get("BENCH_PASSES", ",".join(PASSES)).split(",")]
+    times = {k: [] for k in kinds}
     for _ in range(repeats):
-        for kind in PASSES:
+        for kind in kinds:
             start = time.perf_counter()
-            plain() if kind == "plain" else hooked(kind)
+            if kind == "greedy":
+                times[kind].append(greedy())
+                continue
+            plain() if kind == "plain" else backward() if kind == "backward" else hooked(kind)
             times[kind].append(time.perf_counter() - start)
     return {k: {"min_s": min(v), "median_s": statistics.median(v), "all_s": v} for k, v in times.items()}
 
@@ -213,6 +265,8 @@ def main() -> None:
     parser.add_argument("--before", metavar="SRC",
                         help="a checkout of the code to compare with: modes MODE@before run it (e.g. "
                              "--modes local,attribution,attribution@before)")
+    parser.add_argument("--passes", default=",".join(PASSES),
+                        help="passes of the in-process timing (plain always runs)")
     parser.add_argument("--dir", help="folder for the models (kept between runs); default: a temp folder")
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -232,6 +286,7 @@ def main() -> None:
     results = {}
     if args.interleaved:
         os.environ["BENCH_REPEATS"] = str(args.interleaved)
+        os.environ["BENCH_PASSES"] = "plain," + args.passes
         results["interleaved"] = run_worker("interleaved", paths, args.threads, args.batch_size)
         print(f"interleaved: {json.dumps(results['interleaved'])}", file=sys.stderr, flush=True)
     modes = [m for m in args.modes.split(",") if m]
@@ -276,13 +331,24 @@ def _markdown(summary: dict, args) -> str:
         out.append("| pass | min s | median s | min / plain | median / plain |")
         out.append("|---|---:|---:|---:|---:|")
         for kind in PASSES:
+            if kind not in inter:
+                continue
             x = inter[kind]
-            out.append(f"| {kind} | {x['min_s']:.2f} | {x['median_s']:.2f} | {x['min_s'] / plain['min_s']:.2f}x | "
+            label = "greedy (per candidate evaluation)" if kind == "greedy" else kind
+            out.append(f"| {label} | {x['min_s']:.2f} | {x['median_s']:.2f} | {x['min_s'] / plain['min_s']:.2f}x | "
                        f"{x['median_s'] / plain['median_s']:.2f}x |")
+        out.append("")
+        for kind, (base, goal) in PASS_GOALS.items():
+            if kind in inter and base in inter:
+                ratio = inter[kind]["median_s"] / inter[base]["median_s"]
+                what = "a forward + backward pass" if base == "backward" else "one forward pass over the workload"
+                out.append(f"Goal: `{kind}` <= {goal}x {what} (medians): {ratio:.2f}x: "
+                           f"**{'met' if ratio <= goal else 'MISSED'}**")
         out.append("")
     rows = ["| run | wall s | CPU s (median) | passes s | wall / baseline | passes / baseline | goal | peak RSS MB | RSS - idle, x model "
             "| plan MB |", "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
-    goals = {"local": ("forward1", 1.3), "activation": ("forward2", 1.2), "attribution": ("forward1", None)}
+    goals = {"local": ("forward1", 1.3), "activation": ("forward2", 1.2), "attribution": ("forward1", None),
+             "gain": ("forward1", None)}
     for mode in sorted((m for m in r if m != "interleaved"), key=_mode_order):
         x = r[mode]
         base, goal = goals.get(mode.partition("@")[0], (None, None))

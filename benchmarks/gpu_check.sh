@@ -5,6 +5,9 @@
 # in three known tensors, a workload, then
 #   1. runs `mergekit-transplant analyze` with --device cpu and with --device cuda
 #      and requires both to select exactly the three changed tensors;
+#   1b. runs `analyze --score gain` and `analyze --select greedy` on both devices and
+#      requires the same predicted gains (within 1e-3 relative) and the same greedy
+#      selection with the same measured gains;
 #   2. merges a recipe with strengths 1, 1 and 0.5 (0 everywhere else) on the CPU
 #      and with `mergekit-yaml --cuda`, `mergekit-yaml --cuda --read-to-gpu` and
 #      `mergekit-transplant merge --cuda`, and requires every tensor at strength
@@ -152,6 +155,32 @@ for key, names in selected.items():
         failures.append(f"analysis on {key} selected {names}, expected the changed tensors {sorted(changed)}")
 if not merge_only and selected.get("cpu") != selected.get("device"):
     failures.append(f"analysis selections differ: cpu {selected.get('cpu')} vs device {selected.get('device')}")
+
+# ------------------------------------------------ 1b. gain and greedy selection, CPU vs device
+print("gain and greedy (analyze --score gain; --select greedy):" if not merge_only else "gain/greedy: skipped")
+gains, greedy = {}, {}
+for key, dev in () if merge_only else (("cpu", "cpu"), ("device", device)):
+    for kind, extra in (("gain", ["--score", "gain"]), ("greedy", ["--score", "local", "--select", "greedy"])):
+        out = work / f"{kind}-{key}.json"
+        times[f"analyze {kind} --device {dev} ({key})"] = run(
+            f"analyze {kind} --device {dev} ({key})",
+            [tool("mergekit-transplant"), "analyze", "--target", target, "--donor", donor, "--workload", workload,
+             "--top-k", "3", *extra, "--quiet", "-o", work / f"{kind}-{key}.yml", "--report", out, "--device", dev],
+        )
+        report = json.loads(out.read_text())
+        if kind == "gain":
+            gains[key] = {c["tensor"]: c["scores"]["gain"] for c in report["candidates"]}
+        else:
+            greedy[key] = (report["selected"]["units"], [r["gain"] for r in report["greedy"]["rounds"]])
+if not merge_only:
+    for name, value in gains["cpu"].items():
+        other = gains["device"][name]
+        if abs(other - value) > 1e-3 * abs(value) + 1e-4:
+            failures.append(f"gain of {name}: cpu {value} vs device {other}")
+    if greedy["cpu"][0] != greedy["device"][0]:
+        failures.append(f"greedy selections differ: cpu {greedy['cpu'][0]} vs device {greedy['device'][0]}")
+    elif any(abs(a - b) > 1e-3 * abs(a) + 1e-4 for a, b in zip(greedy["cpu"][1], greedy["device"][1])):
+        failures.append(f"greedy measured gains differ: cpu {greedy['cpu'][1]} vs device {greedy['device'][1]}")
 
 # ------------------------------------------------------------------ 2. merges, CPU vs device
 from mergekit_transplant.recipe import Selection, render_recipe  # noqa: E402

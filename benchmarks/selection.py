@@ -59,16 +59,17 @@ def selections(pair: family.FamilyPair, workload: Path) -> Dict[str, List[str]]:
     work = load_workload(workload)
     target, donor = str(pair.path(pair.target)), str(pair.path(pair.donor))
     common = dict(top_k=max(KS), batch_size=16, progress=False, controls=0, seed=pair.seed)
+    top = dict(common, select="top")
     out, seconds = {}, {}
     t0 = time.perf_counter()
-    res = analyze(target, donor, work, score="attribution", also=["local", "activation"], **common)
+    res = analyze(target, donor, work, score="attribution", also=["local", "activation"], **top)
     seconds["scores"] = time.perf_counter() - t0
     cands = res.report["candidates"]
     for score in ("activation", "local", "attribution"):
         value = {c["tensor"]: c["scores"][score] for c in cands}
         out[score] = [u for u in res.ranking(score) if value[u] > 0][:max(KS)]
     t0 = time.perf_counter()
-    res = analyze(target, donor, work, score="gain", **common)
+    res = analyze(target, donor, work, score="gain", **top)
     seconds["gain"] = time.perf_counter() - t0
     value = {c["tensor"]: c["scores"]["gain"] for c in res.report["candidates"]}
     out["gain"] = [u for u in res.ranking("gain") if value[u] > 0][:max(KS)]

@@ -65,14 +65,18 @@ def without(skill: str) -> Dict[str, float]:
     return {k: v for k, v in WITH_BOTH.items() if k != skill}
 
 
-#: the modules each ``local-*`` donor trains: different depths and types per architecture and skill
+#: the modules each ``local-*`` donor trains: different types per architecture and skill. Donors trained
+#: only in layers 2-3 (llama/inc: layers.2.self_attn.o_proj, layers.2.mlp.up_proj, layers.3.mlp.down_proj,
+#: layers.3.self_attn.v_proj; qwen2/shift: layers.2.mlp.down_proj, layers.2.mlp.gate_proj,
+#: layers.3.mlp.up_proj, layers.3.self_attn.o_proj) did not learn the skill (0.020 and 0.007 exact match
+#: after 600 steps), so every local donor trains modules of layers 0-1 (qwen2/inc: layers 0-1, shallowest).
 LOCAL = {
     ("llama", "shift"): ["model.layers.0.mlp.down_proj", "model.layers.0.mlp.up_proj", "model.layers.1.mlp.up_proj",
                          "model.layers.1.mlp.gate_proj"],
-    ("llama", "inc"): ["model.layers.2.self_attn.o_proj", "model.layers.2.mlp.up_proj", "model.layers.3.mlp.down_proj",
-                       "model.layers.3.self_attn.v_proj"],
-    ("qwen2", "shift"): ["model.layers.2.mlp.down_proj", "model.layers.2.mlp.gate_proj", "model.layers.3.mlp.up_proj",
-                         "model.layers.3.self_attn.o_proj"],
+    ("llama", "inc"): ["model.layers.0.self_attn.o_proj", "model.layers.0.mlp.gate_proj", "model.layers.1.mlp.down_proj",
+                       "model.layers.1.self_attn.v_proj"],
+    ("qwen2", "shift"): ["model.layers.0.self_attn.o_proj", "model.layers.0.mlp.gate_proj", "model.layers.1.mlp.up_proj",
+                         "model.layers.1.mlp.down_proj"],
     ("qwen2", "inc"): ["model.layers.0.self_attn.v_proj", "model.layers.0.mlp.up_proj", "model.layers.1.mlp.down_proj",
                        "model.layers.1.mlp.gate_proj"],
 }

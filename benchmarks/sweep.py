@@ -120,7 +120,7 @@ def main() -> None:
         report = root / "report.json"
         analyze_s = run([BIN / "mergekit-transplant", "analyze", "--target", pair["target"], "--donor",
                          pair["donor"], *pair["workload"], "--report", report, "-o", root / "analysis.yml",
-                         "--quiet"], env)
+                         "--select", "top", "--quiet"], env)
         ranking = json.loads(report.read_text())
         score = ranking["settings"]["score"]
         order = ranking["ranking"][score]

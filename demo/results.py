@@ -100,11 +100,18 @@ def summary_rows(pairs: Sequence[Pair], build: Path) -> List[str]:
         retain = f"{worst['change']:+.3f} ({next(k for k, v in res['retain'].items() if v is worst)})" if worst else "n/a"
         k = len(report["selection"]) if report else "?"
         rows.append(
-            f"| {pair.name} | top {k} by `{DEFAULT_SCORE}` | {num(t['target'])} | {num(t['donor'])} | {num(t['merged'])} "
+            f"| {pair.name} | {_how(report, k)} | {num(t['target'])} | {num(t['donor'])} | {num(t['merged'])} "
             f"| {pct(t['recovery'])} | {num(t['tir']) if t['tir'] is not None else 'n/a (' + str(t.get('tir_reason')) + ')'} "
             f"| {retain} |"
         )
     return rows
+
+
+def _how(report, k) -> str:
+    """How the recipe's modules were chosen: measured greedily (the default) or the top K by the score."""
+    if report and report["settings"].get("select") == "greedy":
+        return f"greedy, {k} tensors (measured; `{report['settings']['score']}` pre-filter)"
+    return f"top {k} by `{DEFAULT_SCORE}`"
 
 
 def ground_truth_section(pair: Pair, build: Path) -> List[str]:

@@ -55,6 +55,7 @@ def pair(tmp_path_factory):
 def _run(pair, **kw):
     target, donor, work = pair
     kw.setdefault("progress", False)
+    kw.setdefault("select", "top")  # these tests check the scores' rankings and the top-K selection
     return analyze(str(target), str(donor), load_workload(work), **kw)
 
 
@@ -74,7 +75,7 @@ def test_local_is_exact_on_other_architectures(tmp_path, arch, tensors):
     target = make_model(tmp_path / "t", arch, layers=2)
     donor = perturbed_copy(target, tmp_path / "d", tensors)
     work = _workload(tmp_path / "w.jsonl", n=4)
-    result = analyze(str(target), str(donor), load_workload(work), score="local", top_k=2, progress=False)
+    result = analyze(str(target), str(donor), load_workload(work), score="local", top_k=2, select="top", progress=False)
     assert sorted(result.ranking()[:2]) == sorted(tensors)
     scores = {c["tensor"]: c["scores"]["local"] for c in result.report["candidates"]}
     assert all((v > 0) == (t in tensors) for t, v in scores.items())
@@ -86,7 +87,7 @@ def test_activation_ranks_a_change_first_when_nothing_downstream_inherits_it(tmp
     last = "model.layers.2.mlp.down_proj.weight"  # no candidate reads its output
     donor = perturbed_copy(target, tmp_path / "d", [last])
     work = _workload(tmp_path / "w.jsonl", n=6)
-    result = analyze(str(target), str(donor), load_workload(work), score="activation", top_k=1, progress=False)
+    result = analyze(str(target), str(donor), load_workload(work), score="activation", top_k=1, select="top", progress=False)
     assert result.ranking("activation")[0] == last
     assert sum(c["scores"]["activation"] > 0 for c in result.report["candidates"]) == 1
 
@@ -262,7 +263,7 @@ def test_bias_follows_its_weight_in_the_recipe(tmp_path):
     target = make_model(tmp_path / "t", "qwen2", layers=2)
     donor = perturbed_copy(target, tmp_path / "d", ["model.layers.1.self_attn.q_proj.weight"])
     work = _workload(tmp_path / "w.jsonl", n=4)
-    result = analyze(str(target), str(donor), load_workload(work), top_k=1, progress=False)
+    result = analyze(str(target), str(donor), load_workload(work), top_k=1, select="top", progress=False)
     assert [s.tensor for s in result.selections] == [
         "model.layers.1.self_attn.q_proj.weight", "model.layers.1.self_attn.q_proj.bias"]
     path = tmp_path / "r.yml"
@@ -275,11 +276,11 @@ def test_embeddings_only_when_asked(tmp_path):
     target = make_model(tmp_path / "t", "llama", layers=1)
     donor = perturbed_copy(target, tmp_path / "d", ["model.embed_tokens.weight"])
     work = _workload(tmp_path / "w.jsonl", n=4)
-    plain = analyze(str(target), str(donor), load_workload(work), top_k=1, score="activation", progress=False)
+    plain = analyze(str(target), str(donor), load_workload(work), top_k=1, score="activation", select="top", progress=False)
     names = {c["module"] for c in plain.report["candidates"]}
     assert "model.embed_tokens" not in names and "lm_head" not in names
     wide = analyze(str(target), str(donor), load_workload(work), top_k=1, include_embeddings=True,
-                   also=["local"], progress=False)
+                   also=["local"], select="top", progress=False)
     assert wide.ranking()[0] == "model.embed_tokens.weight"
     assert "lm_head.weight" in wide.ranking()
     assert wide.report["candidates"][0]["scores"]["local"] > 0
@@ -292,9 +293,9 @@ def test_refuses_different_architectures_and_same_models(pair, tmp_path):
     target, _, work = pair
     other = make_model(tmp_path / "q", "qwen2", layers=4)
     with pytest.raises(TransplantError, match="structurally identical"):
-        analyze(str(target), str(other), load_workload(work), progress=False)
+        analyze(str(target), str(other), load_workload(work), select="top", progress=False)
     with pytest.raises(TransplantError, match="no candidate has a non-zero score"):
-        analyze(str(target), str(target), load_workload(work), progress=False)
+        analyze(str(target), str(target), load_workload(work), select="top", progress=False)
 
 
 def test_recipe_text_is_the_rendered_yaml(pair):

@@ -178,7 +178,7 @@ def test_batch_size_and_padding_side_do_not_change_scores(models, tmp_path):
     results = {}
     for batch_size, side in [(1, "right"), (8, "right"), (8, "left")]:
         r = analyze(str(target), str(donor), load_workload(work), score="activation", also=["local"], top_k=2,
-                    batch_size=batch_size, padding_side=side, progress=False)
+                    batch_size=batch_size, padding_side=side, select="top", progress=False)
         results[batch_size, side] = {c["tensor"]: c["scores"] for c in r.report["candidates"]}
     ref = results[1, "right"]
     for key, got in results.items():
@@ -193,8 +193,8 @@ def test_low_precision_capture_accumulates_in_float32(models):
     from mergekit_transplant.analysis.workload import Workload
 
     w = Workload(work, "inline", "jsonl", "0" * 64, 2)
-    full = analyze(str(target), str(donor), w, score="local", top_k=2, progress=False)
-    half = analyze(str(target), str(donor), w, score="local", top_k=2, dtype="bfloat16", progress=False)
+    full = analyze(str(target), str(donor), w, score="local", top_k=2, select="top", progress=False)
+    half = analyze(str(target), str(donor), w, score="local", top_k=2, dtype="bfloat16", select="top", progress=False)
     assert sorted(half.ranking()[:2]) == sorted(CHANGED)
     zero = [c for c in half.report["candidates"] if c["tensor"] not in CHANGED]
     assert all(c["scores"]["local"] == 0.0 for c in zero)  # no bf16 rounding noise on unchanged tensors

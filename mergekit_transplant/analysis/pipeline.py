@@ -33,7 +33,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from mergekit_transplant.analysis import capture as capture_mod
 from mergekit_transplant.analysis.candidates import Candidate, find_candidates, layer_units
-from mergekit_transplant.analysis.greedy import DEFAULT_PREFILTER_ALL, SelectConfig
+from mergekit_transplant.analysis.greedy import DEFAULT_PREFILTER_ALL, DEFAULT_SELECT, SelectConfig
 from mergekit_transplant.analysis.plan import MemoryPlan, Planner
 from mergekit_transplant.analysis.scores import (
     REPORTED, SCORES, ScoreTable, layer_scores, module_scores,
@@ -48,7 +48,7 @@ from mergekit_transplant.recipe import Selection, render_recipe
 
 CAPTURE_MODES = ("teacher-forced", "generate")
 GRANULARITIES = ("module", "layer")
-DEFAULT_SCORE = "attribution"  # docs/analysis.md: the one that won on the demo pairs
+DEFAULT_SCORE = "attribution"  # docs/analysis.md: the best --select top score in the held-out protocol
 DEFAULT_TOP_K = 4
 
 
@@ -99,7 +99,7 @@ def analyze(
     allow_pickle: bool = False,
     command: Optional[str] = None,
     progress: bool = True,
-    select: str = "top",
+    select: str = DEFAULT_SELECT,
     prefilter: Optional[int] = None,
     min_gain: float = 0.0,
     holdout_fraction: float = 0.25,
@@ -197,7 +197,7 @@ def analyze(
     planner = _planner(target_index, donor_index, seqs, score=score, also=also, capture=capture,
                        max_new_tokens=max_new_tokens, max_len=limit_len, modules=modules,
                        include_embeddings=include_embeddings, dtype=dtype, device=device, device_map=device_map,
-                       trust_remote_code=trust_remote_code, recompute=recompute)
+                       trust_remote_code=trust_remote_code, recompute=recompute, greedy=select == "greedy")
     plan = planner.plan(batch_size)
     if on_plan is not None:
         on_plan(plan)
@@ -374,7 +374,7 @@ def plan_analysis(target: str, donor: str, workload: Union[Workload, str, Path],
 
 def _planner(target_index: ModelIndex, donor_index: ModelIndex, seqs: Sequence[TokenSequence], *, score, also,
              capture, max_new_tokens, max_len, modules, include_embeddings, dtype, device, device_map,
-             trust_remote_code, recompute=True) -> Planner:
+             trust_remote_code, recompute=True, greedy=False) -> Planner:
     """The plan's view of the workload: tokens fed and positions scored per sample."""
     if capture == "generate":  # each prompt (cut to leave room) plus up to max_new_tokens generated
         room = max_len - max_new_tokens
@@ -385,7 +385,8 @@ def _planner(target_index: ModelIndex, donor_index: ModelIndex, seqs: Sequence[T
         scored = [len(s.scored) for s in seqs]
     return Planner(target_index, donor_index, score=score, also=also, lengths=lengths, scored=scored,
                    modules=modules, include_embeddings=include_embeddings, dtype=dtype, device=device,
-                   device_map=device_map, trust_remote_code=trust_remote_code, recompute=recompute)
+                   device_map=device_map, trust_remote_code=trust_remote_code, recompute=recompute,
+                   greedy=greedy)
 
 
 def _check_continuations(tokenizer, workload: Workload, max_len: int) -> None:

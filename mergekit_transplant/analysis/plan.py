@@ -208,7 +208,7 @@ class Module:
 def estimate(dims: Dims, weight_bytes: int, modules: Sequence[Module], shape: BatchShape, *, score: str,
              also: Sequence[str] = (), dtype_bytes: int, dtype: str, device: str = "cpu", devices: int = 1,
              baseline_bytes: int = 0, free_bytes: Optional[int] = None, eager_attention: bool = False,
-             batch_size: Optional[int] = None, recompute: bool = True) -> MemoryPlan:
+             batch_size: Optional[int] = None, recompute: bool = True, greedy: bool = False) -> MemoryPlan:
     """The plan for one run; see the module docstring for what each item holds."""
     wanted = {score, *also}
     gradients = bool(wanted & {"attribution", "gain"})  # a backward pass (on the donor, or the target for gain)
@@ -253,6 +253,12 @@ def estimate(dims: Dims, weight_bytes: int, modules: Sequence[Module], shape: Ba
         what = "one layer's gradients, logits at the scored columns"
     else:
         acts, what = forward, "one layer's working set (no gradients)"
+    if greedy:  # --select greedy: forward passes of the target, logits at the scored columns
+        working, _ = _layer(dims, shape.padded, b)
+        evaluation = working + shape.rows * shape.columns * dims.vocab * b + 2 * shape.scored * dims.vocab * 4
+        if evaluation > acts:
+            acts, what = evaluation, "greedy's evaluations: one layer's working set, logits at the scored columns"
+        passes.append("target: greedy evaluations (forward)")
     items.append(PlanItem("activations", acts, f"{shape.rows} x {shape.width} tokens: {what}"))
     buffers, detail = 0, []
     if "local" in wanted and modules:
@@ -265,9 +271,13 @@ def estimate(dims: Dims, weight_bytes: int, modules: Sequence[Module], shape: Ba
         detail.append(f"{'/'.join(sorted(wanted & {'attribution', 'gain'}))}: change, input and gradient at every "
                       "real position of one module (float32)")
     items.append(PlanItem("score buffers", buffers, "; ".join(detail) or "per-batch statistics only"))
-    return MemoryPlan(score=score, passes=passes, device=device, dtype=dtype,
+    plan = MemoryPlan(score=score, passes=passes, device=device, dtype=dtype,
                       batch_size=batch_size or shape.rows, shape=shape, items=items,
                       baseline_bytes=baseline_bytes, free_bytes=free_bytes, devices=devices)
+    if greedy:
+        plan.notes.append("--select greedy also keeps CPU copies of the chosen units' target tensors "
+                          "(not itemised: at most the selected parameters)")
+    return plan
 
 
 _DT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -342,10 +352,11 @@ class Planner:
     def __init__(self, target, donor, *, score: str, also: Sequence[str] = (), lengths: Sequence[int],
                  scored: Sequence[int], modules: Optional[Sequence[str]] = None, include_embeddings: bool = False,
                  dtype: Optional[str] = None, device: str = "cpu", device_map: Optional[str] = None,
-                 trust_remote_code: bool = False, model=None, measure: bool = True, recompute: bool = True):
+                 trust_remote_code: bool = False, model=None, measure: bool = True, recompute: bool = True,
+                 greedy: bool = False):
         from mergekit_transplant.analysis.candidates import find_candidates
 
-        self.score, self.also, self.recompute = score, list(also), recompute
+        self.score, self.also, self.recompute, self.greedy = score, list(also), recompute, greedy
         self.lengths, self.scored = list(lengths), list(scored)
         self.device = device if not device_map else f"device map {device_map}"
         model = model if model is not None else meta_model(target.config, trust_remote_code=trust_remote_code)
@@ -372,7 +383,7 @@ class Planner:
         plan = estimate(self.dims, self.weight_bytes, self.modules, shape, score=self.score, also=self.also,
                         dtype_bytes=self.dtype_bytes, dtype=self.dtype, device=self.device, devices=self.devices,
                         baseline_bytes=self.baseline, free_bytes=self.free, eager_attention=self.eager,
-                        batch_size=batch_size, recompute=self.recompute)
+                        batch_size=batch_size, recompute=self.recompute, greedy=self.greedy)
         if self.devices > 1:
             plan.notes.append("spread over the devices by the device map; each holds its layers' share")
         return plan

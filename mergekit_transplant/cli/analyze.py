@@ -70,9 +70,8 @@ def analyze(**opts) -> None:
     \b
     Runs the target (and the donor, when the score needs it) over the
     workload, one model in memory at a time, scores every linear module both
-    share, ranks them, selects the best by --top-k and/or --param-budget
-    (default: the best 4), and writes a mergekit recipe for
-    `merge_method: transplant`:
+    share, ranks them, selects up to --top-k units and/or --param-budget
+    (default: 4) and writes a mergekit recipe for `merge_method: transplant`:
       mergekit-transplant analyze --target T --donor D --workload w.jsonl --top-k 4 -o recipe.yml
       mergekit-yaml recipe.yml out/
     \b
@@ -86,11 +85,13 @@ def analyze(**opts) -> None:
     the target, donor tensors streamed; modules predicted <= 0 are never
     selected).
     \b
-    --select greedy measures instead: each round transplants every remaining
-    candidate into the live target, keeps the one that raises the workload's
-    log-likelihood most, and stops at K or when nothing helps (--min-gain);
-    a --holdout-fraction of the workload shows how well that generalises.
-    See docs/analysis.md.
+    Selection: greedy (default) measures: each round transplants every
+    remaining candidate (the best 64 by --score at most) into the live
+    target, keeps the one that raises the workload's log-likelihood most,
+    and stops at K or when nothing helps (--min-gain); a --holdout-fraction
+    of the workload shows how well that generalises. --select top takes the
+    K best by --score instead. Both defaults were chosen on held-out pairs
+    (benchmarks/selection.py). See docs/analysis.md.
     \b
     Every run first prints its memory plan (from the config, the
     safetensors headers and the tokenised workload; nothing loaded) and
