@@ -286,8 +286,8 @@ target, donor, work, score, device, dtype = sys.argv[1:7]
 if device == "cuda":
     torch.cuda.init()
     torch.cuda.reset_peak_memory_stats()
-r = analyze(target, donor, load_workload(work), score=score, top_k=2, batch_size=8, device=device, dtype=dtype,
-            progress=False)
+r = analyze(target, donor, load_workload(work), score=score, select="top", top_k=2, batch_size=8, device=device,
+            dtype=dtype, progress=False)
 if device == "cuda":
     measured, planned = torch.cuda.max_memory_allocated(), r.report["plan"]["added_bytes"]
 else:
