@@ -33,6 +33,7 @@ tests/test_analysis_plan.py and, on a GPU, by benchmarks/gpu_check.sh.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from mergekit_transplant.errors import TransplantError
@@ -324,8 +325,12 @@ def _attribution_activations(dims: Dims, shape: BatchShape, b: int, eager: bool,
 # --------------------------------------------------------------------------- from checkpoints
 
 
-def meta_model(config: dict, *, trust_remote_code: bool = False):
-    """The model ``config`` describes, built on the ``meta`` device: shapes and module names, no data."""
+def meta_model(config: dict, *, trust_remote_code: bool = False, root=None):
+    """The model ``config`` describes, built on the ``meta`` device: shapes and module names, no data.
+
+    With ``root`` (a model folder) the config is read from there, as loading
+    would read it (custom code included when ``trust_remote_code``).
+    """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -334,7 +339,10 @@ def meta_model(config: dict, *, trust_remote_code: bool = False):
     if model_type is None:
         raise TransplantError("the model's config has no model_type; the memory plan cannot build it")
     try:
-        config_obj = AutoConfig.for_model(model_type, **cfg)
+        if root is not None and (Path(root) / "config.json").exists():
+            config_obj = AutoConfig.from_pretrained(str(root), trust_remote_code=trust_remote_code)
+        else:
+            config_obj = AutoConfig.for_model(model_type, **cfg)
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(config_obj, trust_remote_code=trust_remote_code)
     except Exception as error:
@@ -359,7 +367,8 @@ class Planner:
         self.score, self.also, self.recompute, self.greedy = score, list(also), recompute, greedy
         self.lengths, self.scored = list(lengths), list(scored)
         self.device = device if not device_map else f"device map {device_map}"
-        model = model if model is not None else meta_model(target.config, trust_remote_code=trust_remote_code)
+        model = model if model is not None else meta_model(target.config, trust_remote_code=trust_remote_code,
+                                                            root=target.root)
         cands, _ = find_candidates(model, target, donor, modules=modules, include_embeddings=include_embeddings)
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         named = dict(model.named_modules())
