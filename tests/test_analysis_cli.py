@@ -37,7 +37,7 @@ def test_cli_writes_recipe_report_heatmap_and_prints_the_table(setup, tmp_path):
     root, target, donor, work = setup
     out, report, plot = tmp_path / "recipe.yml", tmp_path / "report.json", tmp_path / "heat.png"
     result = _invoke("--target", target, "--donor", donor, "--workload", work, "--top-k", 2, "--also",
-                     "activation", "-o", out, "--report", report, "--plot", plot)
+                     "activation", "--select", "top", "-o", out, "--report", report, "--plot", plot)
     assert result.exit_code == 0, result.output
     assert "module" in result.output and "model.layers.0.mlp.up_proj" in result.output
     assert "2 of 14 modules selected" in result.output

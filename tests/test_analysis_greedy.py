@@ -85,7 +85,7 @@ def test_gain_matches_a_hand_computed_reference(noisy, batch_size, padding_side)
     rows = [json.loads(line) for line in work.read_text().splitlines()]
     expected = _reference_gain(target, donor, rows)
     result = analyze(str(target), str(donor), load_workload(work), score="gain", top_k=2, batch_size=batch_size,
-                     padding_side=padding_side, progress=False)
+                     padding_side=padding_side, select="top", progress=False)
     got = {c["tensor"]: c["scores"]["gain"] for c in result.report["candidates"]}
     assert set(got) == set(expected)  # every module's predicted gain is in the report
     for name, value in expected.items():
@@ -99,7 +99,7 @@ def test_gain_matches_a_hand_computed_reference(noisy, batch_size, padding_side)
 
 def test_gain_never_selects_a_module_predicted_to_hurt(noisy):
     target, donor, work = noisy
-    result = analyze(str(target), str(donor), load_workload(work), score="gain", top_k=4, progress=False)
+    result = analyze(str(target), str(donor), load_workload(work), score="gain", top_k=4, select="top", progress=False)
     gains = {c["tensor"]: c["scores"]["gain"] for c in result.report["candidates"]}
     assert all(gains[u] > 0 for u in result.report["selected"]["units"])
     assert len(result.report["selected"]["units"]) == sum(g > 0 for g in gains.values()) < 4
@@ -110,7 +110,7 @@ def test_gain_refuses_when_every_change_is_predicted_to_hurt(noisy, tmp_path):
     target, _donor, work = noisy
     donor = perturbed_copy(target, tmp_path / "donor", CHANGED, scale=0.3, seed=4)  # all four predicted < 0
     with pytest.raises(TransplantError, match=r"no candidate has a positive score \(4 score below 0"):
-        analyze(str(target), str(donor), load_workload(work), score="gain", progress=False)
+        analyze(str(target), str(donor), load_workload(work), score="gain", select="top", progress=False)
 
 
 # ------------------------------------------------------------------------------- the planted pair
@@ -197,7 +197,8 @@ def planted(tmp_path_factory):
 
 def test_greedy_finds_a_pair_that_helps_only_together_where_first_order_scores_miss_it(planted):
     target, donor, work = planted
-    tops = {score: analyze(str(target), str(donor), load_workload(work), score=score, top_k=2, progress=False)
+    tops = {score: analyze(str(target), str(donor), load_workload(work), score=score, top_k=2, select="top",
+                           progress=False)
             for score in ("gain", "attribution", "local")}
     for score, top in tops.items():
         assert set(top.report["selected"]["units"]) != {UP, DOWN}, score
@@ -261,14 +262,15 @@ def test_greedy_holds_out_part_of_the_workload_and_reports_it(planted, tmp_path)
 
     text = _section_chosen(CardInputs(recipe=None, analysis=data))
     assert "Measured gain" in text and f"{g['rounds'][0]['gain']:.4g}" in text
-    again = analyze(str(target), str(donor), load_workload(work), select="greedy", top_k=2, progress=False)
+    again = analyze(str(target), str(donor), load_workload(work), top_k=2, progress=False)  # the default: greedy
+    assert again.report["settings"]["select"] == "greedy"
     assert again.report["greedy"]["rounds"] == g["rounds"]  # seeded: the same split, the same rounds
 
 
 def test_top_selection_warns_when_it_is_not_clearly_above_random_sets(noisy):
     target, donor, work = noisy
     result = analyze(str(target), str(donor), load_workload(work), score="local", top_k=1, controls=40,
-                     progress=False)
+                     select="top", progress=False)
     controls = result.report["controls"]
     assert controls["kind"] == "predicted" and len(controls["random"]) == 40
     # 40 random single modules from 14: some are the changed ones, most score 0
@@ -310,5 +312,6 @@ def test_select_options_are_generated_from_the_settings_dataclass():
     for f in dataclasses.fields(SelectConfig):
         assert f.name in params, f.name
         assert params[f.name].default == f.default and params[f.name].help == f.metadata["help"]
+    assert SelectConfig().select is None  # resolved by analyze(): greedy for modules, top for layers
     with pytest.raises(TransplantError, match="--min-gain must be a finite number"):
         SelectConfig(min_gain=math.nan).validate()

@@ -5,12 +5,15 @@
 >>> result.ranking()[:4]                 # tensor names, best first
 >>> open("recipe.yml", "w").write(result.recipe_text)
 
-Scores (docs/analysis.md has the details and the reasons for the default):
+Scores (docs/analysis.md has the details and the reasons for the defaults):
 ``attribution`` (default: the donor's change to a module's output x the
 gradient of the workload's log-probability, on the donor), ``local`` (the
-module's own change on the target's inputs, one forward pass, no gradients)
-and ``activation`` (the seed paper's |mean activation difference|). Torch is
-imported only when an analysis runs.
+module's own change on the target's inputs, one forward pass, no gradients),
+``gain`` (signed: the target's first-order log-likelihood gain if the module
+were transplanted) and ``activation`` (the seed paper's |mean activation
+difference|). Selection: ``greedy`` (default: measured in the live target,
+round by round, pre-filtered by the score) or ``top``. Torch is imported only
+when an analysis runs.
 """
 
 from __future__ import annotations

@@ -38,10 +38,11 @@ RUNNERS_UP = 3
 class SelectConfig:
     """How ``analyze`` turns scores into a selection; the CLI options are generated from these fields."""
 
-    select: str = field(default="greedy", metadata={
-        "help": "greedy (default, chosen by benchmarks/selection.py): measure each candidate's change of the "
-                "workload's log-likelihood in the live target, keep the best, repeat (about K x N forward "
-                "passes); top: the K best units by --score.",
+    select: Optional[str] = field(default=None, metadata={
+        "help": "greedy (the default, chosen by benchmarks/selection.py): measure each candidate's change of "
+                "the workload's log-likelihood in the live target, keep the best, repeat (about K x N forward "
+                "passes); top: the K best units by --score (the default with --granularity layer or "
+                "--strength-mode proportional).",
         "choices": ("top", "greedy")})
     prefilter: Optional[int] = field(default=None, metadata={
         "help": "greedy: only the N best candidates by --score (default: all when there are at most 64, "
@@ -57,7 +58,7 @@ class SelectConfig:
                 "above them. 0 skips."})
 
     def validate(self) -> None:
-        if self.select not in ("top", "greedy"):
+        if self.select not in (None, "top", "greedy"):
             raise TransplantError(f"--select must be top or greedy, got {self.select!r}")
         if self.prefilter is not None and self.prefilter < 1:
             raise TransplantError(f"--prefilter must be at least 1, got {self.prefilter}")
@@ -96,13 +97,15 @@ class GreedyResult:
     baseline: float  # the target's mean log-likelihood per sample on the selection part
     held_out_baseline: Optional[float]
     evaluations: int
-    seconds: float
-    forward_s: float  # one plain pass over the selection part (median of the timed ones)
     controls: List[dict] = field(default_factory=list)  # [{"units": [...], "gain": x}] on the held-out part
     rejected: List[List] = field(default_factory=list)  # the round that stopped (min_gain): [[unit, gain], ...]
+    # timing: kept out of to_json (the report's "timing" has them), so reports stay byte-comparable
+    seconds: float = 0.0
+    forward_s: float = 0.0  # one plain pass over the selection part (median of the timed ones)
 
     def to_json(self) -> dict:
         out = asdict(self)
+        del out["seconds"], out["forward_s"]
         out["schema"] = GREEDY_SCHEMA
         return out
 

@@ -99,7 +99,7 @@ def analyze(
     allow_pickle: bool = False,
     command: Optional[str] = None,
     progress: bool = True,
-    select: str = DEFAULT_SELECT,
+    select: Optional[str] = None,
     prefilter: Optional[int] = None,
     min_gain: float = 0.0,
     holdout_fraction: float = 0.25,
@@ -115,7 +115,9 @@ def analyze(
     tensors, and the recipe text that ``mergekit-yaml`` runs. Selection is
     ``top_k`` and/or ``param_budget`` (a fraction of the target's
     parameters); with neither, the best ``DEFAULT_TOP_K`` units.
-    ``select="greedy"`` measures instead of ranking (``analysis.greedy``;
+    ``select="greedy"`` (the default, except with ``granularity="layer"``
+    or proportional strengths, where it is ``"top"``) measures instead of
+    ranking (``analysis.greedy``;
     ``prefilter``, ``min_gain``, ``holdout_fraction``); ``controls`` random
     unit sets of the selection's size are compared with it.
 
@@ -134,6 +136,8 @@ def analyze(
         modules = [modules]
     _validate(score, also, capture, granularity, padding_side, batch_size, max_length, max_new_tokens)
     validate(top_k=top_k, param_budget=param_budget, strength=strength, strength_mode=strength_mode)
+    if select is None:  # greedy selects modules, with constant strength
+        select = "top" if granularity == "layer" or strength_mode != "constant" else DEFAULT_SELECT
     choosing = SelectConfig(select=select, prefilter=prefilter, min_gain=min_gain,
                             holdout_fraction=holdout_fraction, controls=controls)
     choosing.validate()
