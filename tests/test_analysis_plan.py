@@ -226,3 +226,11 @@ def test_analyze_api_returns_the_plan_with_plan_only(small):
     plan = analyze(str(target), str(donor), load_workload(work), plan_only=True, on_plan=seen.append,
                    progress=False)
     assert seen == [plan] and plan.score == "attribution" and plan.fits() in (True, None)
+
+
+def test_help_names_the_plan_options():
+    result = CliRunner().invoke(main, ["analyze", "--help"])
+    assert result.exit_code == 0
+    for option in ("--plan", "--force", "--recompute / --no-recompute"):
+        assert option in result.output, option
+    assert "memory plan" in " ".join(result.output.split())
