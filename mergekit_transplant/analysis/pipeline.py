@@ -198,6 +198,11 @@ def analyze(
         warnings.append(f"{truncated} of {len(seqs)} workload samples were longer than {limit_len} "
                         "tokens and lost tokens from the start of the prompt")
     state.update(seqs=seqs, tokenizer=tokenizer, max_len=limit_len, pad_id=_pad_id(tokenizer))
+    # what greedy (and teacher-forced gain) will score, checked before the plan and before loading
+    for needs, what in ((select == "greedy", "--select greedy"), (need_gain and capture != "generate", "score gain")):
+        if needs and all(s is None for s in likelihood_view(seqs)):
+            raise TransplantError(f"{what}: the workload has no continuation and no text of at least 2 tokens "
+                                  "to score")
     planner = _planner(target_index, donor_index, seqs, score=score, also=also, capture=capture,
                        max_new_tokens=max_new_tokens, max_len=limit_len, modules=modules,
                        include_embeddings=include_embeddings, dtype=dtype, device=device, device_map=device_map,
