@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import resource
 import subprocess
 import sys
@@ -39,26 +40,33 @@ from common import goal_verdict  # noqa: E402
 
 CHANGED = ["model.layers.2.mlp.down_proj.weight", "model.layers.5.self_attn.v_proj.weight",
            "model.layers.8.mlp.up_proj.weight", "model.layers.10.self_attn.o_proj.weight"]
-MODES = ("idle", "forward1", "forward2", "local", "activation", "attribution", "gain")
+MODES = ("idle", "forward1", "forward2", "local", "activation", "attribution", "attribution-keep", "gain")
 #: in one process, on one loaded model, alternating: the hooks' cost without load-time noise
 PASSES = ("plain", "activation", "local", "attribution", "backward", "gain", "greedy")
 #: goals measured in one process: pass -> (baseline pass, ratio)
 PASS_GOALS = {"gain": ("backward", 1.3), "greedy": ("plain", 1.1)}
 
 
-def build(root: Path, samples: int, words: int, seed: int = 0) -> dict:
+#: model sizes: the 104M pair of docs/performance.md and the ~60M pair of issue 16
+SIZES = {"104m": dict(hidden=768, layers=12, intermediate=3072, heads=12, kv_heads=4),
+         "60m": dict(hidden=640, layers=10, intermediate=2560, heads=10, kv_heads=2)}
+#: attribution's peak RSS against local's on the same pair, workload and batch (issue 16)
+ATTRIBUTION_RSS_GOAL = 1.4
+
+
+def build(root: Path, samples: int, words: int, seed: int = 0, size: str = "104m") -> dict:
     from mergekit_transplant.testing import WORDS, make_model, perturbed_copy
 
     target, donor, work = root / "target", root / "donor", root / "work.jsonl"
     if not target.exists():
-        make_model(target, "llama", hidden=768, layers=12, intermediate=3072, heads=12, kv_heads=4,
-                   vocab_size=96, max_positions=512, seed=seed)
+        make_model(target, "llama", **SIZES[size], vocab_size=96, max_positions=512, seed=seed)
     if not donor.exists():
         # like a full fine-tune: every linear weight moves a little, four of them a lot
         from mergekit_transplant.testing import linear_weight_names
 
         everywhere = perturbed_copy(target, root / "donor-base", linear_weight_names(target), scale=0.02, seed=2)
-        perturbed_copy(everywhere, donor, CHANGED, scale=0.5)
+        last = SIZES[size]["layers"] - 2  # layer 10 of the 104M pair
+        perturbed_copy(everywhere, donor, [n.replace("layers.10.", f"layers.{last}.") for n in CHANGED], scale=0.5)
         import shutil
 
         shutil.rmtree(everywhere)
@@ -99,14 +107,21 @@ def worker(mode: str, paths: dict, threads: int, batch_size: int) -> dict:
         return _plain_forward(mode, paths, batch_size)
     from mergekit_transplant.analysis import analyze, load_workload
 
-    start = time.perf_counter()
-    result = analyze(paths["target"], paths["donor"], load_workload(paths["workload"]), score=mode, select="top", top_k=4,
-                     batch_size=batch_size, progress=False)
+    start, cpu0 = time.perf_counter(), time.process_time()
+    extra = {"recompute": False} if mode == "attribution-keep" else {}  # attribution --no-recompute
+    import inspect
+
+    if "select" in inspect.signature(analyze).parameters:  # not in the code before issue 17 (@before)
+        extra["select"] = "top"
+    score = "attribution" if mode == "attribution-keep" else mode
+    result = analyze(paths["target"], paths["donor"], load_workload(paths["workload"]), score=score, top_k=4,
+                     batch_size=batch_size, progress=False, **extra)
     wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
     timing = result.report["timing"]
     passes = timing.get("target_pass_s", 0.0) + timing.get("donor_pass_s", 0.0)
-    return {"mode": mode, "wall_s": wall, "passes_s": passes, "peak_rss_mb": _peak_rss_mb(),
-            "top4": result.ranking(mode)[:4], "tokens": timing.get("target_tokens") or timing.get("donor_tokens"),
+    return {"mode": mode, "wall_s": wall, "cpu_s": cpu, "passes_s": passes, "peak_rss_mb": _peak_rss_mb(),
+            "top4": result.ranking(score)[:4], "tokens": timing.get("target_tokens") or timing.get("donor_tokens"),
             "timing": timing}
 
 
@@ -224,12 +239,18 @@ def interleaved(paths: dict, threads: int, batch_size: int, repeats: int) -> dic
     return {k: {"min_s": min(v), "median_s": statistics.median(v), "all_s": v} for k, v in times.items()}
 
 
-def run_worker(mode: str, paths: dict, threads: int, batch_size: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", mode, "--paths", json.dumps(paths), "--threads", str(threads),
+def run_worker(mode: str, paths: dict, threads: int, batch_size: int, before: str = None) -> dict:
+    """One run in a fresh process; a mode ending in ``@before`` runs the code in ``before`` (PYTHONPATH)."""
+    name, _, at = mode.partition("@")
+    cmd = [sys.executable, __file__, "--worker", name, "--paths", json.dumps(paths), "--threads", str(threads),
            "--batch-size", str(batch_size)]
     env = dict(os.environ, TQDM_DISABLE="1", TRANSFORMERS_VERBOSITY="error")
+    if at == "before":
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (before, env.get("PYTHONPATH")) if p)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["mode"] = mode
+    return result
 
 
 def main() -> None:
@@ -243,6 +264,10 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--interleaved", type=int, default=5,
                         help="repeats of the in-process alternating pass timing (0: skip)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="104m", help="the model pair to build")
+    parser.add_argument("--before", metavar="SRC",
+                        help="a checkout of the code to compare with: modes MODE@before run it (e.g. "
+                             "--modes local,attribution,attribution@before)")
     parser.add_argument("--passes", default=",".join(PASSES),
                         help="passes of the in-process timing (plain always runs)")
     parser.add_argument("--dir", help="folder for the models (kept between runs); default: a temp folder")
@@ -256,7 +281,7 @@ def main() -> None:
 
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench-analysis-"))
     root.mkdir(parents=True, exist_ok=True)
-    paths = build(root, args.samples, args.words)
+    paths = build(root, args.samples, args.words, size=args.size)
     from mergekit_transplant.checkpoint import read_index
 
     index = read_index(paths["target"])
@@ -271,7 +296,7 @@ def main() -> None:
     runs = {m: [] for m in modes}
     for _ in range(args.repeats):  # round-robin, so a busy spell on the machine hits every mode alike
         for mode in modes:
-            runs[mode].append(run_worker(mode, paths, args.threads, args.batch_size))
+            runs[mode].append(run_worker(mode, paths, args.threads, args.batch_size, args.before))
             print(f"{mode}: {json.dumps({k: v for k, v in runs[mode][-1].items() if k != 'timing'})}",
                   file=sys.stderr, flush=True)
     for mode in modes:
@@ -280,6 +305,9 @@ def main() -> None:
         best["all_passes_s"] = [r.get("passes_s") for r in runs[mode]]
         best["all_peak_rss_mb"] = [r["peak_rss_mb"] for r in runs[mode]]
         best["peak_rss_mb"] = max(best["all_peak_rss_mb"])
+        best["median_wall_s"] = statistics.median(best["all_wall_s"])
+        best["median_cpu_s"] = statistics.median(r.get("cpu_s", float("nan")) for r in runs[mode])
+        best["median_peak_rss_mb"] = statistics.median(best["all_peak_rss_mb"])
         results[mode] = best
     summary = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}, "
@@ -320,15 +348,13 @@ def _markdown(summary: dict, args) -> str:
                 out.append(f"Goal: `{kind}` <= {goal}x {what} (medians): {ratio:.2f}x: "
                            f"**{'met' if ratio <= goal else 'MISSED'}**")
         out.append("")
-    rows = ["| run | wall s | passes s | wall / baseline | passes / baseline | goal | peak RSS MB | RSS - idle, x model |",
-            "|---|---:|---:|---:|---:|---|---:|---:|"]
+    rows = ["| run | wall s | CPU s (median) | passes s | wall / baseline | passes / baseline | goal | peak RSS MB | RSS - idle, x model "
+            "| plan MB |", "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
     goals = {"local": ("forward1", 1.3), "activation": ("forward2", 1.2), "attribution": ("forward1", None),
              "gain": ("forward1", None)}
-    for mode in MODES:
-        if mode not in r or mode == "interleaved":
-            continue
+    for mode in sorted((m for m in r if m != "interleaved"), key=_mode_order):
         x = r[mode]
-        base, goal = goals.get(mode, (None, None))
+        base, goal = goals.get(mode.partition("@")[0], (None, None))
         ratio_wall = ratio_pass = "-"
         verdict = ""
         if base and base in r:
@@ -338,15 +364,18 @@ def _markdown(summary: dict, args) -> str:
                 met = x["wall_s"] / r[base]["wall_s"] <= goal
                 verdict = f"<= {goal}x: {'met' if met else 'MISSED'}"
         mem = f"{(x['peak_rss_mb'] - idle) / size:.2f}x" if idle and mode != "idle" else "-"
-        rows.append(f"| {mode} | {x.get('wall_s', 0):.2f} | {x.get('passes_s', 0):.2f} | {ratio_wall} | "
-                    f"{ratio_pass} | {verdict} | {x['peak_rss_mb']:.0f} | {mem} |")
+        rows.append(f"| {mode} | {x.get('wall_s', 0):.2f} | {x.get('median_cpu_s', float('nan')):.1f} | "
+                    f"{x.get('passes_s', 0):.2f} | {ratio_wall} | "
+                    f"{ratio_pass} | {verdict} | {x['peak_rss_mb']:.0f} | {mem} | "
+                    f"{x.get('timing', {}).get('plan_peak_mb', '-')} |")
     head = (f"{summary['model']['parameters'] / 1e6:.1f}M parameters ({size:.0f} MB float32), "
             f"{summary['workload']['samples']} samples, {summary['workload']['tokens_per_pass']} tokens per pass, "
             f"batch {args.batch_size}; {summary['machine']}")
     return head + "\n\n" + "\n".join(out + ["End to end, one subprocess per run (load included; fastest of "
                                              f"{args.repeats}):", ""] + rows
                                         + ["", "Goals (issue 3), computed:", ""]
-                                        + [f"- {v['line']}" for v in goal_verdicts(summary)])
+                                        + [f"- {v['line']}" for v in goal_verdicts(summary)]
+                                        + [""] + _attribution_goals(r))
 
 
 def goal_verdicts(summary: dict) -> list:
@@ -365,6 +394,43 @@ def goal_verdicts(summary: dict) -> list:
             out.append(goal_verdict(f"analyze --score {mode}: (peak RSS - bare runtime) / model size", over, "<= 1.25",
                                     unit="x", source="issue 3"))
     return out
+
+
+def _mode_order(mode: str):
+    name, _, at = mode.partition("@")
+    return (MODES.index(name) if name in MODES else len(MODES), at)
+
+
+def _attribution_goals(r: dict) -> list:
+    """Issue 16's goals, computed: attribution's peak RSS vs local's, and its wall time vs the code before."""
+    lines = []
+    for tag in ("", "@before"):
+        attr, local = r.get("attribution" + tag), r.get("local" + tag)
+        if attr and local:
+            ratio = attr["peak_rss_mb"] / local["peak_rss_mb"]
+            verdict = "met" if ratio <= ATTRIBUTION_RSS_GOAL else "MISSED"
+            lines.append(f"- attribution{tag} peak RSS / local{tag} peak RSS (worst runs): {attr['peak_rss_mb']:.0f} / "
+                         f"{local['peak_rss_mb']:.0f} MB = {ratio:.2f}x; goal <= {ATTRIBUTION_RSS_GOAL}x: {verdict}")
+    now, before = r.get("attribution"), r.get("attribution@before")
+    for label, run in (("attribution", now), ("attribution-keep", r.get("attribution-keep"))):
+        if run and before:
+            ratio = run["median_cpu_s"] / before["median_cpu_s"]
+            lines.append(f"- {label} CPU time / before (medians): {run['median_cpu_s']:.1f} / "
+                         f"{before['median_cpu_s']:.1f} s = {ratio:.2f}x; goal <= 1.0x (no worse): "
+                         f"{'met' if ratio <= 1.0 else 'MISSED'}")
+    keep, local = r.get("attribution-keep"), r.get("local")
+    if keep and local:
+        lines.append(f"- attribution-keep (--no-recompute) peak RSS / local: "
+                     f"{keep['peak_rss_mb'] / local['peak_rss_mb']:.2f}x")
+    if now and before:
+        for what in ("wall_s", "median_wall_s"):
+            ratio = now[what] / before[what]
+            lines.append(f"- attribution wall time / before ({what.replace('_s', '').replace('_', ' ')}): "
+                         f"{now[what]:.2f} / {before[what]:.2f} s = {ratio:.2f}x; goal <= 1.0x (no worse): "
+                         f"{'met' if ratio <= 1.0 else 'MISSED'}")
+        ratio = now["peak_rss_mb"] / before["peak_rss_mb"]
+        lines.append(f"- attribution peak RSS / before: {ratio:.2f}x")
+    return (["Goals (issue 16):", ""] + lines) if lines else []
 
 
 if __name__ == "__main__":

@@ -18,7 +18,13 @@
 #      agree, the device organ to pass `organ verify`, and `mergekit-yaml` to
 #      rebuild the adapted model from it (bf16 mixed precision is tried too
 #      when the GPU supports it);
-#   4. prints the wall times.
+#   4. prints the wall times;
+#   5. for each score (attribution, local, activation), runs `analyze` on a larger pair
+#      (hidden 1024, 8 layers, vocab 32000, batch 8 x ~256 tokens) in a fresh process and
+#      compares the memory plan's estimate with the measured peak: torch.cuda.max_memory_allocated
+#      on a GPU (the plan's items: what the run adds to the device), the process's peak RSS in the
+#      dry run (the plan's peak, runtime included). Reported with the ratio; a ratio outside
+#      [0.75, 1.25] is flagged "PLAN OFF" but does not fail the check.
 # Exits 0 when everything matches, 1 on any mismatch, 2 when it cannot run.
 #
 #   benchmarks/gpu_check.sh                 # on a machine with a GPU
@@ -27,8 +33,9 @@
 # Options: --device cuda|cpu (default cuda), --work DIR (default: a temp folder,
 # removed afterwards unless --keep), --keep, --python PY (default: .venv/bin/python
 # of this repository if present, else python3), --dtype float32|bfloat16|float16,
-# --hidden N, --layers N, --merge-only (skip the analysis), --inject-mismatch
-# (flip one bit of one device output before comparing: checks that the check fails).
+# --hidden N, --layers N, --merge-only (skip the analysis and the plan check), --plan-only
+# (only step 5), --inject-mismatch (flip one bit of one device output before comparing:
+# checks that the check fails).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -41,6 +48,7 @@ DTYPE=float32
 HIDDEN=256
 LAYERS=4
 MERGE_ONLY=0
+PLAN_ONLY=0
 INJECT=0
 
 while [[ $# -gt 0 ]]; do
@@ -53,8 +61,9 @@ while [[ $# -gt 0 ]]; do
     --hidden) HIDDEN="$2"; shift 2 ;;
     --layers) LAYERS="$2"; shift 2 ;;
     --merge-only) MERGE_ONLY=1; shift ;;
+    --plan-only) PLAN_ONLY=1; shift ;;
     --inject-mismatch) INJECT=1; shift ;;
-    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -70,7 +79,9 @@ fi
 mkdir -p "$WORK"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1
 
-"$PY" - "$WORK" "$DEVICE" "$DTYPE" "$HIDDEN" "$LAYERS" "$MERGE_ONLY" "$INJECT" <<'PYEOF'
+RC=0
+if [[ $PLAN_ONLY == 0 ]]; then
+"$PY" - "$WORK" "$DEVICE" "$DTYPE" "$HIDDEN" "$LAYERS" "$MERGE_ONLY" "$INJECT" <<'PYEOF' || RC=$?
 import json
 import os
 import shutil
@@ -277,3 +288,65 @@ if failures:
     sys.exit(1)
 print("OK: device outputs match the CPU run")
 PYEOF
+fi
+
+# ---------------------------------------------------------------------- 4. memory plan vs measured peak
+if [[ $MERGE_ONLY == 0 ]]; then
+"$PY" - "$WORK" "$DEVICE" <<'PYEOF' || RC=$?
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+work, device = Path(sys.argv[1]), sys.argv[2]
+dtype = "bfloat16" if device == "cuda" else "float32"
+from mergekit_transplant.testing import WORDS, make_model, perturbed_copy  # noqa: E402
+
+target, donor = work / "plan-target", work / "plan-donor"
+if not (target / "model.safetensors").exists():
+    make_model(target, "llama", seed=0, dtype=dtype, hidden=1024, layers=8, intermediate=4096, heads=16,
+               kv_heads=4, vocab_size=32000, max_positions=1024)
+    perturbed_copy(target, donor, ["model.layers.2.mlp.down_proj.weight", "model.layers.5.self_attn.o_proj.weight"])
+workload = work / "plan-workload.jsonl"
+with workload.open("w") as fh:
+    for i in range(16):
+        words = [WORDS[(i * 5 + j * 7) % len(WORDS)] for j in range(200 + 4 * i)]
+        fh.write(json.dumps({"text": " ".join(words), "continuation": " " + " ".join(words[:16])}) + "\n")
+
+MEASURE = """
+import json, sys, torch
+from mergekit_transplant.analysis import analyze, load_workload
+target, donor, work, score, device, dtype = sys.argv[1:7]
+if device == "cuda":
+    torch.cuda.init()
+    torch.cuda.reset_peak_memory_stats()
+r = analyze(target, donor, load_workload(work), score=score, select="top", top_k=2, batch_size=8, device=device,
+            dtype=dtype, progress=False)
+if device == "cuda":
+    measured, planned = torch.cuda.max_memory_allocated(), r.report["plan"]["added_bytes"]
+else:
+    measured = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) * 1024
+    planned = r.report["timing"]["plan_peak_mb"] * 2**20
+print(json.dumps({"planned": planned, "measured": measured, "items": r.report["plan"]["items"]}))
+"""
+what = "torch.cuda.max_memory_allocated" if device == "cuda" else "peak RSS (dry run)"
+print(f"memory plan vs {what} (hidden 1024, 8 layers, vocab 32000, {dtype}, batch 8):")
+off = 0
+for score in ("attribution", "local", "activation"):
+    proc = subprocess.run([sys.executable, "-c", MEASURE, str(target), str(donor), str(workload), score, device, dtype],
+                          capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1"))
+    if proc.returncode != 0:
+        print(f"FAIL plan check {score}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
+        sys.exit(1)
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    ratio = got["planned"] / got["measured"]
+    flag = "" if 0.75 <= ratio <= 1.25 else "  PLAN OFF"
+    off += bool(flag)
+    items = ", ".join(f"{i['name']} {i['bytes'] / 2**20:.0f}" for i in got["items"])
+    print(f"  {score:12s} planned {got['planned'] / 2**20:9.1f} MiB  measured {got['measured'] / 2**20:9.1f} MiB  "
+          f"planned/measured {ratio:.2f}{flag}   ({items} MiB)")
+print(f"plan check: {3 - off} of 3 scores within +-25%")
+PYEOF
+fi
+exit $RC

@@ -98,7 +98,7 @@ def _reference(model_dir, other_dir, tokenizer_dir, *, attribution=False):
     return out
 
 
-def _capture(model_dir, other_dir, *, attribution=False, batch_size=8, padding_side="right"):
+def _capture(model_dir, other_dir, *, attribution=False, batch_size=8, padding_side="right", recompute=True):
     model, tok = load_causal_lm(str(model_dir))
     index, other = read_index(str(model_dir)), read_index(str(other_dir))
     cands, _ = find_candidates(model, index, other, modules=PROBED)
@@ -107,7 +107,7 @@ def _capture(model_dir, other_dir, *, attribution=False, batch_size=8, padding_s
     with TensorStreamer(other) as files:
         result = run_pass(model, cands, seqs, stats=["activation"] + ([] if attribution else ["local"]),
                           batch_size=batch_size, pad_id=0, padding_side=padding_side, other=files,
-                          attribution=attribution, progress=False)
+                          attribution=attribution, recompute=recompute, progress=False)
     return {name: result.stats[name] for name in result.stats}, [c.module for c in cands]
 
 
@@ -126,11 +126,14 @@ def test_target_pass_statistics_match_a_computation_by_hand(models, batch_size, 
     assert stats["local"][:, o_proj].abs().max() == 0.0
 
 
-@pytest.mark.parametrize("batch_size,padding_side", [(1, "right"), (8, "left")])
-def test_attribution_matches_change_times_gradient_by_hand(models, batch_size, padding_side):
+@pytest.mark.parametrize("batch_size,padding_side,recompute", [(1, "right", True), (8, "left", True),
+                                                                (8, "left", False)])
+def test_attribution_matches_change_times_gradient_by_hand(models, batch_size, padding_side, recompute):
+    """Recomputing each layer in the backward pass (the default) or keeping the graph: the same values."""
     target, donor = models
     expected = _reference(donor, target, donor, attribution=True)
-    stats, order = _capture(donor, target, attribution=True, batch_size=batch_size, padding_side=padding_side)
+    stats, order = _capture(donor, target, attribution=True, batch_size=batch_size, padding_side=padding_side,
+                            recompute=recompute)
     for i, row in enumerate(expected):
         for j, name in enumerate(order):
             for stat in ("attribution", "attribution_signed"):
@@ -139,6 +142,31 @@ def test_attribution_matches_change_times_gradient_by_hand(models, batch_size, p
     # o_proj is the same in both models: no change to attribute, exactly zero
     o_proj = order.index("model.layers.1.self_attn.o_proj")
     assert stats["attribution"][:, o_proj].abs().max() == 0.0
+    # the forward statistics are counted once, not again when a layer is recomputed
+    ref_activation = _capture(donor, target, batch_size=batch_size, padding_side=padding_side)[0]["activation"]
+    assert torch.allclose(stats["activation"], ref_activation, rtol=1e-5, atol=1e-7)
+
+
+def test_attribution_recomputes_decoder_layers_and_keeps_no_graph_between_them(models):
+    """During the attribution pass each decoder layer runs twice: without a graph, then recomputed."""
+    from mergekit_transplant.analysis.recompute import Replay, decoder_layers
+
+    _target, donor = models
+    model, _tok = load_causal_lm(str(donor))
+    layers = decoder_layers(model)
+    assert layers and layers[0] is model.model.layers[0]
+    calls = []
+    hooks = [layer.mlp.register_forward_hook(lambda m, i, o: calls.append(torch.is_grad_enabled()))
+             for layer in layers]
+    x = model.get_input_embeddings()(torch.tensor([[1, 5, 7]])).requires_grad_(True)
+    with torch.enable_grad(), Replay(model):
+        out = model(inputs_embeds=x).logits
+        assert calls == [False] * len(layers)  # no graph inside the layers in the forward pass
+        out.sum().backward()
+    assert calls == [False] * len(layers) + [True] * len(layers)  # each recomputed once, last layer first
+    assert all("forward" not in vars(layer) for layer in layers)  # unwrapped afterwards
+    for h in hooks:
+        h.remove()
 
 
 def test_batch_size_and_padding_side_do_not_change_scores(models, tmp_path):

@@ -30,6 +30,13 @@ Statistics (per sample, averaged over its scored positions):
   sum_m <d log p / d W_m, W_donor,m - W_target,m>, signed, the first-order
   change of the target's log-likelihood if this one module were transplanted.
 
+The gradient scores (``attribution``, ``gain``) compute each module's term in
+a hook on its output's gradient, from a reference to the module's input, and
+free it at once; by default each decoder layer is recomputed in the backward
+pass (``recompute.Replay``), so a batch holds one layer's activations at a
+time, not every layer's. The probes see a recomputed layer twice and measure
+the forward statistics only in its first call.
+
 ``other`` names the checkpoint each pass compares its model with: the donor
 in the target's pass (``local``, ``gain``), the target in the donor's
 (``attribution``).
@@ -37,12 +44,14 @@ in the target's pass (``local``, ``gain``), the target in the donor's
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 from mergekit_transplant.analysis.candidates import Candidate
+from mergekit_transplant.analysis.recompute import Replay
 from mergekit_transplant.analysis.streaming import TensorStreamer
 from mergekit_transplant.analysis.tokens import Batch, TokenSequence, batches, fit
 from mergekit_transplant.errors import TransplantError
@@ -79,6 +88,7 @@ class _Context:
         self._everywhere: Dict[str, tuple] = {}
         self.out: Dict[str, "torch.Tensor"] = {}  # noqa: F821  stat -> [B, n_candidates] float32
         self.seen: Dict[str, set] = {}  # stat -> probes that reported
+        self.replay = None  # recompute.Replay during an attribution pass
 
     def start(self, batch: Batch) -> None:
         import torch
@@ -162,41 +172,40 @@ class Probe:
         ctx = self.ctx
         y = output[0] if isinstance(output, tuple) else output
         rows, cols, _w, ids, _mask = ctx.index(y.device)
-        with torch.no_grad():
-            ys = y.detach()[rows, cols].float()  # [P, d_out]
-            if "activation" in self.stats:
-                ctx.store("activation", self.index, ys.abs().mean(-1))
-            if "local" in self.stats:
-                diff = self._change(module, inputs, rows, cols, ids)
-                norm = diff.norm(dim=-1)
-                ctx.store("local", self.index, norm)
-                ctx.store("local_relative", self.index, norm / ys.norm(dim=-1).clamp_min(EPS))
-        if self.attribution and y.requires_grad:
-            stat_index = self.index
-            every_row, every_col = ctx.real_positions(y.device)
+        replaying = ctx.replay is not None and ctx.replay.active
+        if not replaying:  # a recomputed layer (attribution's backward) was measured in its first call
             with torch.no_grad():
-                # this model's change against the other (the donor's against the target)
-                own_change = self._change(module, inputs, every_row, every_col, ids).neg_()  # [P, d_out]
+                ys = y.detach()[rows, cols].float()  # [P, d_out]
+                if "activation" in self.stats:
+                    ctx.store("activation", self.index, ys.abs().mean(-1))
+                if "local" in self.stats:
+                    diff = self._change(module, inputs, rows, cols, ids)
+                    norm = diff.norm(dim=-1)
+                    ctx.store("local", self.index, norm)
+                    ctx.store("local_relative", self.index, norm / ys.norm(dim=-1).clamp_min(EPS))
+                del ys
+        if (self.attribution or self.gain) and y.requires_grad:
+            # The change term is computed when the output's gradient arrives, from the module's
+            # input (held by reference: q/k/v and gate/up share theirs), and freed right after.
+            # Inside a recomputed layer that is moments later; the layer's graph goes with it.
+            stat_index, attribution, gain = self.index, self.attribution, self.gain
+            x = inputs[0].detach() if inputs else None
 
-            def on_grad(grad, own_change=own_change, every_row=every_row, every_col=every_col):
+            def on_grad(grad, x=x):
                 with torch.no_grad():
-                    per_pos = (own_change * grad[every_row, every_col].float()).sum(-1)  # [P]
-                    ctx.store("attribution", stat_index, per_pos.abs(), weighted=False, rows=every_row)
-                    ctx.store("attribution_signed", stat_index, per_pos, weighted=False, rows=every_row)
+                    every_row, every_col = ctx.real_positions(grad.device)
+                    # the other model's change applied here: (W_other - W_this) x, [P, d_out]
+                    change = self._change(module, (x,), every_row, every_col, ids)
+                    per_pos = (change * grad[every_row, every_col].float()).sum(-1)  # [P]
+                    del change
+                    if gain:  # on the target: the donor's change, signed
+                        ctx.store("gain", stat_index, per_pos, weighted=False, rows=every_row)
+                    if attribution:  # on the donor: its own change against the target, the opposite sign
+                        per_pos = per_pos.neg_()
+                        ctx.store("attribution", stat_index, per_pos.abs(), weighted=False, rows=every_row)
+                        ctx.store("attribution_signed", stat_index, per_pos, weighted=False, rows=every_row)
 
             y.register_hook(on_grad)
-        if self.gain and y.requires_grad:
-            stat_index = self.index
-            every_row, every_col = ctx.real_positions(y.device)
-            with torch.no_grad():  # the donor's change, applied to the target's inputs
-                change = self._change(module, inputs, every_row, every_col, ids)  # [P, d_out]
-
-            def on_gain_grad(grad, change=change, every_row=every_row, every_col=every_col):
-                with torch.no_grad():
-                    per_pos = (change * grad[every_row, every_col].float()).sum(-1)  # [P]
-                    ctx.store("gain", stat_index, per_pos, weighted=False, rows=every_row)
-
-            y.register_hook(on_gain_grad)
 
     def _change(self, module, inputs, rows, cols, ids):
         """``(W_other - W_this) x (+ b_other - b_this)`` at the given positions, float32 ``[P, d_out]``."""
@@ -225,6 +234,7 @@ def _input_device(model):
 def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequence], *, stats: Sequence[str],
              batch_size: int, pad_id: int, padding_side: str, other: Optional[TensorStreamer] = None,
              own_files: Optional[TensorStreamer] = None, attribution: bool = False, gain: bool = False,
+             recompute: bool = True,
              desc: str = "capture", progress: bool = True,
              sources: Sequence[tuple] = ()) -> PassResult:
     """One pass of ``model`` over ``seqs`` with every candidate probed.
@@ -249,8 +259,8 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
     gradients = attribution or gain
     ctx = _Context(device, names, len(candidates))
     out = {name: torch.zeros(len(seqs), len(candidates), dtype=torch.float64) for name in names}
-    keep_last = _can_keep_last(model) and not gradients and not any(
-        modules[c.module] is model.get_output_embeddings() for c in candidates)
+    head_probed = any(modules[c.module] is model.get_output_embeddings() for c in candidates)
+    keep_last = _can_keep_last(model) and not gradients and not head_probed
     embed_hook = None
     if gradients:
         for p in model.parameters():
@@ -271,8 +281,9 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
             kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                           position_ids=batch.position_ids, use_cache=False)
             if gradients:
-                with torch.enable_grad():
-                    _attribution_step(model, batch, kwargs)
+                with torch.enable_grad(), (Replay(model) if recompute else contextlib.nullcontext()) as ctx.replay:
+                    _attribution_step(model, batch, kwargs, head_is_candidate=head_probed)
+                ctx.replay = None
             else:
                 if keep_last:
                     kwargs["logits_to_keep"] = 1
@@ -293,11 +304,23 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
                       streamed_bytes=other.bytes_read if other else 0)
 
 
-def _attribution_step(model, batch: Batch, kwargs) -> None:
+def _attribution_step(model, batch: Batch, kwargs, *, head_is_candidate: bool = False) -> None:
+    """Forward (decoder layers recomputed in the backward pass, see ``recompute``) and backward.
+
+    Unless the output head is a candidate (its probe needs every position),
+    logits are computed only at the scored positions' columns.
+    """
     import torch
 
-    logits = model(**kwargs).logits
-    picked = logits[batch.rows, batch.cols].float().log_softmax(-1)  # [P, V]
+    cols = batch.cols
+    if not head_is_candidate and _can_keep_last(model):
+        keep = torch.unique(batch.cols)  # sorted
+        logits = model(**kwargs, logits_to_keep=keep).logits
+        cols = torch.searchsorted(keep, batch.cols)
+    else:
+        logits = model(**kwargs).logits
+    picked = logits[batch.rows, cols].float().log_softmax(-1)  # [P, V]
+    del logits
     labels = batch.labels.to(picked.device)
     greedy = picked.detach().argmax(-1)
     labels = torch.where(labels < 0, greedy, labels)

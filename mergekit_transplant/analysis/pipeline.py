@@ -29,11 +29,12 @@ import gc
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from mergekit_transplant.analysis import capture as capture_mod
 from mergekit_transplant.analysis.candidates import Candidate, find_candidates, layer_units
 from mergekit_transplant.analysis.greedy import DEFAULT_PREFILTER_ALL, DEFAULT_SELECT, SelectConfig
+from mergekit_transplant.analysis.plan import MemoryPlan, Planner
 from mergekit_transplant.analysis.scores import (
     REPORTED, SCORES, ScoreTable, layer_scores, module_scores,
 )
@@ -103,6 +104,10 @@ def analyze(
     min_gain: float = 0.0,
     holdout_fraction: float = 0.25,
     controls: int = 3,
+    recompute: bool = True,
+    force: bool = False,
+    on_plan: Optional[Callable[["MemoryPlan"], None]] = None,
+    plan_only: bool = False,
 ) -> "AnalysisResult":
     """Score every candidate module of ``target`` against ``donor`` on ``workload``.
 
@@ -115,6 +120,14 @@ def analyze(
     ranking (``analysis.greedy``;
     ``prefilter``, ``min_gain``, ``holdout_fraction``); ``controls`` random
     unit sets of the selection's size are compared with it.
+
+    Before any model loads, the memory plan (``plan.MemoryPlan``) is
+    estimated, handed to ``on_plan`` and stored in the report; when it
+    exceeds the device's free memory the run stops with the largest batch
+    size (or length) that fits, unless ``force``. With ``plan_only`` the
+    plan is returned and nothing loads (``plan_analysis``). ``recompute``
+    (the gradient scores): recompute each decoder layer in the backward
+    pass (memory bounded by one layer; ``recompute.py``).
     """
     import torch
 
@@ -174,18 +187,38 @@ def analyze(
     donor_stats: Dict[str, "torch.Tensor"] = {}
     generations: Dict[str, List[str]] = {}
 
+    # Tokenise once (always with the target's tokenizer) and plan the memory, before any model loads.
+    tokenizer = _tokenizer(target, trust_remote_code)
+    limit_len = context_limit(target_index.config, max_length)
+    seqs = encode(tokenizer, workload.samples, limit_len)
+    if capture != "generate":
+        _check_continuations(tokenizer, workload, limit_len)
+    truncated = sum(s.truncated for s in seqs)
+    if truncated:
+        warnings.append(f"{truncated} of {len(seqs)} workload samples were longer than {limit_len} "
+                        "tokens and lost tokens from the start of the prompt")
+    state.update(seqs=seqs, tokenizer=tokenizer, max_len=limit_len, pad_id=_pad_id(tokenizer))
+    # what greedy (and teacher-forced gain) will score, checked before the plan and before loading
+    for needs, what in ((select == "greedy", "--select greedy"), (need_gain and capture != "generate", "score gain")):
+        if needs and all(s is None for s in likelihood_view(seqs)):
+            raise TransplantError(f"{what}: the workload has no continuation and no text of at least 2 tokens "
+                                  "to score")
+    planner = _planner(target_index, donor_index, seqs, score=score, also=also, capture=capture,
+                       max_new_tokens=max_new_tokens, max_len=limit_len, modules=modules,
+                       include_embeddings=include_embeddings, dtype=dtype, device=device, device_map=device_map,
+                       trust_remote_code=trust_remote_code, recompute=recompute, greedy=select == "greedy")
+    plan = planner.plan(batch_size)
+    if on_plan is not None:
+        on_plan(plan)
+    if plan_only:
+        return plan
+    if plan.fits() is False:
+        _refuse(plan, planner, batch_size, limit_len, force, warnings)
+
     def prepare(model, role: str):
-        """Tokenise once (always with the target's tokenizer) and find the candidates."""
-        if "seqs" not in state:
-            tokenizer = _tokenizer(target, trust_remote_code)
-            limit_len = context_limit(model, max_length)
-            seqs = encode(tokenizer, workload.samples, limit_len)
-            truncated = sum(s.truncated for s in seqs)
-            if truncated:
-                warnings.append(f"{truncated} of {len(seqs)} workload samples were longer than {limit_len} "
-                                "tokens and lost tokens from the start of the prompt")
-            state.update(seqs=seqs, tokenizer=tokenizer, max_len=limit_len,
-                         pad_id=_pad_id(tokenizer), eos_ids=_eos_ids(tokenizer, model))
+        """Find the candidates (on the first model loaded)."""
+        if "candidates" not in state:
+            state["eos_ids"] = _eos_ids(tokenizer, model)
             cands, skipped = find_candidates(model, target_index, donor_index, modules=modules,
                                              include_embeddings=include_embeddings)
             state.update(candidates=cands, skipped=skipped)
@@ -236,6 +269,7 @@ def analyze(
                 result = capture_mod.run_pass(
                     model, state["candidates"], scored, stats=[], batch_size=batch_size, pad_id=state["pad_id"],
                     padding_side=padding_side, other=donor_files, own_files=target_files, gain=True,
+                    recompute=recompute,
                     desc="target pass (gradients)", progress=progress,
                     sources=[("target", target_files), ("donor", donor_files)])
             target_stats = {**target_stats, **result.stats}
@@ -256,7 +290,8 @@ def analyze(
                 model, state["candidates"], seqs, stats=["activation"], batch_size=batch_size,
                 pad_id=state["pad_id"], padding_side=padding_side, own_files=donor_files,
                 other=target_files if need_attr else None,
-                attribution=need_attr, desc="donor pass" + (" (gradients)" if need_attr else ""),
+                attribution=need_attr, recompute=recompute,
+                desc="donor pass" + (" (gradients)" if need_attr else ""),
                 progress=progress,
                 sources=[("donor", donor_files)] + ([("target", target_files)] if need_attr else []))
         donor_stats = result.stats
@@ -317,6 +352,7 @@ def analyze(
         "prefilter": prefilter if select == "greedy" else None,
         "min_gain": min_gain if select == "greedy" else None,
         "holdout_fraction": holdout_fraction if select == "greedy" else None,
+        "recompute": recompute,
     }
     header = _header(command, settings, workload, picked, target_index, granularity, len(chosen))
     recipe_text = render_recipe(target, chosen, header=header, out_dtype=_out_dtype(target_index, donor_index))
@@ -324,6 +360,7 @@ def analyze(
 
     timing["total_s"] = time.perf_counter() - t_start
     timing["peak_rss_mb"] = _peak_rss_mb()
+    timing["plan_peak_mb"] = round(plan.peak_bytes / 2**20, 1)  # with the measured baseline: not deterministic
     report = build_report(
         settings=settings, target_index=target_index, donor_index=donor_index, candidates=candidates,
         modules_table=modules_table, table=table, units_info=units_info, picked=picked, chosen=chosen,
@@ -334,8 +371,63 @@ def analyze(
         report["greedy"] = greedy_result.to_json()
     if controls_report:
         report["controls"] = controls_report
+    report["plan"] = plan.to_json()
     return AnalysisResult(report=report, selections=chosen, recipe_text=recipe_text, table=table,
                           warnings=warnings)
+
+
+def plan_analysis(target: str, donor: str, workload: Union[Workload, str, Path], **settings) -> MemoryPlan:
+    """The memory plan of ``analyze(target, donor, workload, **settings)``; no model is loaded."""
+    return analyze(target, donor, workload, plan_only=True, **settings)
+
+
+def _planner(target_index: ModelIndex, donor_index: ModelIndex, seqs: Sequence[TokenSequence], *, score, also,
+             capture, max_new_tokens, max_len, modules, include_embeddings, dtype, device, device_map,
+             trust_remote_code, recompute=True, greedy=False) -> Planner:
+    """The plan's view of the workload: tokens fed and positions scored per sample."""
+    if capture == "generate":  # each prompt (cut to leave room) plus up to max_new_tokens generated
+        room = max_len - max_new_tokens
+        lengths = [min(s.prompt_len, room) + max_new_tokens for s in seqs]
+        scored = [max_new_tokens] * len(seqs)
+    else:
+        lengths = [len(s.ids) for s in seqs]
+        scored = [len(s.scored) for s in seqs]
+    return Planner(target_index, donor_index, score=score, also=also, lengths=lengths, scored=scored,
+                   modules=modules, include_embeddings=include_embeddings, dtype=dtype, device=device,
+                   device_map=device_map, trust_remote_code=trust_remote_code, recompute=recompute,
+                   greedy=greedy)
+
+
+def _check_continuations(tokenizer, workload: Workload, max_len: int) -> None:
+    """A continuation is scored whole: the context must hold it and one prompt token."""
+    longest, where = 0, None
+    for i, sample in enumerate(workload.samples):
+        if sample.continuation:
+            n = len(tokenizer(sample.continuation, add_special_tokens=False)["input_ids"])
+            if n > longest:
+                longest, where = n, i
+    if longest + 1 > max_len:
+        raise TransplantError(
+            f"--max-length {max_len} is below the longest continuation ({longest} tokens, workload sample "
+            f"{where + 1}) plus one prompt token; use --max-length {longest + 1} or more")
+
+
+def _refuse(plan: MemoryPlan, planner: Planner, batch_size: int, max_len: int, force: bool,
+            warnings: List[str]) -> None:
+    """Stop before loading when the plan exceeds the device's free memory (``force`` warns instead)."""
+    from mergekit_transplant.analysis.plan import _mib
+
+    need = f"estimated {_mib(plan.added_bytes)} on {plan.device} but {_mib(plan.free_bytes)} is free"
+    if force:
+        warnings.append(f"memory plan: {need}; running anyway (--force)")
+        return
+    min_len = max(2, max(planner.scored) + 1)
+    advice = planner.advice(batch_size, max_len, min_len)
+    if advice is None:
+        raise TransplantError(f"memory plan: {need}, and it cannot fit even at --batch-size 1 "
+                              f"(the model's weights alone are {_mib(planner.weight_bytes)}); use a larger "
+                              "device, --device-map auto across several, or --force to try anyway")
+    raise TransplantError(f"memory plan: {need}; {advice} (or pass --force to run anyway)")
 
 
 def _validate(score, also, capture, granularity, padding_side, batch_size, max_length, max_new_tokens) -> None:

@@ -38,7 +38,14 @@ class TokenSequence:
 
 
 def context_limit(model, max_length: int) -> int:
-    """The longest sequence to feed: ``max_length`` capped by the model's context."""
+    """The longest sequence to feed: ``max_length`` capped by the model's context.
+
+    ``model`` is a model or its config as a dict (``config.json``, before loading).
+    """
+    if isinstance(model, dict):
+        cfg = model.get("text_config") or model
+        limit = cfg.get("max_position_embeddings")
+        return min(max_length, int(limit)) if limit else max_length
     cfg = getattr(model, "config", None)
     cfg = getattr(cfg, "text_config", None) or cfg
     limit = getattr(cfg, "max_position_embeddings", None)

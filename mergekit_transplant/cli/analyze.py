@@ -53,7 +53,13 @@ SCORE_CHOICES = ("attribution", "local", "activation", "gain")
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the Hub.")
 @click.option("--allow-pickle", is_flag=True,
               help="Accept pickle (.bin/.pt) checkpoints (read weights-only, memory-mapped).")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Recipe file to write.")
+@click.option("--recompute/--no-recompute", default=True, show_default=True,
+              help="attribution: recompute each decoder layer in the backward pass (memory bounded by one "
+                   "layer) instead of keeping every layer's activations (one forward pass faster, more memory).")
+@click.option("--plan", "plan_only", is_flag=True,
+              help="Print the memory plan (estimated peak memory, itemised) and stop; nothing is loaded.")
+@click.option("--force", is_flag=True, help="Run even when the memory plan exceeds the device's free memory.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Recipe file to write (required unless --plan).")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the full report (JSON) here.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a layers x module heatmap (PNG) here.")
 @click.option("--rows", type=int, default=15, show_default=True, help="Rows of the console table.")
@@ -86,12 +92,20 @@ def analyze(**opts) -> None:
     of the workload shows how well that generalises. --select top takes the
     K best by --score instead. Both defaults were chosen on held-out pairs
     (benchmarks/selection.py). See docs/analysis.md.
+    \b
+    Every run first prints its memory plan (from the config, the
+    safetensors headers and the tokenised workload; nothing loaded) and
+    stops with exit 2 if it exceeds the device's free memory, naming the
+    largest --batch-size that fits (--force runs anyway); --plan prints the
+    plan only.
     """
     from mergekit_transplant.analysis import analyze as run_analysis
     from mergekit_transplant.analysis import load_workload, write_outputs
     from mergekit_transplant.analysis.report import format_greedy, format_table
     from mergekit_transplant.errors import TransplantError
 
+    if not opts["output"] and not opts["plan_only"]:
+        raise click.UsageError("Missing option '-o' / '--output' (required unless --plan).")
     if bool(opts["workload"]) == bool(opts["lm_eval_task"]):
         raise TransplantError("give exactly one of --workload FILE or --lm-eval-task NAME")
     if opts["include_path"] and not opts["lm_eval_task"]:
@@ -116,8 +130,11 @@ def analyze(**opts) -> None:
         padding_side=opts["padding_side"], limit=opts["limit"], seed=opts["seed"],
         trust_remote_code=opts["trust_remote_code"], allow_pickle=opts["allow_pickle"],
         command=_command_line(click.get_current_context()), progress=not opts["quiet"],
-        **vars(choosing),
+        **vars(choosing), recompute=opts["recompute"], force=opts["force"], plan_only=opts["plan_only"],
+        on_plan=lambda plan: click.echo(plan.format(), err=True),
     )
+    if opts["plan_only"]:
+        return
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     if not opts["quiet"]:
@@ -137,7 +154,7 @@ def _command_line(ctx: click.Context) -> str:
         if not isinstance(param, click.Option) or param.name in ("debug",):
             continue
         value = ctx.params.get(param.name)
-        if value in (None, False, ()) or value == param.default:
+        if value in (None, False, ()) or value == param.default or param.name == "plan_only":
             continue
         flag = max(param.opts, key=len)
         if param.is_flag:

@@ -1,0 +1,236 @@
+"""The memory plan: itemised, close to the measured peak, and it stops runs that cannot fit.
+
+The accuracy test runs ``analyze`` in a fresh process per case and compares
+the plan's estimated peak (which includes the process's measured memory
+before loading) with the process's high-water RSS (``VmHWM``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+
+from mergekit_transplant.analysis import analyze, load_workload  # noqa: E402
+from mergekit_transplant.analysis import plan as plan_mod  # noqa: E402
+from mergekit_transplant.analysis.paper import PUBLISHED, plan_on_paper  # noqa: E402
+from mergekit_transplant.analysis.pipeline import plan_analysis  # noqa: E402
+from mergekit_transplant.cli import main  # noqa: E402
+from mergekit_transplant.testing import WORDS, make_model, perturbed_copy  # noqa: E402
+
+CHANGED = ["model.layers.1.mlp.down_proj.weight", "model.layers.0.self_attn.o_proj.weight"]
+
+
+def _workload(path, n=16, words=(60, 120), continuation=8, seed=0):
+    import random
+
+    rnd = random.Random(seed)
+    rows = []
+    for i in range(n):
+        row = {"text": " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(*words)))}
+        if i % 2:
+            row["continuation"] = " " + " ".join(rnd.choice(WORDS) for _ in range(continuation))
+        rows.append(json.dumps(row))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plan")
+    target = make_model(root / "t", "llama", hidden=64, layers=2)
+    donor = perturbed_copy(target, root / "d", CHANGED)
+    return target, donor, _workload(root / "w.jsonl", n=8, words=(10, 30))
+
+
+# --------------------------------------------------------------------------- accuracy
+
+#: three sizes; peak RSS is measured in a fresh process per (size, score)
+SIZES = {
+    "8M": dict(hidden=256, layers=4, intermediate=1024, heads=4, kv_heads=2),
+    "30M": dict(hidden=512, layers=6, intermediate=2048, heads=8, kv_heads=4),
+    "60M": dict(hidden=640, layers=10, intermediate=2560, heads=10, kv_heads=2),
+}
+
+_MEASURE = textwrap.dedent("""
+    import json, sys
+    import torch
+    torch.set_num_threads(1)
+    from mergekit_transplant.analysis import analyze, load_workload
+    target, donor, work, score = sys.argv[1:5]
+    r = analyze(target, donor, load_workload(work), score=score, select="top", top_k=2, batch_size=8,
+                 progress=False)
+    hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
+    print(json.dumps({"plan_mb": r.report["timing"]["plan_peak_mb"], "rss_mb": hwm}))
+""")
+
+
+@pytest.fixture(scope="module")
+def sized(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sized")
+    work = _workload(root / "w.jsonl", n=16, words=(100, 200))
+    pairs = {}
+    for name, dims in SIZES.items():
+        target = make_model(root / name / "t", "llama", vocab_size=96, max_positions=512, **dims)
+        pairs[name] = (target, perturbed_copy(target, root / name / "d", CHANGED), work)
+    return pairs
+
+
+@pytest.mark.parametrize("score", ["attribution", "local"])
+def test_plan_is_within_a_quarter_of_the_measured_peak_rss(sized, score):
+    """Three model sizes, each run in its own process: estimate / measured peak RSS in [0.75, 1.25]."""
+    env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS="1")
+    ratios = {}
+    for name, (target, donor, work) in sized.items():
+        out = subprocess.run([sys.executable, "-c", _MEASURE, str(target), str(donor), str(work), score],
+                             capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        got = json.loads(out.stdout.strip().splitlines()[-1])
+        ratios[name] = got["plan_mb"] / got["rss_mb"]
+    print(f"plan / measured peak RSS ({score}):", {k: round(v, 3) for k, v in ratios.items()})
+    assert all(0.75 <= r <= 1.25 for r in ratios.values()), ratios
+
+
+# --------------------------------------------------------------------------- on paper
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+@pytest.mark.parametrize("score", ["attribution", "local", "activation"])
+def test_real_architectures_plan_on_the_meta_device_and_items_sum_up(name, score):
+    plan = plan_on_paper(name, score=score, batch=8, length=512)
+    cfg = PUBLISHED[name]
+    items = {i.name: i.bytes for i in plan.items}
+    assert plan.added_bytes == sum(items.values()) == plan.peak_bytes  # no measured baseline on paper
+    assert set(items) >= {"weights", "activations", "score buffers"}
+    assert all(v >= 0 for v in items.values())
+    # the weights: every parameter once (a tied head counted once), in bf16
+    model = plan_mod.meta_model(cfg)
+    unique = {id(p): p.numel() for p in model.parameters()}
+    assert items["weights"] == 2 * sum(unique.values())
+    assert ("streamed tensors" in items) == (score != "activation")
+    # layer inputs kept for attribution's backward: (layers + 1) x batch x length x hidden, bf16
+    inputs = (cfg["num_hidden_layers"] + 1) * 8 * 512 * cfg["hidden_size"] * 2
+    assert items.get("layer inputs") == (inputs if score == "attribution" else None)
+    # --device-map auto: weights and layer inputs spread over the GPUs, the rest stays whole
+    rest = plan.added_bytes - items["weights"] - items.get("layer inputs", 0)
+    assert plan.per_device_bytes(4) == -(-(items["weights"] + items.get("layer inputs", 0)) // 4) + rest
+    json.dumps(plan.to_json())  # serialisable
+    assert plan_mod.MemoryPlan.from_json(plan.to_json()).added_bytes == plan.added_bytes
+
+
+def test_attribution_costs_more_than_local_and_batch_size_scales_activations():
+    local = plan_on_paper("meta-llama/Meta-Llama-3-8B", score="local")
+    attribution = plan_on_paper("meta-llama/Meta-Llama-3-8B", score="attribution")
+    assert attribution.added_bytes > local.added_bytes
+    one = plan_on_paper("meta-llama/Meta-Llama-3-8B", score="attribution", batch=1)
+    acts = [next(i.bytes for i in p.items if i.name == "activations") for p in (one, attribution)]
+    assert acts[1] > 6 * acts[0]
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def _cli(small, tmp_path, *extra):
+    target, donor, work = small
+    return CliRunner().invoke(main, ["analyze", "--target", str(target), "--donor", str(donor), "--workload",
+                                     str(work), *extra])
+
+
+def _no_loading(monkeypatch):
+    from mergekit_transplant.analysis import pipeline
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(pipeline, "_load", refuse)
+
+
+def test_plan_flag_prints_the_itemised_plan_and_loads_nothing(small, tmp_path, monkeypatch):
+    _no_loading(monkeypatch)
+    result = _cli(small, tmp_path, "--plan")
+    assert result.exit_code == 0, result.output
+    for item in ("weights", "streamed tensors", "activations", "score buffers", "estimated peak", "runtime"):
+        assert item in result.output, item
+    assert not list(tmp_path.iterdir())
+
+
+def test_every_run_prints_the_plan_and_stores_it_in_the_report(small, tmp_path):
+    result = _cli(small, tmp_path, "--quiet", "--select", "top", "-o", str(tmp_path / "r.yml"), "--report",
+                  str(tmp_path / "r.json"))
+    assert result.exit_code == 0, result.output
+    assert result.output.index("memory plan") < result.output.index("wrote recipe")
+    report = json.loads((tmp_path / "r.json").read_text())
+    plan = report["plan"]
+    assert plan["added_bytes"] == sum(i["bytes"] for i in plan["items"]) > 0
+    assert report["timing"]["plan_peak_mb"] > plan["added_bytes"] / 2**20  # plus the measured runtime
+
+
+def test_a_plan_over_the_free_memory_stops_before_loading_and_names_a_batch_size(small, tmp_path, monkeypatch):
+    target, donor, work = small
+    at_8 = plan_analysis(str(target), str(donor), load_workload(work), batch_size=8, progress=False)
+    at_2 = plan_analysis(str(target), str(donor), load_workload(work), batch_size=2, progress=False)
+    monkeypatch.setattr(plan_mod, "available_ram_bytes", lambda: (at_2.added_bytes + at_8.added_bytes) // 2)
+    _no_loading(monkeypatch)
+    result = _cli(small, tmp_path, "-o", str(tmp_path / "r.yml"))
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "memory plan: estimated" in errors[0]
+    fits = int(errors[0].split("--batch-size ")[1].split()[0])
+    assert 2 <= fits < 8
+    assert plan_analysis(str(target), str(donor), load_workload(work), batch_size=fits,
+                         progress=False).added_bytes <= (at_2.added_bytes + at_8.added_bytes) // 2
+    assert not (tmp_path / "r.yml").exists()
+
+
+def test_force_runs_anyway_with_a_warning(small, tmp_path, monkeypatch):
+    monkeypatch.setattr(plan_mod, "available_ram_bytes", lambda: 1)
+    result = _cli(small, tmp_path, "--quiet", "--select", "top", "--force", "-o", str(tmp_path / "r.yml"))
+    assert result.exit_code == 0, result.output
+    assert "running anyway (--force)" in result.output and (tmp_path / "r.yml").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--max-length", "5"], "--max-length 5 is below the longest continuation (8 tokens, workload sample 2)"),
+    (["--free", "1"], "cannot fit even at --batch-size 1"),
+])
+def test_bad_sizes_are_one_line_and_load_nothing(tmp_path, monkeypatch, args, message):
+    root = tmp_path / "m"
+    target = make_model(root / "t", "llama", hidden=64, layers=2)
+    donor = perturbed_copy(target, root / "d", CHANGED)
+    work = _workload(tmp_path / "w.jsonl", n=4, words=(3, 6))
+    if args[0] == "--free":
+        monkeypatch.setattr(plan_mod, "available_ram_bytes", lambda: 1)
+        args = []
+    _no_loading(monkeypatch)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = CliRunner().invoke(main, ["analyze", "--target", str(target), "--donor", str(donor), "--workload",
+                                       str(work), *args, "-o", str(out / "r.yml")])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], result.output
+    assert "Traceback" not in result.output and not list(out.iterdir())
+
+
+def test_analyze_api_returns_the_plan_with_plan_only(small):
+    target, donor, work = small
+    seen = []
+    plan = analyze(str(target), str(donor), load_workload(work), plan_only=True, on_plan=seen.append,
+                   progress=False)
+    assert seen == [plan] and plan.score == "attribution" and plan.fits() in (True, None)
+
+
+def test_help_names_the_plan_options():
+    result = CliRunner().invoke(main, ["analyze", "--help"])
+    assert result.exit_code == 0
+    for option in ("--plan", "--force", "--recompute / --no-recompute"):
+        assert option in result.output, option
+    assert "memory plan" in " ".join(result.output.split())
