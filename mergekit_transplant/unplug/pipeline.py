@@ -107,15 +107,22 @@ def model_parameters(index, layout: MlpLayout, layers: int, inter: int, kept: in
     return total, total - removed
 
 
-def make_report(settings, base: BaseModel, workload, scores: NeuronScores, keep: float, kept_size: int,
-                timing: dict) -> UnplugReport:
-    from mergekit_transplant import __version__
+def base_fingerprint(settings, base: BaseModel) -> dict:
+    """The config/tensor-table hashes of the headers plus a digest of the weight and tokenizer files."""
     from mergekit_transplant.evaluation.fingerprint import model_fingerprint
+
+    fingerprint = dict(base.index.fingerprint())
+    fingerprint["model_sha256"] = model_fingerprint(settings.model, allow_pickle=settings.allow_pickle)
+    return fingerprint
+
+
+def make_report(settings, base: BaseModel, workload, scores: NeuronScores, keep: float, kept_size: int,
+                timing: dict, fingerprint: Optional[dict] = None) -> UnplugReport:
+    from mergekit_transplant import __version__
 
     kept = scores.kept(kept_size)
     total, expert = model_parameters(base.index, base.layout, base.num_layers, base.intermediate_size, kept_size)
-    fingerprint = dict(base.index.fingerprint())
-    fingerprint["model_sha256"] = model_fingerprint(settings.model, allow_pickle=settings.allow_pickle)
+    fingerprint = fingerprint if fingerprint is not None else base_fingerprint(settings, base)
     public = {k: v for k, v in asdict(settings).items() if k not in ("output", "report", "overwrite")}
     return UnplugReport(
         base=settings.model, architecture=base.layout.architecture,
