@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/merge.py
 	$(BIN)/python benchmarks/sweep.py
 	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/unplug.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -10,7 +10,11 @@
 #      `mergekit-transplant merge --cuda`, and requires every tensor at strength
 #      0 or 1 to be bit-identical to the CPU output (the 0.5 tensor is reported:
 #      lerp on another device may differ in the last bit);
-#   3. prints the wall times.
+#   3. prints the wall times;
+#   4. runs benchmarks/unplug.py on the device (full model vs its task experts at
+#      keep 0.35 and 0.5: prefill tokens/s at batch 1 and 16, decode tokens/s,
+#      interleaved medians) and prints its table; skipped by --merge-only or
+#      --no-unplug. It reports, it does not fail: the 1.4x goal is a CPU goal.
 # Exits 0 when everything matches, 1 on any mismatch, 2 when it cannot run.
 #
 #   benchmarks/gpu_check.sh                 # on a machine with a GPU
@@ -20,7 +24,8 @@
 # removed afterwards unless --keep), --keep, --python PY (default: .venv/bin/python
 # of this repository if present, else python3), --dtype float32|bfloat16|float16,
 # --hidden N, --layers N, --merge-only (skip the analysis), --inject-mismatch
-# (flip one bit of one device output before comparing: checks that the check fails).
+# (flip one bit of one device output before comparing: checks that the check fails),
+# --no-unplug (skip step 4).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -34,6 +39,7 @@ HIDDEN=256
 LAYERS=4
 MERGE_ONLY=0
 INJECT=0
+UNPLUG=1
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -46,7 +52,8 @@ while [[ $# -gt 0 ]]; do
     --layers) LAYERS="$2"; shift 2 ;;
     --merge-only) MERGE_ONLY=1; shift ;;
     --inject-mismatch) INJECT=1; shift ;;
-    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --no-unplug) UNPLUG=0; shift ;;
+    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -213,3 +220,9 @@ if failures:
     sys.exit(1)
 print("OK: device outputs match the CPU run")
 PYEOF
+
+# ------------------------------------------------------------------ 4. task experts on the device
+if [[ $UNPLUG == 1 && $MERGE_ONLY == 0 ]]; then
+  echo "task experts (benchmarks/unplug.py --device $DEVICE):"
+  "$PY" "$HERE/unplug.py" --device "$DEVICE" --work "$WORK/unplug" --json "$WORK/unplug.json"
+fi
