@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from demo.pairs import DEFAULT_SCORE, PAIRS, RETAIN, SCORES, SELECT, TASKS, TEST, Pair, analyze_args  # noqa: E402
+from demo.unplug import demo_unplug  # noqa: E402
 
 BIN = Path(sys.executable).parent
 BUILD = Path("build/demo")
@@ -88,6 +89,7 @@ def main() -> None:
     start = time.perf_counter()
     for pair in chosen:
         demo_pair(pair, args.limit, not args.no_score_comparison)
+    demo_unplug(BUILD, FIGURES, tool)
     elapsed = time.perf_counter() - start
 
     from demo.results import write_results

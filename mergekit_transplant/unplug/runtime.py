@@ -41,6 +41,9 @@ def _plan(model, report: UnplugReport) -> List[Tuple[object, str, object, dict]]
     swaps = []
     for layer, (mlp, down) in enumerate(mlp_modules(model, layout, report.num_layers)):
         kept = report.kept[layer]
+        if any(p.device.type == "meta" for p in mlp.parameters()):
+            raise TransplantError(f"{layout.mlp_prefix(layer)} has offloaded (meta) weights: unplugged() needs the "
+                                  "MLP weights in memory (load without a device map that offloads them)")
         for name in layout.row_modules():
             lin = getattr(mlp, name)
             rows_total = 2 * f if layout.fused else f
