@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable, List, Optional
 

@@ -31,6 +31,7 @@ in the target's pass (``local``), the target in the donor's (``attribution``).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from dataclasses import dataclass
@@ -229,13 +230,9 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
     out = {name: torch.zeros(len(seqs), len(candidates), dtype=torch.float64) for name in names}
     keep_last = _can_keep_last(model) and not attribution and not any(
         modules[c.module] is model.get_output_embeddings() for c in candidates)
-    embed_hook = None
-    if attribution:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        # registered before the probes (hooks run in order), so an embedding probe sees a graph too
-        embed_hook = model.get_input_embeddings().register_forward_hook(
-            lambda m, i, o: o.requires_grad_(True))
+    graph = gradients_from_embeddings(model) if attribution else contextlib.nullcontext()
+    # entered before the probes are registered (hooks run in order), so an embedding probe sees a graph too
+    graph.__enter__()
     probes = [
         Probe(i, c, modules[c.module], ctx, stats=stats, other=other, own_files=own_files,
               attribution=attribution)
@@ -246,16 +243,7 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
     try:
         for batch in batches(seqs, batch_size, pad_id=pad_id, padding_side=padding_side, device=device):
             ctx.start(batch)
-            kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                          position_ids=batch.position_ids, use_cache=False)
-            if attribution:
-                with torch.enable_grad():
-                    _attribution_step(model, batch, kwargs)
-            else:
-                if keep_last:
-                    kwargs["logits_to_keep"] = 1
-                with torch.inference_mode():
-                    model(**kwargs)
+            forward_batch(model, batch, attribution=attribution, keep_last=keep_last)
             _collect(ctx, out, batch)
             tokens += batch.tokens
             n_batches += 1
@@ -264,11 +252,43 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
         bar.close()
         for probe in probes:
             probe.remove()
-        if embed_hook is not None:
-            embed_hook.remove()
+        graph.__exit__(None, None, None)
     _check_finite(out, candidates, desc, sources)
     return PassResult(out, time.perf_counter() - start, tokens, n_batches,
                       streamed_bytes=other.bytes_read if other else 0)
+
+
+@contextlib.contextmanager
+def gradients_from_embeddings(model):
+    """Within the block a forward pass builds a graph from the input embeddings on: gradients reach every
+    activation, while the weights are frozen (no parameter gradient is stored). Flags are restored on exit."""
+    saved = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, i, o: o.requires_grad_(True))
+    try:
+        yield
+    finally:
+        hook.remove()
+        for p, flag in zip(model.parameters(), saved):
+            p.requires_grad_(flag)
+
+
+def forward_batch(model, batch: Batch, *, attribution: bool, keep_last: bool = False) -> None:
+    """One batch through the model: forward only (inference mode), or forward + backward of the scored
+    log-probability (``attribution``, inside ``gradients_from_embeddings``)."""
+    import torch
+
+    kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                  position_ids=batch.position_ids, use_cache=False)
+    if attribution:
+        with torch.enable_grad():
+            _attribution_step(model, batch, kwargs)
+        return
+    if keep_last:
+        kwargs["logits_to_keep"] = 1
+    with torch.inference_mode():
+        model(**kwargs)
 
 
 def _attribution_step(model, batch: Batch, kwargs) -> None:

@@ -45,29 +45,48 @@ def kept_count(keep: float, intermediate: int) -> int:
     return int(round(keep * intermediate))
 
 
-def _common_checks(s) -> None:
-    if s.score not in SCORES:
-        raise TransplantError(f"unknown score {s.score!r}; use one of {', '.join(SCORES)}")
-    if s.batch_size < 1:
-        raise TransplantError(f"--batch-size must be at least 1, got {s.batch_size}")
-    if s.max_length < 2:
-        raise TransplantError(f"--max-length must be at least 2, got {s.max_length}")
-    if bool(s.workload) == bool(s.lm_eval_task):
-        raise TransplantError("give exactly one of --workload FILE or --lm-eval-task NAME")
-    if s.include_path and not s.lm_eval_task and not getattr(s, "tasks_need_include_path", False):
-        raise TransplantError("--include-path only applies with --lm-eval-task")
-
-
 @dataclass
-class UnplugSettings:
-    """What ``mergekit-transplant unplug`` does: score neurons on a workload, keep the best, write the expert."""
+class ModelSettings:
+    """The fields both commands share: the model, the scoring workload and how the scoring pass runs."""
 
     model: str = field(default="", metadata={"help": "Model to unplug: local folder or Hub id (id@revision)."})
     workload: Optional[str] = field(default=None, metadata={
-        "help": ".jsonl (a \"text\" field per line, optional \"continuation\") or .txt (one prompt per line)."})
+        "help": ".jsonl (a \"text\" field per line, optional \"continuation\") or .txt (one prompt per line): "
+                "what the neurons are scored on."})
     lm_eval_task: Optional[str] = field(default=None, metadata={
-        "help": "Build the workload from this lm-eval task's documents (prompt + gold answer) instead."})
+        "help": "Score the neurons on this lm-eval task's documents (prompt + gold answer) instead."})
     include_path: Optional[str] = field(default=None, metadata={"help": "Folder of local lm-eval task YAMLs."})
+    seed: int = field(default=0, metadata={"help": "Seed of the random score (first seed in a sweep) and of the "
+                                                   "workload subset."})
+    device: str = field(default="cpu", metadata={"help": "Device the model runs on, e.g. cuda."})
+    dtype: Optional[str] = field(default=None, metadata={
+        "help": "Load the model in this dtype (float32, bfloat16, float16); a written expert keeps the "
+                "checkpoint's dtypes."})
+    batch_size: int = field(default=8, metadata={"help": "Workload samples per scoring forward(+backward) pass."})
+    max_length: int = field(default=512, metadata={
+        "help": "Longest workload sequence in tokens (capped by the model's context); longer ones lose prompt "
+                "tokens."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
+    allow_pickle: bool = field(default=False, metadata={
+        "help": "Accept pickle (.bin/.pt) checkpoints (read weights-only). Only for sources you trust."})
+
+    def _check_model_settings(self, *, include_path_for_tasks: bool) -> None:
+        if not self.model:
+            raise TransplantError("--model is required")
+        if self.batch_size < 1:
+            raise TransplantError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.max_length < 2:
+            raise TransplantError(f"--max-length must be at least 2, got {self.max_length}")
+        if bool(self.workload) == bool(self.lm_eval_task):
+            raise TransplantError("give exactly one of --workload FILE or --lm-eval-task NAME")
+        if self.include_path and not self.lm_eval_task and not include_path_for_tasks:
+            raise TransplantError("--include-path only applies with --lm-eval-task")
+
+
+@dataclass
+class UnplugSettings(ModelSettings):
+    """What ``mergekit-transplant unplug`` does: score neurons on a workload, keep the best, write the expert."""
+
     limit: Optional[int] = field(default=None, metadata={"help": "Use a seeded random subset of this many samples."})
     keep: Optional[float] = field(default=None, metadata={
         "help": "Fraction of each layer's MLP neurons to keep, in (0, 1]; every layer keeps "
@@ -76,16 +95,6 @@ class UnplugSettings:
         "choices": SCORES,
         "help": "How neurons are ranked within each layer: attribution Σ|a·∂log p/∂a| (DoE), activation Σ|a|, "
                 "wanda Σ|a|·‖W_down[:, j]‖, random (seeded)."})
-    seed: int = field(default=0, metadata={"help": "Seed of the random score and of --limit's subset."})
-    device: str = field(default="cpu", metadata={"help": "Device the scoring pass runs on, e.g. cuda."})
-    dtype: Optional[str] = field(default=None, metadata={
-        "help": "Dtype of the scoring pass (float32, bfloat16, float16); the expert keeps the checkpoint's dtypes."})
-    batch_size: int = field(default=8, metadata={"help": "Workload samples per forward(+backward) pass."})
-    max_length: int = field(default=512, metadata={
-        "help": "Longest sequence in tokens (capped by the model's context); longer ones lose prompt tokens."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
-    allow_pickle: bool = field(default=False, metadata={
-        "help": "Accept pickle (.bin/.pt) checkpoints (read weights-only). Only for sources you trust."})
     output: Optional[str] = field(default=None, metadata={
         "flags": ("-o", "--output"), "help": "Folder to write the expert model to (Hub-ready)."})
     report: Optional[str] = field(default=None, metadata={
@@ -98,24 +107,17 @@ class UnplugSettings:
         if self.keep is None:
             raise TransplantError("--keep is required: the fraction of MLP neurons each layer keeps, in (0, 1]")
         self.keep = check_keep(self.keep)
-        if not self.model:
-            raise TransplantError("--model is required")
+        if self.score not in SCORES:
+            raise TransplantError(f"unknown score {self.score!r}; use one of {', '.join(SCORES)}")
         if self.limit is not None and self.limit < 1:
             raise TransplantError(f"--limit must be at least 1, got {self.limit}")
-        _common_checks(self)
+        self._check_model_settings(include_path_for_tasks=False)
 
 
 @dataclass
-class UnplugSweepSettings:
+class UnplugSweepSettings(ModelSettings):
     """What ``mergekit-transplant unplug sweep`` does: every score at every keep ratio, scored by lm-eval."""
 
-    model: str = field(default="", metadata={"help": "Model to unplug: local folder or Hub id (id@revision)."})
-    workload: Optional[str] = field(default=None, metadata={
-        "help": ".jsonl or .txt workload the neurons are scored on (as for unplug)."})
-    lm_eval_task: Optional[str] = field(default=None, metadata={
-        "help": "Score neurons on this lm-eval task's documents instead of --workload."})
-    include_path: Optional[str] = field(default=None, metadata={
-        "help": "Folder of local lm-eval task YAMLs (for --lm-eval-task and the evaluation tasks)."})
     workload_limit: Optional[int] = field(default=None, metadata={
         "help": "Score neurons on a seeded random subset of this many workload samples."})
     keeps: List[float] = field(default_factory=lambda: list(DEFAULT_SWEEP_KEEPS), metadata={
@@ -125,7 +127,6 @@ class UnplugSweepSettings:
     score: str = field(default="attribution", metadata={
         "choices": SCORES[:3], "help": "The score whose best keep ratio is chosen and reported."})
     random_seeds: int = field(default=3, metadata={"help": "Seeds of the random control: SEED..SEED+N-1."})
-    seed: int = field(default=0, metadata={"help": "First random seed; lm-eval's seed; --workload-limit's seed."})
     tasks: Optional[str] = field(default=None, metadata={
         "help": "Comma-separated lm-eval task(s) to choose and report on, where no split option replaces them."})
     select_split: Optional[str] = field(default=None, metadata={
@@ -138,26 +139,15 @@ class UnplugSweepSettings:
     limit: Optional[float] = field(default=None, metadata={
         "help": "Documents per evaluation task (below 1: a fraction)."})
     num_fewshot: Optional[int] = field(default=None, metadata={"help": "Few-shot examples (default: each task's own)."})
-    batch_size: int = field(default=8, metadata={"help": "Workload samples per scoring pass."})
     eval_batch_size: int = field(default=8, metadata={"help": "lm-eval batch size."})
-    max_length: int = field(default=512, metadata={"help": "Longest workload sequence in tokens."})
-    device: str = field(default="cpu", metadata={"help": "Device the model is loaded on, e.g. cuda."})
-    dtype: Optional[str] = field(default=None, metadata={"help": "Load the model in this dtype (default: as stored)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
-    allow_pickle: bool = field(default=False, metadata={
-        "help": "Accept pickle (.bin/.pt) checkpoints (read weights-only). Only for sources you trust."})
     output: Optional[str] = field(default=None, metadata={"help": "Write unplug-sweep.json here."})
     plot: Optional[str] = field(default=None, metadata={"help": "Write the accuracy-vs-keep plot (PNG/SVG/PDF) here."})
 
-    tasks_need_include_path = True  # --include-path also serves the evaluation tasks
-
     def __post_init__(self):
-        if not self.model:
-            raise TransplantError("--model is required")
         self.keeps = sorted(set(check_keep(k, "--keep value") for k in self.keeps))
         if not self.keeps:
             raise TransplantError("--keep needs at least one ratio")
-        unknown = [s for s in self.scores if s not in SCORES]
+        unknown = [s for s in [*self.scores, self.score] if s not in SCORES]
         if unknown:
             raise TransplantError(f"unknown score {unknown[0]!r}; use one of {', '.join(SCORES)}")
         self.scores = list(dict.fromkeys(self.scores))
@@ -171,7 +161,7 @@ class UnplugSweepSettings:
             raise TransplantError(f"--eval-batch-size must be at least 1, got {self.eval_batch_size}")
         if self.workload_limit is not None and self.workload_limit < 1:
             raise TransplantError(f"--workload-limit must be at least 1, got {self.workload_limit}")
-        _common_checks(self)
+        self._check_model_settings(include_path_for_tasks=True)  # --include-path also serves the evaluation tasks
         if not ((self.select_split or self.tasks) and (self.report_split or self.tasks)):
             raise TransplantError("no tasks to evaluate on: pass --tasks, or --select-split and --report-split")
 

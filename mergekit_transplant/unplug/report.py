@@ -21,6 +21,19 @@ SCHEMA = 1
 REPORT_FILE = "unplug.json"
 
 
+def versioned_object(text: str, source: str, schema: int) -> Dict[str, Any]:
+    """A JSON object of the given ``schema``; every failure is one line naming ``source``."""
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise TransplantError(f"{source}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise TransplantError(f"{source}: expected a JSON object")
+    if data.get("schema") != schema:
+        raise TransplantError(f"{source}: unknown schema {data.get('schema')!r} (this version reads schema {schema})")
+    return data
+
+
 @dataclass
 class UnplugReport:
     """The expert's definition: per layer, the neurons kept (ascending indices into the base's MLP)."""
@@ -50,15 +63,7 @@ class UnplugReport:
 
     @classmethod
     def from_json(cls, text: str, source: str = "unplug report") -> "UnplugReport":
-        try:
-            data = json.loads(text)
-        except ValueError as error:
-            raise TransplantError(f"{source}: not valid JSON ({error})") from None
-        if not isinstance(data, dict):
-            raise TransplantError(f"{source}: expected a JSON object")
-        schema = data.get("schema")
-        if schema != SCHEMA:
-            raise TransplantError(f"{source}: unknown schema {schema!r} (this version reads schema {SCHEMA})")
+        data = versioned_object(text, source, SCHEMA)
         names = {f for f in cls.__dataclass_fields__}
         required = [f for f, spec in cls.__dataclass_fields__.items()
                     if spec.default is MISSING and spec.default_factory is MISSING]

@@ -21,9 +21,10 @@ Hooks read ``down_proj``'s input at the scored positions only and add one
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 from mergekit_transplant.analysis.tokens import TokenSequence, batches
 from mergekit_transplant.errors import TransplantError
@@ -93,7 +94,7 @@ def score_neurons(model, layout: MlpLayout, seqs: Sequence[TokenSequence], *, sc
     import torch
     from tqdm.auto import tqdm
 
-    from mergekit_transplant.analysis.capture import _attribution_step, _input_device
+    from mergekit_transplant.analysis.capture import _input_device, forward_batch, gradients_from_embeddings
 
     if score not in SCORES:
         raise TransplantError(f"unknown score {score!r}; use one of {', '.join(SCORES)}")
@@ -127,36 +128,20 @@ def score_neurons(model, layout: MlpLayout, seqs: Sequence[TokenSequence], *, sc
         return hook
 
     handles = [down.register_forward_pre_hook(make_hook(i)) for i, (_mlp, down) in enumerate(pairs)]
-    embed_hook = None
-    if attribution:
-        saved = [p.requires_grad for p in model.parameters()]
-        for p in model.parameters():
-            p.requires_grad_(False)
-        embed_hook = model.get_input_embeddings().register_forward_hook(lambda m, i, o: o.requires_grad_(True))
     start, tokens, positions = time.perf_counter(), 0, 0
     bar = tqdm(total=len(seqs), desc=f"scoring neurons ({score})", unit="sample", disable=not progress, leave=False)
     try:
-        for batch in batches(seqs, batch_size, pad_id=pad_id, padding_side="right", device=device):
-            current.update(rows=batch.rows, cols=batch.cols)
-            kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                          position_ids=batch.position_ids, use_cache=False)
-            if attribution:
-                with torch.enable_grad():
-                    _attribution_step(model, batch, kwargs)
-            else:
-                with torch.inference_mode():
-                    model(**kwargs)
-            tokens += batch.tokens
-            positions += int(batch.rows.numel())
-            bar.update(batch.size)
+        with gradients_from_embeddings(model) if attribution else contextlib.nullcontext():
+            for batch in batches(seqs, batch_size, pad_id=pad_id, padding_side="right", device=device):
+                current.update(rows=batch.rows, cols=batch.cols)
+                forward_batch(model, batch, attribution=attribution)
+                tokens += batch.tokens
+                positions += int(batch.rows.numel())
+                bar.update(batch.size)
     finally:
         bar.close()
         for h in handles:
             h.remove()
-        if embed_hook is not None:
-            embed_hook.remove()
-            for p, flag in zip(model.parameters(), saved):
-                p.requires_grad_(flag)
     if score == "wanda":
         for i, (_mlp, down) in enumerate(pairs):
             sums[i] *= down.weight.detach().float().norm(dim=0).to("cpu", torch.float64)

@@ -121,12 +121,9 @@ class UnplugSweepResult:
 
     @classmethod
     def from_json(cls, text: str, source: str = "unplug-sweep.json") -> "UnplugSweepResult":
-        try:
-            data = json.loads(text)
-        except ValueError as error:
-            raise TransplantError(f"{source}: not valid JSON ({error})") from None
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise TransplantError(f"{source}: not an unplug sweep of schema {SCHEMA}")
+        from mergekit_transplant.unplug.report import versioned_object
+
+        data = versioned_object(text, source, SCHEMA)
         try:
             points = [UnplugPoint(**p) for p in data["points"]]
             return cls(settings=data["settings"], splits=data["splits"], labels=data["labels"],
