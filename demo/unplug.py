@@ -13,6 +13,7 @@ those files.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -36,6 +37,20 @@ def demo_unplug(build: Path, figures: Path, tool: Callable[..., None]) -> None:
     (REPO / out).mkdir(parents=True, exist_ok=True)
     print(f"\n=== task experts (DoE): {MODEL} on the skill {SELECT} / {TEST}", flush=True)
     model = f"{MODELS}/{MODEL}"
+    # one thread per process: on a 1M-parameter model lm-eval's calls are too small to gain from two, and on
+    # shared cores a second thread made evaluations several times slower (docs/performance.md, Sweep)
+    threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = threads or "1"
+    try:
+        _run(tool, model, out, figures)
+    finally:
+        if threads is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+    speed = measure_speed(REPO / model, REPO / out / "expert")
+    (REPO / out / "speed.json").write_text(json.dumps(speed, indent=2) + "\n")
+
+
+def _run(tool: Callable[..., None], model: str, out: Path, figures: Path) -> None:
     tool("unplug", "sweep", "--model", model, "--lm-eval-task", SELECT, "--include-path", TASKS,
          "--workload-limit", str(WORKLOAD_LIMIT), "--keep", KEEPS, "--select-split", SELECT, "--report-split", TEST,
          "--retain-tasks", ",".join(RETAIN), "--limit", str(EVAL_LIMIT), "--eval-batch-size", "50", "--quiet",
@@ -43,8 +58,6 @@ def demo_unplug(build: Path, figures: Path, tool: Callable[..., None]) -> None:
     best = json.loads((REPO / out / "unplug-sweep.json").read_text())["best"]
     tool("unplug", "--model", model, "--lm-eval-task", SELECT, "--include-path", TASKS, "--limit", str(WORKLOAD_LIMIT),
          "--keep", f"{best['keep']:g}", "-o", str(out / "expert"), "--overwrite", "--quiet")
-    speed = measure_speed(REPO / model, REPO / out / "expert")
-    (REPO / out / "speed.json").write_text(json.dumps(speed, indent=2) + "\n")
 
 
 def measure_speed(full: Path, expert: Path, reps: int = 7) -> dict:
