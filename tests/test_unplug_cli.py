@@ -171,7 +171,8 @@ def test_sweep_chooses_on_the_selection_split_and_reports_the_held_out_one():
 
 
 def test_sweep_end_to_end(zoo, tmp_path):
-    """Real lm-eval on local tasks: every score at every keep, 3 random seeds, json and plot."""
+    """Real lm-eval on local tasks: every score at every keep, 3 random seeds, json and plot; the neurons are
+    scored on an lm-eval task's documents (--lm-eval-task), as analyze reads them."""
     tasks = tmp_path / "tasks"
     words = "one two three four five six seven eight nine ten".split()
     for name, offset in (("u_sel", 0), ("u_test", 3), ("u_keep", 6)):
@@ -179,7 +180,7 @@ def test_sweep_end_to_end(zoo, tmp_path):
                                  for i in range(6)])
     out, plot = tmp_path / "unplug-sweep.json", tmp_path / "sweep.png"
     code, output = invoke([
-        "unplug", "sweep", "--model", zoo["m"], "--workload", zoo["w"], "--keep", "0.25,0.5",
+        "unplug", "sweep", "--model", zoo["m"], "--lm-eval-task", "u_sel", "--keep", "0.25,0.5",
         "--scores", "attribution,random", "--select-split", "u_sel", "--report-split", "u_test",
         "--retain-tasks", "u_keep", "--include-path", tasks, "--output", out, "--plot", plot, "--quiet",
     ])
@@ -192,6 +193,8 @@ def test_sweep_end_to_end(zoo, tmp_path):
     assert data["labels"] == {"select": "u_sel", "report": "u_test", "retain": "u_keep"}
     assert all(set(p["split_scores"]) == {"u_sel", "u_test", "u_keep"} for p in data["points"])
     assert data["best"]["score"] == "attribution" and data["best"]["keep"] in (0.25, 0.5)
+    assert data["settings"]["workload_info"]["path"] == "lm-eval:u_sel"
+    assert data["settings"]["workload_info"]["n"] == 6
     band = [b for b in data["random_bands"] if b["keep"] == 0.25 and b["split"] == "u_test"][0]
     assert band["n"] == 3
     assert plot.stat().st_size > 10_000
