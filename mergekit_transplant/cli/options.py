@@ -67,7 +67,7 @@ def option_kwargs(cls, f: dataclasses.Field) -> Dict[str, Any]:
     elif tp in (int, float, str):
         kwargs["type"] = tp
     kwargs["default"] = default
-    kwargs["show_default"] = default is not None
+    kwargs["show_default"] = default not in (None, "")
     if "metavar" in f.metadata:
         kwargs["metavar"] = f.metadata["metavar"]
     return kwargs

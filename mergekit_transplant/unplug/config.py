@@ -49,7 +49,8 @@ def kept_count(keep: float, intermediate: int) -> int:
 class ModelSettings:
     """The fields both commands share: the model, the scoring workload and how the scoring pass runs."""
 
-    model: str = field(default="", metadata={"help": "Model to unplug: local folder or Hub id (id@revision)."})
+    model: str = field(default="", metadata={"help": "Model to unplug (required): local folder or Hub id "
+                                                     "(id@revision)."})
     workload: Optional[str] = field(default=None, metadata={
         "help": ".jsonl (a \"text\" field per line, optional \"continuation\") or .txt (one prompt per line): "
                 "what the neurons are scored on."})
@@ -89,14 +90,14 @@ class UnplugSettings(ModelSettings):
 
     limit: Optional[int] = field(default=None, metadata={"help": "Use a seeded random subset of this many samples."})
     keep: Optional[float] = field(default=None, metadata={
-        "help": "Fraction of each layer's MLP neurons to keep, in (0, 1]; every layer keeps "
+        "help": "Fraction of each layer's MLP neurons to keep, in (0, 1] (required); every layer keeps "
                 "round(keep × intermediate_size)."})
     score: str = field(default="attribution", metadata={
         "choices": SCORES,
         "help": "How neurons are ranked within each layer: attribution Σ|a·∂log p/∂a| (DoE), activation Σ|a|, "
                 "wanda Σ|a|·‖W_down[:, j]‖, random (seeded)."})
     output: Optional[str] = field(default=None, metadata={
-        "flags": ("-o", "--output"), "help": "Folder to write the expert model to (Hub-ready)."})
+        "flags": ("-o", "--output"), "help": "Folder to write the expert model to (required; Hub-ready)."})
     report: Optional[str] = field(default=None, metadata={
         "help": "Also write unplug.json here (it is always written inside the output folder)."})
     hub_id: Optional[str] = field(default=None, metadata={
@@ -104,6 +105,7 @@ class UnplugSettings(ModelSettings):
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing non-empty output folder."})
 
     def __post_init__(self):
+        self._check_model_settings(include_path_for_tasks=False)
         if self.keep is None:
             raise TransplantError("--keep is required: the fraction of MLP neurons each layer keeps, in (0, 1]")
         self.keep = check_keep(self.keep)
@@ -111,7 +113,6 @@ class UnplugSettings(ModelSettings):
             raise TransplantError(f"unknown score {self.score!r}; use one of {', '.join(SCORES)}")
         if self.limit is not None and self.limit < 1:
             raise TransplantError(f"--limit must be at least 1, got {self.limit}")
-        self._check_model_settings(include_path_for_tasks=False)
 
 
 @dataclass
