@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/sweep.py
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/organ_train.py
+	$(BIN)/python benchmarks/unplug.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -25,6 +25,10 @@
 #      on a GPU (the plan's items: what the run adds to the device), the process's peak RSS in the
 #      dry run (the plan's peak, runtime included). Reported with the ratio; a ratio outside
 #      [0.75, 1.25] is flagged "PLAN OFF" but does not fail the check.
+#   6. runs benchmarks/unplug.py on the device (full model vs its task experts at
+#      keep 0.35 and 0.5: prefill tokens/s at batch 1 and 16, decode tokens/s,
+#      interleaved medians) and prints its table; skipped by --merge-only or
+#      --no-unplug. It reports, it does not fail: the 1.4x goal is a CPU goal.
 # Exits 0 when everything matches, 1 on any mismatch, 2 when it cannot run.
 #
 #   benchmarks/gpu_check.sh                 # on a machine with a GPU
@@ -33,9 +37,9 @@
 # Options: --device cuda|cpu (default cuda), --work DIR (default: a temp folder,
 # removed afterwards unless --keep), --keep, --python PY (default: .venv/bin/python
 # of this repository if present, else python3), --dtype float32|bfloat16|float16,
-# --hidden N, --layers N, --merge-only (skip the analysis and the plan check), --plan-only
-# (only step 5), --inject-mismatch (flip one bit of one device output before comparing:
-# checks that the check fails).
+# --hidden N, --layers N, --merge-only (skip the analysis, the plan check and the task
+# experts), --plan-only (only step 5), --inject-mismatch (flip one bit of one device output
+# before comparing: checks that the check fails), --no-unplug (skip step 6).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -50,6 +54,7 @@ LAYERS=4
 MERGE_ONLY=0
 PLAN_ONLY=0
 INJECT=0
+UNPLUG=1
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -63,7 +68,8 @@ while [[ $# -gt 0 ]]; do
     --merge-only) MERGE_ONLY=1; shift ;;
     --plan-only) PLAN_ONLY=1; shift ;;
     --inject-mismatch) INJECT=1; shift ;;
-    -h|--help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --no-unplug) UNPLUG=0; shift ;;
+    -h|--help) sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -348,5 +354,11 @@ for score in ("attribution", "local", "activation"):
           f"planned/measured {ratio:.2f}{flag}   ({items} MiB)")
 print(f"plan check: {3 - off} of 3 scores within +-25%")
 PYEOF
+fi
+
+# ------------------------------------------------------------------ 6. task experts on the device
+if [[ $UNPLUG == 1 && $MERGE_ONLY == 0 && $PLAN_ONLY == 0 ]]; then
+  echo "task experts (benchmarks/unplug.py --device $DEVICE):"
+  "$PY" "$HERE/unplug.py" --device "$DEVICE" --work "$WORK/unplug" --json "$WORK/unplug.json"
 fi
 exit $RC

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence
 
 from demo.organs import section as organs_section
 from demo.pairs import DEFAULT_SCORE, SCORES, TEST, Pair
+from demo.unplug import unplug_section
 
 SMALL_K = 8  # "a few modules": the regime the seed paper reports on
 
@@ -268,6 +269,7 @@ def write_results(pairs: Sequence[Pair], build: Path, out: Path, figures: Path, 
         lines.append(f"| {name} | {ev['changed_tensors']} of {ev['tensors']} | " +
                      " | ".join(pct(c[k - 1]) for k in (2, 4, 8, 14)) + f" | {ev['median_relative_change']:.3f} |")
     lines += ["", "![concentration](results/concentration.png)", ""]
+    lines += unplug_section(build)
     lines += conclusions(pairs, build, evidence)
     lines += [""] + organs_section(build)  # demo/organs.py's section, when it ran
     out.write_text("\n".join(lines) + "\n")

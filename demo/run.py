@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from demo.organs import run as run_organs  # noqa: E402
 from demo.pairs import DEFAULT_SCORE, PAIRS, RETAIN, SCORES, SELECT, TASKS, TEST, Pair, analyze_args  # noqa: E402
+from demo.unplug import demo_unplug  # noqa: E402
 
 BIN = Path(sys.executable).parent
 BUILD = Path("build/demo")
@@ -104,6 +105,7 @@ def main() -> None:
     for pair in chosen:
         demo_pair(pair, args.limit, not args.no_score_comparison)
     run_organs(REPO / BUILD)  # trained organs vs LoRA vs full fine-tuning (demo/organs.py)
+    demo_unplug(BUILD, FIGURES, tool)
     elapsed = time.perf_counter() - start
 
     from demo.results import write_results

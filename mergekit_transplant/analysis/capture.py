@@ -261,13 +261,9 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
     out = {name: torch.zeros(len(seqs), len(candidates), dtype=torch.float64) for name in names}
     head_probed = any(modules[c.module] is model.get_output_embeddings() for c in candidates)
     keep_last = _can_keep_last(model) and not gradients and not head_probed
-    embed_hook = None
-    if gradients:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        # registered before the probes (hooks run in order), so an embedding probe sees a graph too
-        embed_hook = model.get_input_embeddings().register_forward_hook(
-            lambda m, i, o: o.requires_grad_(True))
+    graph = gradients_from_embeddings(model) if gradients else contextlib.nullcontext()
+    # entered before the probes are registered (hooks run in order), so an embedding probe sees a graph too
+    graph.__enter__()
     probes = [
         Probe(i, c, modules[c.module], ctx, stats=stats, other=other, own_files=own_files,
               attribution=attribution, gain=gain)
@@ -297,11 +293,43 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
         bar.close()
         for probe in probes:
             probe.remove()
-        if embed_hook is not None:
-            embed_hook.remove()
+        graph.__exit__(None, None, None)
     _check_finite(out, candidates, desc, sources)
     return PassResult(out, time.perf_counter() - start, tokens, n_batches,
                       streamed_bytes=other.bytes_read if other else 0)
+
+
+@contextlib.contextmanager
+def gradients_from_embeddings(model):
+    """Within the block a forward pass builds a graph from the input embeddings on: gradients reach every
+    activation, while the weights are frozen (no parameter gradient is stored). Flags are restored on exit."""
+    saved = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, i, o: o.requires_grad_(True))
+    try:
+        yield
+    finally:
+        hook.remove()
+        for p, flag in zip(model.parameters(), saved):
+            p.requires_grad_(flag)
+
+
+def forward_batch(model, batch: Batch, *, attribution: bool, keep_last: bool = False) -> None:
+    """One batch through the model: forward only (inference mode), or forward + backward of the scored
+    log-probability (``attribution``, inside ``gradients_from_embeddings``)."""
+    import torch
+
+    kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                  position_ids=batch.position_ids, use_cache=False)
+    if attribution:
+        with torch.enable_grad():
+            _attribution_step(model, batch, kwargs)
+        return
+    if keep_last:
+        kwargs["logits_to_keep"] = 1
+    with torch.inference_mode():
+        model(**kwargs)
 
 
 def _attribution_step(model, batch: Batch, kwargs, *, head_is_candidate: bool = False) -> None:

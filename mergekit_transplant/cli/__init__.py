@@ -26,6 +26,7 @@ COMMANDS = {
     "organ": "mergekit_transplant.cli.organ:organ",
     "publish": "mergekit_transplant.cli.publish:publish",
     "sweep": "mergekit_transplant.cli.sweep:sweep",
+    "unplug": "mergekit_transplant.cli.unplug:unplug",
 }
 HELP = {
     "analyze": "Find the modules that carry the donor's advantage; write a recipe.",
@@ -37,6 +38,7 @@ HELP = {
     "organ": "Organ files: extract, train (one layer block), verify and apply them.",
     "publish": "Verify a merged model folder and upload it to the Hub.",
     "sweep": "Sweep K and strength in memory against random-module controls.",
+    "unplug": "Remove the MLP neurons a task does not use: a smaller task expert (and its sweep).",
 }
 
 _DEBUG = {"on": False}

@@ -57,6 +57,16 @@ def plot_sweep(result: SweepResult, path: os.PathLike | str) -> None:
     metric = ", ".join(sorted(set(result.metrics[t] for t in result.splits["report"])))
     direction = "higher" if result.higher_is_better else "lower"
     axes[0][0].set_ylabel(f"{label}: {metric} ({direction} is better)")
+    title = f"Sweep on {label}"
+    if result.settings.single_split:
+        title += " (same split used for selection: optimistic)"
+    finish_figure(fig, axes, width, title, path)
+
+
+def finish_figure(fig, axes, width: float, title: str, path: os.PathLike | str) -> None:
+    """Legend below the panels (inside the image), title, and an atomic save in the path's format."""
+    import matplotlib.pyplot as plt
+
     handles, names = [], []
     for ax in axes[0]:
         for handle, name in zip(*ax.get_legend_handles_labels()):
@@ -70,9 +80,6 @@ def plot_sweep(result: SweepResult, path: os.PathLike | str) -> None:
     legend_height = LEGEND_ROW_HEIGHT * rows + 0.1
     fig.set_size_inches(width, PANEL_HEIGHT + legend_height)
     fig.legend(handles, names, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=ncol, fontsize=8, frameon=False)
-    title = f"Sweep on {label}"
-    if result.settings.single_split:
-        title += " (same split used for selection: optimistic)"
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, legend_height / (PANEL_HEIGHT + legend_height), 1, 1))
     path = Path(path)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 from mergekit_transplant.errors import TransplantError
 from mergekit_transplant.evaluation import metrics as M
@@ -22,6 +22,32 @@ from mergekit_transplant.sweep.ranking import Ranking
 
 if TYPE_CHECKING:  # runner imports this module
     from mergekit_transplant.sweep.runner import SweepSettings
+
+def oriented(score: Optional[float], higher_is_better: bool) -> float:
+    """A score on a higher-is-better scale; a missing or non-finite one ranks last."""
+    if score is None or not math.isfinite(score):
+        return -math.inf
+    return score if higher_is_better else -score
+
+
+def choose_best(points: Sequence[Any], select_label: str, higher_is_better: bool, *, size: Callable[[Any], tuple]):
+    """The one selection rule of every sweep: the best score on the selection split; ties go to the smaller
+    (``size(point)``, compared in order). Points need ``split_scores``; the report split is never read here."""
+    if not points:
+        raise TransplantError("the sweep scored no point to choose from")
+    return min(points, key=lambda p: (-oriented(p.split_scores.get(select_label), higher_is_better), *size(p)))
+
+
+def band_of(values: Sequence[Optional[float]]) -> Dict[str, Any]:
+    """n, mean, std, min, max of the finite values (the random-control band)."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
+    return {
+        "n": len(values), "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0, "min": min(values), "max": max(values),
+    }
+
 
 @dataclass
 class Point:
@@ -56,9 +82,7 @@ class SweepResult:
 
     # ------------------------------------------------------------------ analysis of the scores
     def oriented(self, score: Optional[float]) -> float:
-        if score is None or not math.isfinite(score):
-            return -math.inf
-        return score if self.higher_is_better else -score
+        return oriented(score, self.higher_is_better)
 
     def of(self, selection: str, k: Optional[int] = None, strength: Optional[float] = None) -> List[Point]:
         return [
@@ -72,17 +96,10 @@ class SweepResult:
         candidates = self.of("analysis")
         if not candidates:
             raise TransplantError("the sweep scored no analysis point")
-        return min(candidates, key=lambda p: (-self.oriented(p.split_scores.get(label)), p.parameters, p.strength, p.k))
+        return choose_best(candidates, label, self.higher_is_better, size=lambda p: (p.parameters, p.strength, p.k))
 
     def band(self, k: int, strength: float, split: str = "report") -> Dict[str, Any]:
-        values = [p.split_scores[self.split_labels[split]] for p in self.of("random", k, strength)]
-        values = [v for v in values if v is not None and math.isfinite(v)]
-        if not values:
-            return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
-        return {
-            "n": len(values), "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "min": min(values), "max": max(values),
-        }
+        return band_of([p.split_scores[self.split_labels[split]] for p in self.of("random", k, strength)])
 
     def whole_model_score(self, strength: float, split: str = "report") -> Optional[float]:
         points = self.of("whole-model", strength=strength)

@@ -1,0 +1,151 @@
+"""Per-neuron scores, ranked within each layer: which MLP neurons a workload uses.
+
+A neuron is channel j of the input to ``down_proj``, a_j = act(gate_j·x)·(up_j·x)
+(see ``layout``). Every score is a sum over the workload's scored positions
+(``analysis.tokens``): with a continuation, every position that predicts a
+continuation token; without one, every position of the text that predicts its
+next token (the text's own log-likelihood). Over all examples:
+
+- ``attribution`` (DoE, arXiv 2404.11916): Σ |a_j · ∂ log p(continuation) / ∂a_j|,
+  one forward and one backward pass per batch, no donor: a first-order
+  estimate of how much the continuation's log-probability moves if neuron j
+  is removed at that position;
+- ``activation``: Σ |a_j|;
+- ``wanda``: Σ |a_j| · ‖W_down[:, j]‖ (how much the neuron writes into the
+  residual stream, Wanda-style);
+- ``random``: a seeded random value per neuron (the control).
+
+Hooks read ``down_proj``'s input at the scored positions only and add one
+``[intermediate]`` float64 vector per layer; no activation outlives its batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence
+
+from mergekit_transplant.analysis.tokens import TokenSequence, batches
+from mergekit_transplant.errors import TransplantError
+from mergekit_transplant.unplug.config import SCORES
+from mergekit_transplant.unplug.layout import MlpLayout
+
+
+@dataclass
+class NeuronScores:
+    """One ``[intermediate]`` float64 tensor per layer, higher = more used by the workload."""
+
+    score: str
+    per_layer: List["torch.Tensor"]  # noqa: F821
+    seconds: float = 0.0
+    tokens: int = 0
+    positions: int = 0
+    notes: List[str] = field(default_factory=list)
+
+    def kept(self, count: int) -> List[List[int]]:
+        """Each layer's ``count`` best neurons (ties: lower index first), in ascending index order."""
+        return [top_indices(s, count) for s in self.per_layer]
+
+    def kept_share(self, kept: Sequence[Sequence[int]]) -> List[float]:
+        """Share of each layer's total score that the kept neurons hold."""
+        out = []
+        for s, idx in zip(self.per_layer, kept):
+            total = float(s.sum())
+            out.append(float(s[list(idx)].sum()) / total if total > 0 else 0.0)
+        return out
+
+
+def top_indices(values, count: int) -> List[int]:
+    order = sorted(range(len(values)), key=lambda j: (-float(values[j]), j))
+    return sorted(order[:count])
+
+
+def mlp_modules(model, layout: MlpLayout, layers: int):
+    """``(mlp, down_proj)`` of every decoder layer, by the layout's names."""
+    modules = dict(model.named_modules())
+    out = []
+    for i in range(layers):
+        mlp = modules.get(layout.mlp_prefix(i))
+        down = modules.get(f"{layout.mlp_prefix(i)}.{layout.down}")
+        if mlp is None or down is None:
+            raise TransplantError(f"the loaded model has no module {layout.mlp_prefix(i)}.{layout.down}")
+        out.append((mlp, down))
+    return out
+
+
+def own_likelihood(seqs: Sequence[TokenSequence]) -> List[TokenSequence]:
+    """Sequences without a continuation score their own text: every position predicts its next token."""
+    return [s if len(s.ids) > s.prompt_len or len(s.ids) < 2 else TokenSequence(s.ids, 1, s.truncated) for s in seqs]
+
+
+def random_scores(intermediate: int, layers: int, seed: int) -> NeuronScores:
+    import torch
+
+    gen = torch.Generator().manual_seed(int(seed))
+    return NeuronScores("random", [torch.rand(intermediate, generator=gen, dtype=torch.float64)
+                                   for _ in range(layers)])
+
+
+def score_neurons(model, layout: MlpLayout, seqs: Sequence[TokenSequence], *, score: str, layers: int,
+                  intermediate: int, batch_size: int = 8, pad_id: int = 0, seed: int = 0,
+                  progress: bool = True) -> NeuronScores:
+    """Score every MLP neuron of ``model`` on ``seqs`` (tokenised workload)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from mergekit_transplant.analysis.capture import _input_device, forward_batch, gradients_from_embeddings
+
+    if score not in SCORES:
+        raise TransplantError(f"unknown score {score!r}; use one of {', '.join(SCORES)}")
+    if score == "random":
+        return random_scores(intermediate, layers, seed)
+    seqs = own_likelihood(seqs)
+    attribution = score == "attribution"
+    device = _input_device(model)
+    pairs = mlp_modules(model, layout, layers)
+    sums = [torch.zeros(intermediate, dtype=torch.float64) for _ in range(layers)]
+    current: Dict[str, object] = {}
+
+    def make_hook(layer: int):
+        def hook(module, args):
+            a = args[0]
+            rows, cols = current["rows"], current["cols"]
+            picked = a.detach()[rows.to(a.device), cols.to(a.device)].float()  # [P, F]
+            if not attribution:
+                sums[layer] += picked.abs().sum(0).to("cpu", torch.float64)
+                return None
+            if not a.requires_grad:
+                raise TransplantError("attribution needs gradients through the MLPs, but none flowed here")
+
+            def on_grad(grad, picked=picked, layer=layer):
+                g = grad[rows.to(grad.device), cols.to(grad.device)].float()
+                sums[layer] += (picked * g).abs().sum(0).to("cpu", torch.float64)
+
+            a.register_hook(on_grad)
+            return None
+
+        return hook
+
+    handles = [down.register_forward_pre_hook(make_hook(i)) for i, (_mlp, down) in enumerate(pairs)]
+    start, tokens, positions = time.perf_counter(), 0, 0
+    bar = tqdm(total=len(seqs), desc=f"scoring neurons ({score})", unit="sample", disable=not progress, leave=False)
+    try:
+        with gradients_from_embeddings(model) if attribution else contextlib.nullcontext():
+            for batch in batches(seqs, batch_size, pad_id=pad_id, padding_side="right", device=device):
+                current.update(rows=batch.rows, cols=batch.cols)
+                forward_batch(model, batch, attribution=attribution)
+                tokens += batch.tokens
+                positions += int(batch.rows.numel())
+                bar.update(batch.size)
+    finally:
+        bar.close()
+        for h in handles:
+            h.remove()
+    if score == "wanda":
+        for i, (_mlp, down) in enumerate(pairs):
+            sums[i] *= down.weight.detach().float().norm(dim=0).to("cpu", torch.float64)
+    bad = [i for i, s in enumerate(sums) if not bool(torch.isfinite(s).all())]
+    if bad:
+        raise TransplantError(f"non-finite {score} scores in layer {bad[0]} (an overflow?): try --dtype float32")
+    return NeuronScores(score, sums, time.perf_counter() - start, tokens, positions)
