@@ -94,12 +94,17 @@ def ranking_from_report(
 def ranking_from_analysis(
     target: str, donor: str, workload: str, *, score: Optional[str] = None, **analyze_kwargs: Any
 ) -> Ranking:
-    """Run the bundled analysis (``mergekit_transplant.analysis.analyze``) and take its ranking."""
+    """Run the bundled analysis (``mergekit_transplant.analysis.analyze``) and take its ranking.
+
+    The sweep walks K down the score's whole ranking, so the analysis runs with ``select="top"`` unless told
+    otherwise: greedy selection yields a recipe of at most K measured modules, not a ranking of the pool.
+    """
     try:
         from mergekit_transplant.analysis import analyze
     except ImportError as error:
         raise TransplantError(f"the analysis is not available ({error}); pass --report instead") from None
     kwargs = dict(analyze_kwargs)
+    kwargs.setdefault("select", "top")
     if score:
         kwargs["score"] = score
     result = analyze(target, donor, workload, **kwargs)
