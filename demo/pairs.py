@@ -58,9 +58,6 @@ def analyze_args(pair: Pair, report: str, plot: str) -> list:
         "analyze", "--target", pair.target_path, "--donor", pair.donor_path,
         "--lm-eval-task", SELECT, "--include-path", TASKS,
         "--score", DEFAULT_SCORE, "--top-k", str(pair.top_k),
-        # the demo's figures (docs/results.md) were measured with top-K selection; analyze's default is now
-        # greedy (docs/analysis.md), and dropping this line switches the demo to it on the next `make demo`
-        "--select", "top",
         "-o", pair.recipe, "--report", report, "--plot", plot, "--quiet",
     ]
     for score in SCORES[1:]:

@@ -327,8 +327,10 @@ def conclusions(pairs: Sequence[Pair], build: Path, evidence: Dict[str, dict]) -
         else:
             verdict = "partly works"
         c = evidence[pair.name]["cumulative"]
+        report = load(build / pair.name / "report.json")
+        how = _how(report, len(report["selection"]) if report else pair.top_k)
         lines.append(
-            f"- **{pair.name}**: {verdict}. The analysis recipe (top {pair.top_k}) recovers {pct(rec)} of the gap "
+            f"- **{pair.name}**: {verdict}. The analysis recipe ({how}) recovers {pct(rec)} of the gap "
             f"on the held-out split. The sweep's best point, chosen on the selection split (K = {best.get('k')}, "
             f"strength {best.get('strength')}), recovers {pct(best.get('recovery'))} on the held-out split, "
             f"against {pct(rc_rec)} on average for random modules of the same size. At strength {s_max:g} the "
