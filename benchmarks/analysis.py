@@ -184,7 +184,7 @@ def interleaved(paths: dict, threads: int, batch_size: int, repeats: int) -> dic
 
     from mergekit_transplant.analysis.greedy import LogLikelihood, greedy_select
     from mergekit_transplant.analysis.tokens import likelihood_view
-    from mergekit_transplant.sweep.inplace import DonorTensors, LiveTransplant
+    from mergekit_transplant.inplace import DonorTensors, LiveTransplant
 
     scored = [s for s in likelihood_view(seqs) if s is not None]
 

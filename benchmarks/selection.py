@@ -94,7 +94,7 @@ def measure(pair: family.FamilyPair, picked: dict) -> dict:
 
     import train  # demo/train.py
 
-    from mergekit_transplant.sweep.inplace import DonorTensors, LiveTransplant
+    from mergekit_transplant.inplace import DonorTensors, LiveTransplant
 
     tok = family.load_tokenizer(pair.arch)
     test = family.eval_sets()[f"{pair.skill}_test"]

@@ -7,14 +7,17 @@ submodules, imported on first use:
 - ``mergekit_transplant.preflight``: the header-only pre-flight check;
 - ``mergekit_transplant.analysis``: find the modules to transplant;
 - ``mergekit_transplant.evaluation`` / ``sweep``: lm-eval metrics and controls;
-- ``mergekit_transplant.card`` / ``organ``: Hub-ready output and organ files.
+- ``mergekit_transplant.card`` / ``organ``: Hub-ready output and organ files;
+- ``mergekit_transplant.flows``: check -> merge -> card, extract -> verify -> apply.
+
+docs/architecture.md shows the layers.
 """
 
 from __future__ import annotations
 
 import sys
 
-__version__ = "0.1.0"
+from mergekit_transplant._version import __version__
 
 
 def register() -> None:
@@ -23,13 +26,9 @@ def register() -> None:
     Normally unnecessary: the installed ``.pth`` hook does it when mergekit's
     merge methods are imported. Call this under ``python -S`` or when embedding.
     """
-    from mergekit_transplant.registration import install_planner_hook, register_method
+    from mergekit_transplant.adapter import register as register_with_mergekit
 
-    register_method()
-    install_planner_hook()
-    from mergekit_transplant.download_plan import install_download_hook
-
-    install_download_hook()
+    register_with_mergekit()
 
 
 # Imported after mergekit (either import order): register now, cheaply.
@@ -38,3 +37,6 @@ if "mergekit.merge_methods" in sys.modules:  # pragma: no branch
 
     if not _h.disabled():
         register()
+
+
+__all__ = ["__version__", "register"]

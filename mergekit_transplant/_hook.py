@@ -8,7 +8,9 @@ mergekit reads no entry points, so a plugin has to register its merge method in
 every interpreter start would cost seconds, so the ``.pth`` file only installs
 a meta-path finder. The finder waits until ``mergekit.merge_methods`` (and
 ``mergekit.plan``) are imported, lets them execute normally, then runs our
-registration. This module must import nothing heavy: it runs at startup.
+registration (``adapter``). This module must import nothing heavy: it runs at
+startup. It is an entry point, like the CLI: it wires the adapter's card hook to
+the card built in ``flows``, so the adapter never imports the layers above it.
 """
 
 from __future__ import annotations
@@ -23,25 +25,32 @@ DISABLE_ENV = "MERGEKIT_TRANSPLANT_DISABLE"
 
 
 def _register_method() -> None:
-    from mergekit_transplant.registration import register_method
+    from mergekit_transplant.adapter.registration import register_method
 
     register_method()
 
 
 def _install_planner_hook() -> None:
-    from mergekit_transplant.registration import install_planner_hook
+    from mergekit_transplant.adapter.registration import install_planner_hook
 
     install_planner_hook()
 
 
-def _install_card_hook() -> None:
-    from mergekit_transplant.card import install_mergekit_card_hook
+def _card_for_mergekit(config, config_yaml, name=None):
+    """The plugin's card for a transplant merge (imported on first use: after the weights are written)."""
+    from mergekit_transplant.flows import card_for_mergekit
 
-    install_mergekit_card_hook()
+    return card_for_mergekit(config, config_yaml, name)
+
+
+def _install_card_hook() -> None:
+    from mergekit_transplant.adapter.card_hook import install_mergekit_card_hook
+
+    install_mergekit_card_hook(_card_for_mergekit)
 
 
 def _install_download_hook() -> None:
-    from mergekit_transplant.download_plan import install_download_hook
+    from mergekit_transplant.adapter.download_plan import install_download_hook
 
     install_download_hook()
 

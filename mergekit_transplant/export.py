@@ -39,9 +39,10 @@ from typing import Dict, List, Tuple
 
 import yaml
 
-from mergekit_transplant import __version__
+from mergekit_transplant._version import __version__
 from mergekit_transplant.errors import TransplantError
-from mergekit_transplant.recipe import PlannedTensor, Recipe, load_recipe, resolve_strengths
+from mergekit_transplant.adapter.planning import resolve_strengths
+from mergekit_transplant.recipe import PlannedTensor, Recipe, load_recipe
 
 #: the header comment of every stock export
 LOST = (

@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 from mergekit_transplant.checkpoint import resolve_model_dir, split_revision, weight_files
+from mergekit_transplant.checkpoint.dtypes import MODEL_DTYPE_SPELLINGS
 from mergekit_transplant.errors import TransplantError
 
-DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
-          "bfloat16": "bfloat16", "bf16": "bfloat16", "float64": "float64"}
+#: every --dtype spelling -> torch's name (a view of ``checkpoint.dtypes.DTYPES``)
+DTYPES = MODEL_DTYPE_SPELLINGS
 
 
 def torch_dtype(name: Optional[str]):

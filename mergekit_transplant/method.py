@@ -6,9 +6,9 @@ tensor and strength 1 (one donor) the donor's, bit for bit; anything between is
 computed in fp32 (fp64 for fp64 inputs) with ``torch.lerp`` and cast back.
 """
 
-import math
-
 import torch
+
+from mergekit_transplant.strength import OUTSIDE_CLOSED, strength_problem
 
 
 class StrengthError(ValueError):
@@ -20,13 +20,10 @@ def check_strengths(
 ) -> None:
     """Raise a message naming the tensor and donor when a strength is out of bounds."""
     for donor, s in strengths:
-        if not math.isfinite(s):
-            raise StrengthError(f"{tensor}: strength {s} for donor {donor} is not finite")
-        if not allow_extrapolation and not 0.0 <= s <= 1.0:
-            raise StrengthError(
-                f"{tensor}: strength {s} for donor {donor} is outside [0, 1] "
-                "(set allow_extrapolation: true to permit it)"
-            )
+        problem = strength_problem(s, allow_extrapolation=allow_extrapolation)
+        if problem is not None:
+            hint = " (set allow_extrapolation: true to permit it)" if problem == OUTSIDE_CLOSED else ""
+            raise StrengthError(f"{tensor}: strength {s} for donor {donor} {problem}{hint}")
     total = sum(s for _, s in strengths)
     if not allow_extrapolation and total > 1.0 + 1e-9:
         donors = ", ".join(d for d, s in strengths if s)

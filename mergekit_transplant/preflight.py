@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from mergekit_transplant.adapter.planning import resolve_strengths
 from mergekit_transplant.checkpoint import ModelIndex, read_index
 from mergekit_transplant.errors import TransplantError
-from mergekit_transplant.hub_files import HubError
+from mergekit_transplant.checkpoint.hub_files import HubError
 from mergekit_transplant.method import StrengthError, check_strengths
-from mergekit_transplant.recipe import PlannedTensor, Recipe, resolve_strengths
+from mergekit_transplant.recipe import PlannedTensor, Recipe
 
 VOCAB_TENSOR_HINTS = ("embed_tokens", "lm_head", "wte", "embed_in", "embed_out", "word_embeddings")
 
@@ -36,6 +37,8 @@ class CheckReport:
     errors: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
     target_parameters: int = 0
+    #: the header indexes read for the check, by model reference (reused by ``merge.check_finite``)
+    indexes: Dict[str, ModelIndex] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -118,7 +121,7 @@ def _find(index: ModelIndex, planned_name: str, alternatives) -> Optional[str]:
 def run_check(recipe: Recipe, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> CheckReport:
     """Validate a recipe against the models' headers; never reads tensor data."""
     report = CheckReport(recipe=recipe)
-    indexes: Dict[str, ModelIndex] = {}
+    indexes = report.indexes
     for ref in [recipe.target, *recipe.donors]:
         try:
             indexes[ref] = read_index(ref, allow_pickle=allow_pickle, remote=True)

@@ -21,13 +21,15 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from mergekit_transplant.checkpoint import DTYPE_BYTES, PICKLE_SUFFIXES, hub_id_problem, read_header, weight_files
+from mergekit_transplant.checkpoint.dtypes import BYTES_PER_FLOAT_NAME
+from mergekit_transplant.checkpoint.environment import hub_offline
 from mergekit_transplant.errors import TransplantError
 
 #: suffixes refused anywhere in a folder to publish (pickle and friends)
 UNSAFE_SUFFIXES = tuple(sorted(set(PICKLE_SUFFIXES) | {".pickle", ".pkl", ".joblib"}))
 #: relative tolerance of the size check (a few fp32 norms in a bf16 model stay inside it)
 SIZE_TOLERANCE = 0.02
-CONFIG_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "float8_e4m3fn": 1, "float8_e5m2": 1}
+CONFIG_DTYPE_BYTES = BYTES_PER_FLOAT_NAME
 
 
 @dataclass
@@ -315,15 +317,6 @@ def publish(
         raise TransplantError(passed + problem) from None
     url = getattr(info, "pr_url", None) or getattr(info, "commit_url", None) or str(info)
     return check, plan, url
-
-
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as huggingface_hub saw it at import, or as set now."""
-    from huggingface_hub import constants
-
-    now = any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-              for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return now or constants.is_offline_mode()
 
 
 def hub_problem(error: BaseException, repo_id: str) -> Optional[str]:

@@ -2,15 +2,16 @@
 
 A recipe is an ordinary mergekit config with ``merge_method: transplant``.
 ``load_recipe`` validates it (YAML, unknown keys, types) with messages that
-name the fault; ``resolve_strengths`` asks mergekit's own planner which donor
-tensor lands where at which strength, without reading any tensor data, so
-what ``check`` reports is what ``mergekit-yaml`` will do. ``render_recipe``
+name the fault; ``PlannedTensor`` is what mergekit's own planner will feed the
+method for each tensor (``adapter.planning.resolve_strengths`` asks it, without
+reading any tensor data, so what ``check`` reports is what ``mergekit-yaml``
+will do). ``render_recipe``
 writes recipes with exact tensor names as filters, never ambiguous prefixes.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import yaml
 
+from mergekit_transplant import strength as strength_rules
+from mergekit_transplant.checkpoint.dtypes import MODEL_DTYPE_NAMES
 from mergekit_transplant.errors import TransplantError
+from mergekit_transplant.strength import strength_problem
 
 METHOD = "transplant"
 #: parameters the transplant method reads; anything else is a typo
@@ -39,8 +43,9 @@ class Recipe:
     data: Dict[str, Any]
     path: Optional[Path] = None
 
-    @property
+    @functools.cached_property
     def config(self):
+        """mergekit's ``MergeConfiguration`` of ``data``, validated once (``parse_recipe`` seeds it)."""
         from mergekit.config import MergeConfiguration
 
         return MergeConfiguration.model_validate(self.data)
@@ -118,7 +123,7 @@ def parse_recipe(text: str, path: Optional[Path] = None) -> Recipe:
     from mergekit.config import MergeConfiguration
 
     try:
-        MergeConfiguration.model_validate(data)
+        config = MergeConfiguration.model_validate(data)
     except ValidationError as error:
         first = error.errors()[0]
         loc = ".".join(str(p) for p in first["loc"][:4])
@@ -136,11 +141,13 @@ def parse_recipe(text: str, path: Optional[Path] = None) -> Recipe:
         raise TransplantError(f"{where}: base_model (the target) is required for a transplant")
     _check_strength_values(data, where)
     _check_dtypes(data, where)
-    return Recipe(source=text, data=data, path=path)
+    recipe = Recipe(source=text, data=data, path=path)
+    recipe.config = config  # validated above: ``Recipe.config`` never validates it again
+    return recipe
 
 
 #: the names mergekit.common.dtype_from_name accepts (int64 makes no sense for weights)
-DTYPE_NAMES = ("bfloat16", "float16", "float32", "float64")
+DTYPE_NAMES = MODEL_DTYPE_NAMES
 
 
 def _check_dtypes(data: dict, where: str) -> None:
@@ -211,17 +218,14 @@ def _check_strength_values(data: dict, where: str) -> None:
     allow = bool((data.get("parameters") or {}).get("allow_extrapolation", False))
     for model, params in _parameter_blocks(data):
         for value in _numbers((params or {}).get("strength")):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TransplantError(f"{where}: strength {value!r} for {model or 'all models'} is not a number")
-            if isinstance(value, int) and abs(value) > 2**53:
-                raise TransplantError(f"{where}: strength {str(value)[:12]}... for {model or 'all models'} is out of range")
-            if not math.isfinite(value):
-                raise TransplantError(f"{where}: strength {value} for {model or 'all models'} is not finite")
-            if not allow and not 0.0 <= value <= 1.0:
-                raise TransplantError(
-                    f"{where}: strength {value} for {model or 'all models'} is outside [0, 1] "
-                    "(set parameters.allow_extrapolation: true to permit it)"
-                )
+            problem = strength_problem(value, allow_extrapolation=allow)
+            if problem is None:
+                continue
+            shown = {strength_rules.NOT_A_NUMBER: repr(value),
+                     strength_rules.OUT_OF_RANGE: f"{str(value)[:12]}..."}.get(problem, str(value))
+            hint = (" (set parameters.allow_extrapolation: true to permit it)"
+                    if problem == strength_rules.OUTSIDE_CLOSED else "")
+            raise TransplantError(f"{where}: strength {shown} for {model or 'all models'} {problem}{hint}")
 
 
 # --------------------------------------------------------------------------- resolution
@@ -245,82 +249,6 @@ class PlannedTensor:
 
     def donor_strengths(self) -> Dict[str, float]:
         return {i.model: float(i.strength or 0.0) for i in self.inputs if i.strength is not None}
-
-
-def resolve_strengths(recipe: Recipe, *, trust_remote_code: bool = False) -> List[PlannedTensor]:
-    """Run mergekit's planner without executing it, recording each tensor's strengths.
-
-    This reads model configs and safetensors headers only. Because it is
-    mergekit's own planner and parameter resolver, filters, first-match-wins,
-    gradients and slices resolve exactly as in ``mergekit-yaml``.
-    """
-    return plan_config(recipe.config, trust_remote_code=trust_remote_code)
-
-
-def plan_config(config, *, trust_remote_code: bool = False) -> List[PlannedTensor]:
-    """``resolve_strengths`` for a parsed ``MergeConfiguration`` (what the download hook sees)."""
-    import mergekit_transplant
-
-    mergekit_transplant.register()
-    from mergekit.architecture import get_architecture_info
-    from mergekit.io.tasks import LoaderCache
-    from mergekit.options import MergeOptions
-    from mergekit.plan import MergePlanner
-
-    from mergekit_transplant.registration import per_input_parameters
-
-    options = MergeOptions(trust_remote_code=trust_remote_code, quiet=True)
-    LoaderCache().setup(options)
-    LoaderCache().loaders.clear()  # keyed by path as written: stale across working directories
-    planned: List[PlannedTensor] = []
-
-    class StrengthRecorder(MergePlanner):
-        def plan_tensor(self, weight, weights_in, models, cfg_reader, *args, **kwargs):
-            try:
-                self._record(weight, weights_in, models, cfg_reader)
-            except Exception as error:  # our code, not the user's recipe: a bug, never an input error
-                raise _RecorderBug() from error
-
-        def _record(self, weight, weights_in, models, cfg_reader):
-            base = cfg_reader.base_model
-            per_input = per_input_parameters(self, weight, weights_in, models, cfg_reader)
-            planned.append(
-                PlannedTensor(
-                    name=weight.name,
-                    optional=weight.optional,
-                    inputs=tuple(
-                        PlannedInput(
-                            model=str(m),
-                            tensor=w.name,
-                            strength=None if m == base else float(per_input[m]["strength"]),
-                        )
-                        for m, w in zip(models, weights_in)
-                    ),
-                    alternatives=tuple(weight.aliases or ()) + tuple(weight.tied_names or ()),
-                )
-            )
-
-    try:
-        arch = get_architecture_info(config, options)
-        out_cfg = config.base_model.config(trust_remote_code=trust_remote_code)
-        StrengthRecorder(config, arch, options, out_cfg)._plan()
-    except TransplantError:
-        raise
-    except _RecorderBug as bug:
-        raise bug.__cause__ from None  # exit 1 with a --debug hint, not "your recipe is wrong"
-    except MERGEKIT_REFUSALS as error:  # mergekit's own checks on the recipe and the models it names
-        raise TransplantError(f"mergekit cannot plan this recipe: {error}") from None
-    return planned
-
-
-#: what mergekit raises when it refuses a recipe or a model while planning (a missing
-#: config, an unknown architecture, a slice outside the model); anything else -- a
-#: TypeError, an AttributeError -- is a bug and reaches the CLI as one (exit 1)
-MERGEKIT_REFUSALS = (ValueError, RuntimeError, KeyError, IndexError, OSError, AssertionError)
-
-
-class _RecorderBug(Exception):
-    """Raised from our planner subclass: its cause is a bug of the plugin, not of the recipe."""
 
 
 # --------------------------------------------------------------------------- writing

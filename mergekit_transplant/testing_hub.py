@@ -103,7 +103,7 @@ class LocalHub:
     def add_model(self, repo_id: str, folder: os.PathLike | str, *, branch: str = "main",
                   tags: Tuple[str, ...] = ()) -> str:
         """Commit every file of ``folder`` as a new revision of ``repo_id`` on ``branch``; returns its sha."""
-        from mergekit_transplant.organ.byte_io import sha256_file
+        from mergekit_transplant.checkpoint.tensor_io import sha256_file
 
         folder = Path(folder)
         files = {}
@@ -470,7 +470,7 @@ def shard_model(src: os.PathLike | str, dst: os.PathLike | str, shard_bytes: int
     import shutil
 
     from mergekit_transplant.checkpoint import read_index
-    from mergekit_transplant.organ.extract import write_tensor_folder
+    from mergekit_transplant.checkpoint.tensor_io import write_tensor_folder
 
     src, dst = Path(src), Path(dst)
     index = read_index(str(src))

@@ -25,7 +25,7 @@ def _single_thread():
 def _fresh_mergekit_loaders():
     """mergekit caches loaders per process by model path as written; tests reuse
     relative paths such as ``models/donor`` for different folders."""
-    from mergekit_transplant.merge import fresh_loaders
+    from mergekit_transplant.adapter.loader_cache import fresh_loaders
 
     fresh_loaders()
 

@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from mergekit_transplant.merge import fresh_loaders
 from click.testing import CliRunner
 from huggingface_hub import ModelCard
 
+from mergekit_transplant.adapter.loader_cache import fresh_loaders
 from mergekit_transplant.card import HEATMAP_FILE, SIDECAR, validate_card, write_card
 from mergekit_transplant.cli import main
 from mergekit_transplant.errors import TransplantError
@@ -51,7 +50,7 @@ def work(tmp_path_factory):
 @pytest.fixture(scope="module")
 def merged(work):
     """`mergekit-transplant merge` output (in-process), card included."""
-    from mergekit_transplant.merge import run_transplant
+    from mergekit_transplant.flows import run_transplant
 
     fresh_loaders()
     cwd = os.getcwd()
@@ -123,6 +122,22 @@ def test_other_merge_methods_keep_mergekits_card(work):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "This is a merge of pre-trained language models created using [mergekit]" in proc.stdout
     assert "transplant" not in proc.stdout
+
+
+def test_merge_no_write_model_card_writes_no_card(work, tmp_path):
+    """`merge --no-write-model-card` (mergekit's flag) is honoured: the merge, without README.md or its sidecar."""
+    recipe = tmp_path / "recipe.yml"
+    recipe.write_text(RECIPE.replace("models/", f"{work}/models/"))
+    fresh_loaders()
+    result = CliRunner().invoke(main, ["merge", str(recipe), str(tmp_path / "out"), "--no-write-model-card"])
+    assert result.exit_code == 0, result.output
+    written = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"model.safetensors", "mergekit_config.yml", "config.json"} <= written
+    assert "README.md" not in written and SIDECAR not in written
+    fresh_loaders()
+    result = CliRunner().invoke(main, ["merge", str(recipe), str(tmp_path / "carded")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "carded" / "README.md").is_file()  # the default still writes it
 
 
 def test_merge_command_writes_a_card(merged):

@@ -44,7 +44,7 @@ def write_tasks(root: Path) -> Path:
 
 
 def merge(target: Path, donor: Path, tensors, strength: float, out: Path) -> Path:
-    from mergekit_transplant.merge import run_transplant
+    from mergekit_transplant.flows import run_transplant
 
     recipe = out.parent / f"{out.name}.yml"
     recipe.write_text(render_recipe(str(target), [Selection(t, str(donor), strength) for t in tensors]))

@@ -26,7 +26,7 @@ def error_lines(output: str):
 
 def plant_bug_in_planning(monkeypatch):
     """A TypeError inside the plugin's planner subclass: a bug, whatever the recipe says."""
-    from mergekit_transplant import registration
+    from mergekit_transplant.adapter import registration
 
     def broken(*args, **kwargs):
         raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
@@ -83,7 +83,7 @@ def test_console_script_bug_is_exit_1_with_the_hint_and_traceback_on_debug(zoo, 
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(
-        "import mergekit_transplant.registration as r\n"
+        "import mergekit_transplant.adapter.registration as r\n"
         "def broken(*a, **k):\n    raise ZeroDivisionError('division by zero')\n"
         "r.per_input_parameters = broken\n")
     env = {"PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}

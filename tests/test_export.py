@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from mergekit_transplant.cli import main
-from mergekit_transplant.merge import run_transplant
+from mergekit_transplant.flows import run_transplant
 from mergekit_transplant.testing import load_state, make_model, perturbed_copy
 
 BIN = Path(sys.executable).parent

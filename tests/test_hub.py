@@ -201,7 +201,7 @@ def test_read_all_downloads_every_donor_shard(hub, cache, tmp_path, monkeypatch)
 def test_download_hook_steps_aside_when_mergekit_changes(monkeypatch, caplog):
     from mergekit import common
 
-    from mergekit_transplant import download_plan
+    from mergekit_transplant.adapter import download_plan
 
     download_plan.uninstall_download_hook()
 
@@ -209,7 +209,7 @@ def test_download_hook_steps_aside_when_mergekit_changes(monkeypatch, caplog):
         return "x"
 
     monkeypatch.setattr(common.ModelReference, "local_path", local_path)
-    with caplog.at_level(logging.DEBUG, logger="mergekit_transplant.download_plan"):
+    with caplog.at_level(logging.DEBUG, logger="mergekit_transplant.adapter"):
         assert download_plan.install_download_hook() is False
     assert "not the signature the download planner knows" in caplog.text
     assert common.ModelReference.local_path is local_path

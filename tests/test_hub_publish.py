@@ -41,7 +41,7 @@ class WritesRecordedApi(HfApi):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from mergekit_transplant.merge import run_transplant
+    from mergekit_transplant.flows import run_transplant
 
     root = tmp_path_factory.mktemp("hubpub")
     target = make_model(root / "target", "llama", seed=0)

@@ -12,20 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from mergekit_transplant.merge import fresh_loaders
+from mergekit_transplant.adapter.loader_cache import fresh_loaders
 import torch
 import yaml
 from click.testing import CliRunner
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from mergekit_transplant.organ import extract as organ_extract
+from mergekit_transplant.checkpoint import tensor_io
 from mergekit_transplant.checkpoint import read_index
 from mergekit_transplant.cli import main
 from mergekit_transplant.errors import TransplantError
-from mergekit_transplant.merge import run_transplant
+from mergekit_transplant.flows import apply_organ, run_transplant
 from mergekit_transplant.organ import (
-    MANIFEST, apply_organ, extract_organ, verify_organ, write_tensor_folder,
+    MANIFEST, extract_organ, verify_organ, write_tensor_folder,
 )
 from mergekit_transplant.testing import load_state, make_model, perturbed_copy
 
@@ -284,14 +284,14 @@ def test_output_is_atomic_and_never_clobbered(work, organ, tmp_path, monkeypatch
     assert result.exit_code == 2 and "--overwrite" in result.output
 
     calls = {"n": 0}
-    real = organ_extract._write_safetensors
+    real = tensor_io._write_safetensors
 
     def fail_midway(file, entries, progress=None):
         calls["n"] += 1
         real(file, entries[:1], progress)
         raise KeyboardInterrupt("simulated Ctrl-C")
 
-    monkeypatch.setattr(organ_extract, "_write_safetensors", fail_midway)
+    monkeypatch.setattr(tensor_io, "_write_safetensors", fail_midway)
     dst = tmp_path / "new" / "organ"
     with pytest.raises(KeyboardInterrupt):
         extract_organ("recipe.yml", dst)
@@ -336,7 +336,7 @@ def test_check_offline_lists_the_files_a_hub_recipe_needs(tmp_path):
 
 def test_organ_needs_the_read_planning_hook(organ, tmp_path, monkeypatch):
     """An organ lacks the zero-strength tensors; with the hook switched off mergekit would want them."""
-    from mergekit_transplant import registration
+    from mergekit_transplant.adapter import registration
 
     monkeypatch.setenv(registration.READ_ALL_ENV, "1")
     with pytest.raises(TransplantError, match="unset it"):

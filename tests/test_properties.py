@@ -5,7 +5,7 @@
    return a Recipe or raise ``TransplantError``, never anything else.
 2. For generated filter lists (per-donor and top-level, with or without a
    catch-all), the per-tensor strength the plugin resolves
-   (``recipe.resolve_strengths``, what ``check`` shows) equals mergekit's own
+   (``adapter.planning.resolve_strengths``, what ``check`` shows) equals mergekit's own
    ``evaluate_setting`` and an independent first-match-wins reference.
 3. For a few generated filter lists, a real mergekit merge writes exactly
    ``lerp(target, donor, s)`` per tensor.
@@ -25,7 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mergekit_transplant.errors import TransplantError
-from mergekit_transplant.recipe import TOP_LEVEL_KEYS, parse_recipe, resolve_strengths
+from mergekit_transplant.adapter.planning import resolve_strengths
+from mergekit_transplant.recipe import TOP_LEVEL_KEYS, parse_recipe
 from mergekit_transplant.testing import load_state, perturbed_copy
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))

@@ -18,7 +18,7 @@ TRANSPLANTED = ["model.layers.1.mlp.down_proj.weight"]
 
 @pytest.fixture(scope="module")
 def merged(tmp_path_factory):
-    from mergekit_transplant.merge import run_transplant
+    from mergekit_transplant.flows import run_transplant
 
     root = tmp_path_factory.mktemp("publish")
     make_model(root / "target", "llama", seed=0, dtype="bfloat16", tie=True)

@@ -1,7 +1,7 @@
 """A transplant merge reads donor tensors only where their strength is nonzero.
 
 mergekit gathers every model's tensor for every output tensor; the plugin's
-planner hook (registration.install_planner_hook) drops donors at strength 0
+planner hook (adapter.registration.install_planner_hook) drops donors at strength 0
 before reads are planned. These tests count mergekit's own tensor reads, strip
 the donor down to the transplanted tensors (an organ-like folder), measure
 bytes read from a cold page cache, and check the output is bit-identical to
@@ -24,7 +24,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from mergekit_transplant import registration
+from mergekit_transplant.adapter import registration
 from mergekit_transplant.checkpoint import read_index
 from mergekit_transplant.recipe import Selection, render_recipe
 from mergekit_transplant.testing import load_state, make_model
@@ -258,7 +258,7 @@ from mergekit.config import MergeConfiguration
 from mergekit.merge import run_merge
 from mergekit.options import MergeOptions
 import mergekit_transplant
-from mergekit_transplant.merge import run_transplant
+from mergekit_transplant.flows import run_transplant
 mergekit_transplant.register()
 
 how, recipe, out = sys.argv[1:]
@@ -392,7 +392,7 @@ def test_uninstall_restores_mergekits_own_planner_and_loader(pristine_planner):
     """MERGEKIT_TRANSPLANT_READ_ALL's in-process twin: every wrapper off, then back on."""
     from mergekit.io.lazy_tensor_loader import LazyTensorLoader, ShardedTensorIndex
 
-    from mergekit_transplant import read_hints
+    from mergekit_transplant.adapter import read_hints
 
     assert registration.planner_hook_installed()
     assert getattr(LazyTensorLoader.get_tensor, read_hints.HINT_MARK, False)

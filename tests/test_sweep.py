@@ -65,7 +65,7 @@ def pair(tmp_path_factory):
 
 def _live(target, donor, dtype=None):
     from mergekit_transplant.loading import load_causal_lm
-    from mergekit_transplant.sweep.inplace import DonorTensors, LiveTransplant
+    from mergekit_transplant.inplace import DonorTensors, LiveTransplant
 
     model, _ = load_causal_lm(str(target), dtype=dtype, with_tokenizer=False)
     return model, LiveTransplant(model, DonorTensors(str(donor)))
@@ -275,7 +275,7 @@ def test_best_recipe_is_a_valid_transplant_recipe(pair, swept):
 def test_in_memory_point_scores_what_the_merged_model_on_disk_scores(pair, swept, tmp_path):
     """The sweep's number for the best point is the number `merge` + `eval` give for its recipe."""
     from mergekit_transplant.evaluation import EvalSettings, evaluate_models
-    from mergekit_transplant.merge import run_transplant
+    from mergekit_transplant.flows import run_transplant
 
     _, data, out, _ = swept
     merged = tmp_path / "merged"

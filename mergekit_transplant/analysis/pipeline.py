@@ -43,6 +43,8 @@ from mergekit_transplant.analysis.streaming import TensorStreamer
 from mergekit_transplant.analysis.tokens import TokenSequence, context_limit, encode, likelihood_view
 from mergekit_transplant.analysis.workload import Workload, load_workload
 from mergekit_transplant.checkpoint import ModelIndex, read_index
+from mergekit_transplant.checkpoint.dtypes import MODEL_DTYPE_OF_CODE
+from mergekit_transplant.checkpoint.environment import check_device
 from mergekit_transplant.errors import TransplantError
 from mergekit_transplant.recipe import Selection, render_recipe
 
@@ -163,7 +165,7 @@ def analyze(
     if run_target and run_donor:
         wanted.add("activation")
 
-    _check_device(device, device_map)
+    device = check_device(device)  # auto -> cuda/xpu/cpu; a missing GPU named before loading
     target_index, target_pickled = _read(target, allow_pickle)
     donor_index, donor_pickled = _read(donor, allow_pickle)
     warnings: List[str] = []
@@ -457,25 +459,6 @@ def _read(ref: str, allow_pickle: bool):
     return index, pickled
 
 
-def _check_device(device: str, device_map: Optional[str]) -> None:
-    """Name a missing GPU before any model is read (torch would fail deep inside loading)."""
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise TransplantError(f"--device {device!r}: not a device torch knows ({error})") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise TransplantError(f"device {device} was asked for, but torch sees no CUDA GPU here "
-                                  "(use --device cpu)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise TransplantError(f"device {device} was asked for, but torch sees only "
-                                  f"{torch.cuda.device_count()} CUDA GPU(s)")
-    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise TransplantError(f"device {device} was asked for, but MPS is not available here")
-
-
 def _load(ref: str, load: dict):
     from mergekit_transplant.loading import load_causal_lm
 
@@ -546,13 +529,12 @@ def _out_dtype(target: ModelIndex, donor: ModelIndex) -> Optional[str]:
     d = {i.dtype for i in donor.tensors.values()}
     if t == d:
         return None
-    names = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
-    return names.get(sorted(t)[0]) if len(t) == 1 else None
+    return MODEL_DTYPE_OF_CODE.get(sorted(t)[0]) if len(t) == 1 else None
 
 
 def _header(command, settings, workload: Workload, picked: Picked, target: ModelIndex, granularity: str,
             n_tensors: int) -> List[str]:
-    from mergekit_transplant import __version__
+    from mergekit_transplant._version import __version__
 
     if command is None:
         args = ", ".join(f"{k}={v!r}" for k, v in settings.items() if k not in ("workload", "scores_computed")
@@ -578,7 +560,7 @@ def _greedy(target, donor, load, state, ranking, score_of, tensors_of, parameter
     import sys
 
     from mergekit_transplant.analysis.greedy import LogLikelihood, greedy_select, split
-    from mergekit_transplant.sweep.inplace import DonorTensors, LiveTransplant
+    from mergekit_transplant.inplace import DonorTensors, LiveTransplant
 
     measurable = [s for s in likelihood_view(state["seqs"]) if s is not None]
     if not measurable:

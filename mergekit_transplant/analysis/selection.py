@@ -11,12 +11,12 @@ the score, the best unit getting ``strength``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from mergekit_transplant.errors import TransplantError
 from mergekit_transplant.recipe import Selection
+from mergekit_transplant.strength import strength_problem
 
 STRENGTH_MODES = ("constant", "proportional")
 
@@ -34,7 +34,7 @@ def validate(*, top_k: Optional[int], param_budget: Optional[float], strength: f
         raise TransplantError(f"--top-k must be at least 1, got {top_k}")
     if param_budget is not None and not (0.0 < param_budget <= 1.0):
         raise TransplantError(f"--param-budget is a fraction of the target's parameters in (0, 1], got {param_budget}")
-    if not (isinstance(strength, (int, float)) and math.isfinite(strength) and 0.0 < strength <= 1.0):
+    if strength_problem(strength, allow_zero=False) is not None:
         raise TransplantError(f"--strength must be in (0, 1], got {strength}")
     if strength_mode not in STRENGTH_MODES:
         raise TransplantError(f"--strength-mode must be one of {', '.join(STRENGTH_MODES)}, got {strength_mode!r}")

@@ -16,7 +16,8 @@ One module per concern:
 - ``hub_ids``: which Hub id stands for each model (``--hub-id``, organs);
 - ``inputs``: checks on the analysis report and eval results it is given;
 - ``markdown``: escaping of every untrusted string;
-- ``mergekit_hook``: the card ``mergekit-yaml`` writes for a transplant;
+(the card ``mergekit-yaml`` writes for a transplant is ``flows.card_for_mergekit``,
+wired into mergekit by ``adapter.card_hook``);
 - ``validate``: what the Hub would reject.
 """
 
@@ -30,14 +31,10 @@ from mergekit_transplant.card.content import (
 from mergekit_transplant.card.files import CARD_FILE, HEATMAP_FILE, SIDECAR, write_card
 from mergekit_transplant.card.hub_ids import hub_id_for, parse_hub_ids
 from mergekit_transplant.card.markdown import md_code, md_fence, md_text
-from mergekit_transplant.card.mergekit_hook import (
-    card_for_mergekit,
-    install_mergekit_card_hook,
-)
 from mergekit_transplant.card.validate import validate_card
 
 __all__ = [
     "CARD_FILE", "HEATMAP_FILE", "METHOD_URL", "SIDECAR", "TAGS",
-    "CardInputs", "CardResult", "build_card", "write_card", "card_for_mergekit", "install_mergekit_card_hook",
+    "CardInputs", "CardResult", "build_card", "write_card",
     "validate_card", "parse_hub_ids", "hub_id_for", "md_text", "md_code", "md_fence",
 ]

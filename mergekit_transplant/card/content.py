@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
-from mergekit_transplant import __version__
+from mergekit_transplant._version import __version__
 from mergekit_transplant.card.hub_ids import hub_id_for
 from mergekit_transplant.card.markdown import (
     CONTROL_CHARS,

@@ -15,7 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Mapping, Optional, Tuple
 
-from mergekit_transplant import __version__, atomic
+from mergekit_transplant import atomic
+from mergekit_transplant._version import __version__
 from mergekit_transplant.card.content import (
     BEGIN,
     END,

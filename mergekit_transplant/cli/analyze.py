@@ -43,7 +43,8 @@ SCORE_CHOICES = ("attribution", "local", "activation", "gain")
 @click.option("--include-embeddings", is_flag=True, help="Make the input embeddings and output head candidates too.")
 @click.option("--granularity", type=click.Choice(("module", "layer")), default="module", show_default=True,
               help="layer: score and select whole decoder layers (recipe filters like model.layers.5.).")
-@click.option("--device", default="cpu", show_default=True, help="Device to run on, e.g. cuda or cuda:1.")
+@click.option("--device", default="cpu", show_default=True,
+              help="Device to run on, e.g. cuda, cuda:1, or auto (a GPU when torch sees one, else cpu).")
 @click.option("--dtype", help="Load models in this dtype (float32, bfloat16, float16); default: as stored.")
 @click.option("--device-map", help="accelerate device map, e.g. auto, for models larger than one device.")
 @click.option("--batch-size", type=int, default=8, show_default=True)

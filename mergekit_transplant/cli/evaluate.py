@@ -80,7 +80,8 @@ def prompt_options(command):
 @click.option("--limit", type=limit_type, default=None, help="Documents per task (below 1: a fraction). For quick checks only.")
 @click.option("--num-fewshot", type=int, default=None, help="Few-shot examples (default: each task's own setting).")
 @click.option("--batch-size", type=batch_size_type, default="8", show_default=True, help="lm-eval batch size, or 'auto'.")
-@click.option("--device", default=None, help="Device for the hf backend (default: cuda if available, else cpu).")
+@click.option("--device", default=None,
+              help="Device for the hf backend (default, or auto: a GPU when torch sees one, else cpu).")
 @click.option("--backend", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True, help="lm-eval model backend.")
 @click.option("--model-args", default=None,
               help="Extra lm-eval model_args for every model, e.g. 'dtype=bfloat16,parallelize=True' "

@@ -6,7 +6,7 @@ import click
 from mergekit.options import MergeOptions, add_merge_options
 
 from mergekit_transplant.cli.check import print_report
-from mergekit_transplant.merge import run_transplant
+from mergekit_transplant.flows import run_transplant
 
 
 @click.command("merge")
@@ -22,7 +22,7 @@ def merge(merge_options: MergeOptions, recipe: str, out_path: str, overwrite: bo
 
     Takes every option of mergekit-yaml (--cuda, --lazy-unpickle, ...). Nothing
     is written when the check fails; the output appears atomically when the
-    merge succeeds.
+    merge succeeds, with the plugin's model card unless --no-write-model-card.
     """
     report = run_transplant(
         recipe, out_path, merge_options, overwrite=overwrite, allow_pickle=allow_pickle,

@@ -10,7 +10,8 @@ from mergekit.options import MergeOptions, add_merge_options
 
 from mergekit_transplant.cli import debug_option
 
-from mergekit_transplant.organ import apply_organ, extract_organ, verify_organ
+from mergekit_transplant.flows import apply_organ
+from mergekit_transplant.organ import extract_organ, verify_organ
 
 
 @click.group("organ")
@@ -108,7 +109,7 @@ def apply(merge_options: MergeOptions, organ_dir, out_path, target, at, overwrit
 
     Uses ORGAN_DIR/recipe.yml (edited strengths are honoured) with the organ's
     own folder as the donor and TARGET as the base model, so it works from any
-    folder. Takes mergekit-yaml's options. The output has a model card.
+    folder. Takes mergekit-yaml's options. The output has a model card (unless --no-write-model-card).
     """
     from mergekit_transplant.cli.check import print_report
 

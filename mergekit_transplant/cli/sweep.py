@@ -49,7 +49,8 @@ def _floats(ctx, param, value):
 @click.option("--limit", type=limit_type, default=None, help="Documents per task (below 1: a fraction).")
 @click.option("--num-fewshot", type=int, default=None, help="Few-shot examples (default: each task's own).")
 @click.option("--batch-size", type=batch_size_type, default="8", show_default=True, help="lm-eval batch size, or 'auto'.")
-@click.option("--device", default="cpu", show_default=True, help="Device the target is loaded on (e.g. cuda).")
+@click.option("--device", default="cpu", show_default=True,
+              help="Device the target is loaded on (e.g. cuda, or auto: a GPU when torch sees one, else cpu).")
 @click.option("--device-map", default=None, help="accelerate device map (e.g. auto) for a target larger than one device.")
 @click.option("--dtype", default=None, help="Load the target in this dtype (default: the checkpoint's).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the Hub.")

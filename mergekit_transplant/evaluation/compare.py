@@ -105,10 +105,10 @@ def json_safe(value: Any) -> Any:
 
 
 def default_device() -> str:
-    """cuda when torch sees a GPU, else cpu (lm-eval's hf backend assumes cuda otherwise)."""
-    import torch
+    """``--device auto``: a GPU when torch sees one, else cpu (lm-eval's hf backend assumes cuda otherwise)."""
+    from mergekit_transplant.checkpoint.environment import resolve_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device("auto")
 
 
 def lm_eval_version() -> str:
@@ -213,7 +213,7 @@ class Scorer:
         self.cached: Dict[str, Dict[str, TaskScores]] = {}
         self.missing: Dict[str, List[str]] = {}
         self.lm_eval_version = lm_eval_version()
-        self.device = settings.device
+        self.device = None if settings.device == "auto" else settings.device  # auto: as when not given
         if self.device is None and settings.backend == "hf" and "parallelize" not in (settings.model_args or ""):
             self.device = default_device()
 

@@ -7,7 +7,7 @@ holding just the tensors with nonzero strength), a manifest ``organ.json``
 each tensor's name, shape, dtype and sha256, the original recipe) and
 ``recipe.yml``, the same recipe reading the donor's tensors from the organ.
 mergekit only reads donor tensors with nonzero strength (the planner hook in
-``registration.py`` drops the rest), so the organ stands in for the donor and
+``adapter/registration.py`` drops the rest), so the organ stands in for the donor and
 the merge output is bit-identical.
 
 Tensor bytes are copied verbatim, tensor by tensor, from the byte ranges in the
@@ -22,11 +22,14 @@ Layout: a single-donor organ is itself the model folder; a recipe with several
 donors gets one sub-folder per donor (``donor-1/``, ``donor-2/``...) and the
 manifest and ``recipe.yml`` at the top.
 
-Modules: ``manifest`` (``organ.json``), ``extract``, ``verify``, ``apply``,
-and ``byte_io`` (chunked, hashed reads of tensor byte ranges).
+Modules: ``manifest`` (``organ.json``), ``extract``, ``verify``, ``apply``
+(the organ's recipe for a target) and ``at`` (re-insertion at another
+layer). Applying an organ (verify -> merge -> card) is orchestration and
+lives in ``flows.apply_organ``; chunked, hashed reads of tensor byte ranges
+live in ``checkpoint.tensor_io``.
 """
 
-from mergekit_transplant.organ.apply import apply_organ, organ_recipe_for
+from mergekit_transplant.organ.apply import organ_recipe_for
 from mergekit_transplant.organ.extract import (
     ExtractResult,
     extract_organ,
@@ -53,6 +56,6 @@ from mergekit_transplant.organ.verify import (
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "MANIFEST", "RECIPE", "ExtractResult", "OrganDonor", "OrganManifest", "OrganTensor",
-    "VerifyReport", "apply_organ", "extract_organ", "find_organ_donor", "organ_recipe_for", "read_manifest",
+    "VerifyReport", "extract_organ", "find_organ_donor", "organ_recipe_for", "read_manifest",
     "render_organ_recipe", "rewrite_models", "verify_organ", "verify_recipe_organs", "write_tensor_folder",
 ]

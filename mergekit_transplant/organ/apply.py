@@ -1,28 +1,23 @@
-"""Applying an organ to a target: the organ's recipe, pointed at that target, merged by mergekit."""
+"""An organ's recipe pointed at a target (``organ_recipe_for``); ``flows.apply_organ`` verifies and merges it."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Tuple
 
 import yaml
 
-from mergekit_transplant import __version__
+from mergekit_transplant._version import __version__
 from mergekit_transplant.checkpoint import (
     split_revision,
 )
 from mergekit_transplant.errors import TransplantError
 from mergekit_transplant.organ.extract import (
     one_line,
-    refuse_clobbering,
     rewrite_models,
 )
 from mergekit_transplant.organ.manifest import RECIPE, OrganManifest, read_manifest
-from mergekit_transplant.organ.verify import VerifyReport, verify_organ
-from mergekit_transplant.preflight import CheckReport
 from mergekit_transplant.recipe import load_recipe, parse_recipe
 
 
@@ -65,44 +60,3 @@ def organ_recipe_for(organ_dir: os.PathLike | str, target: Optional[str] = None)
     data = rewrite_models(recipe, mapping, target=_abs_ref(target))
     header = f"# Organ {organ_dir.resolve()} applied to {one_line(target)} by mergekit-transplant {__version__}\n"
     return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=1000), manifest
-
-
-def apply_organ(
-    organ_dir: os.PathLike | str,
-    out_path: os.PathLike | str,
-    *,
-    target: Optional[str] = None,
-    at: Optional[int] = None,
-    options=None,
-    overwrite: bool = False,
-    write_card: bool = True,
-) -> Tuple[VerifyReport, CheckReport]:
-    """Verify the organ against ``target``, then merge it into ``out_path``.
-
-    ``at`` re-inserts the organ's layer block starting at decoder layer ``at``
-    (``organ.at.organ_view``): the merge reads a temporary view of the organ
-    whose tensor names are rewritten; the organ's own files are not changed.
-    """
-    from mergekit_transplant.merge import run_transplant
-
-    manifest = read_manifest(organ_dir)
-    target = target or manifest.target_ref
-    refuse_clobbering(Path(out_path), [target, str(organ_dir)])
-    with contextlib.ExitStack() as stack:
-        if at is None:
-            verify = verify_organ(organ_dir, target=target)
-            verify.raise_for_errors()
-            text, _ = organ_recipe_for(organ_dir, target)
-        else:
-            from mergekit_transplant.organ.at import organ_view
-
-            verify = verify_organ(organ_dir)  # integrity here; the fit at the new position when the view is merged
-            verify.raise_for_errors()
-            view = stack.enter_context(tempfile.TemporaryDirectory(prefix="organ-view-"))
-            text = organ_view(organ_dir, Path(view) / "organ", target, at)
-        fd, name = tempfile.mkstemp(prefix="organ-recipe-", suffix=".yml")
-        os.close(fd)
-        stack.callback(os.unlink, name)
-        Path(name).write_text(text, encoding="utf-8")
-        report = run_transplant(name, out_path, options, overwrite=overwrite, write_card=write_card)
-    return verify, report

@@ -19,11 +19,12 @@ from typing import List
 
 import yaml
 
-from mergekit_transplant import __version__
+from mergekit_transplant._version import __version__
 from mergekit_transplant.checkpoint import TensorInfo, read_header, read_index, weight_files
 from mergekit_transplant.errors import TransplantError
 from mergekit_transplant.organ.apply import organ_recipe_for
-from mergekit_transplant.organ.extract import one_line, write_tensor_folder
+from mergekit_transplant.checkpoint.tensor_io import write_tensor_folder
+from mergekit_transplant.organ.extract import one_line
 from mergekit_transplant.organ.manifest import DONOR_SIDE_FILES, MANIFEST, RECIPE, OrganTensor, read_manifest
 from mergekit_transplant.organ.training.blocks import layer_prefix
 

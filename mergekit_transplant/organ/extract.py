@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import yaml
 
-from mergekit_transplant import __version__, atomic
+from mergekit_transplant import atomic
+from mergekit_transplant._version import __version__
 from mergekit_transplant.checkpoint import (
     ModelIndex,
     TensorInfo,
@@ -21,9 +20,8 @@ from mergekit_transplant.checkpoint import (
     split_revision,
 )
 from mergekit_transplant.errors import TransplantError
-from mergekit_transplant.organ.byte_io import range_chunks, sha256_file
+from mergekit_transplant.checkpoint.tensor_io import DEFAULT_SHARD_BYTES, sha256_file, write_tensor_folder
 from mergekit_transplant.organ.manifest import (
-    DEFAULT_SHARD_BYTES,
     DONOR_SIDE_FILES,
     MANIFEST,
     RECIPE,
@@ -67,64 +65,6 @@ def _pinned_revision(ref: str, index: ModelIndex) -> Optional[str]:
     if index.root.parent.name == "snapshots" and _HEX40.match(index.root.name):
         return index.root.name
     return None
-
-
-def _header_bytes(entries: Sequence[TensorInfo]) -> bytes:
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for info in entries:
-        header[info.name] = {"dtype": info.dtype, "shape": list(info.shape),
-                             "data_offsets": [offset, offset + info.nbytes]}
-        offset += info.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)  # safetensors aligns the data section to 8 bytes
-    return struct.pack("<Q", len(raw)) + raw
-
-
-def _write_safetensors(file: Path, entries: Sequence[TensorInfo], progress=None) -> Dict[str, str]:
-    """Copy each tensor's bytes from its source file verbatim; return name -> sha256."""
-    hashes = {}
-    with open(file, "wb") as out:
-        out.write(_header_bytes(entries))
-        for info in entries:
-            h = hashlib.sha256()
-            for chunk in range_chunks(info):
-                h.update(chunk)
-                out.write(chunk)
-                if progress is not None:
-                    progress.update(len(chunk))
-            hashes[info.name] = h.hexdigest()
-        out.flush()
-        os.fsync(out.fileno())
-    return hashes
-
-
-def _shard(entries: Sequence[TensorInfo], max_bytes: int) -> List[List[TensorInfo]]:
-    shards: List[List[TensorInfo]] = [[]]
-    size = 0
-    for info in entries:
-        if shards[-1] and size + info.nbytes > max_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(info)
-        size += info.nbytes
-    return shards
-
-
-def write_tensor_folder(folder: Path, entries: Sequence[TensorInfo], *, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
-                        progress=None) -> Dict[str, str]:
-    """Write ``entries`` as ``model.safetensors`` (or HF-style shards plus index)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    shards = _shard(entries, max_shard_bytes)
-    if len(shards) == 1:
-        return _write_safetensors(folder / "model.safetensors", shards[0], progress)
-    hashes, weight_map = {}, {}
-    for i, shard in enumerate(shards, 1):
-        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        hashes.update(_write_safetensors(folder / name, shard, progress))
-        weight_map.update({info.name: name for info in shard})
-    index = {"metadata": {"total_size": sum(i.nbytes for i in entries)}, "weight_map": weight_map}
-    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    return hashes
 
 
 def _model_refs(data: dict) -> Iterable[Tuple[dict, str]]:

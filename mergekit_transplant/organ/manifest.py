@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from mergekit_transplant import __version__
+from mergekit_transplant._version import __version__
 from mergekit_transplant.checkpoint import (
     read_json_object,
     split_revision,
@@ -26,7 +26,6 @@ TOKENIZER_FILES = (
     "tokenizer_config.json", "tokenizer.json", "tokenizer.model", "special_tokens_map.json",
     "added_tokens.json", "merges.txt", "vocab.json", "chat_template.jinja",
 )
-DEFAULT_SHARD_BYTES = 5_000_000_000
 _DONOR_FOLDER = re.compile(r"^donor-[1-9][0-9]{0,3}$")
 #: how an organ was made: cut from a donor by ``organ extract``, or trained by ``organ train``
 KINDS = ("extracted", "trained")

@@ -16,7 +16,7 @@ from mergekit_transplant.checkpoint import (
     weight_files,
 )
 from mergekit_transplant.errors import TransplantError
-from mergekit_transplant.organ.byte_io import hash_range, sha256_file
+from mergekit_transplant.checkpoint.tensor_io import hash_range, sha256_file
 from mergekit_transplant.organ.manifest import (
     MANIFEST,
     RECIPE,
@@ -179,7 +179,6 @@ def verify_recipe_organs(recipe: Recipe) -> List[VerifyReport]:
 
 def _reads_everything() -> bool:
     """Whether the planner hook that skips zero-strength donor reads is switched off."""
-    from mergekit_transplant import registration
+    from mergekit_transplant.adapter.policy import read_all_requested
 
-    check = getattr(registration, "read_all_requested", None)
-    return bool(check and check())
+    return read_all_requested()

@@ -14,14 +14,12 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from mergekit_transplant.errors import TransplantError
 from mergekit_transplant.evaluation import metrics as M
 from mergekit_transplant.sweep.ranking import Ranking
 
-if TYPE_CHECKING:  # runner imports this module
-    from mergekit_transplant.sweep.runner import SweepSettings
 
 def oriented(score: Optional[float], higher_is_better: bool) -> float:
     """A score on a higher-is-better scale; a missing or non-finite one ranks last."""
@@ -69,7 +67,7 @@ class Point:
 
 @dataclass
 class SweepResult:
-    settings: SweepSettings
+    settings: Any  # a sweep.runner.SweepSettings (not imported here: runner imports this module)
     ranking: Ranking
     splits: Dict[str, List[str]]  # "select"/"report" -> task names
     split_labels: Dict[str, str]  # "select"/"report" -> label used in rows

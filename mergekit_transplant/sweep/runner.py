@@ -14,13 +14,14 @@ reported figure is optimistic and the result says so.
 
 from __future__ import annotations
 
-import math
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from mergekit_transplant.checkpoint.environment import check_device
+from mergekit_transplant.strength import strength_problem
 from mergekit_transplant.errors import TransplantError
 from mergekit_transplant.evaluation.compare import normalize_limit
 from mergekit_transplant.evaluation.runner import PromptOptions, TaskScores, extract, run_lm_eval
@@ -89,7 +90,7 @@ class SweepSettings:
         if not self.ks or self.ks[0] < 1:
             raise TransplantError(f"--k values must be positive integers (got {self.ks})")
         self.strengths = sorted(set(float(s) for s in self.strengths))
-        bad = [s for s in self.strengths if not (math.isfinite(s) and 0.0 < s <= 1.0)]
+        bad = [s for s in self.strengths if strength_problem(s, allow_zero=False) is not None]
         if not self.strengths or bad:
             raise TransplantError(f"--strength values must be in (0, 1] (got {bad or self.strengths})")
         control_seeds(self.random_controls)
@@ -151,7 +152,7 @@ class Sweeper:
         from lm_eval.models.huggingface import HFLM
 
         from mergekit_transplant.loading import load_causal_lm
-        from mergekit_transplant.sweep.inplace import DonorTensors, LiveTransplant
+        from mergekit_transplant.inplace import DonorTensors, LiveTransplant
 
         check_pair(ranking, allow_pickle=settings.allow_pickle, trust_remote_code=settings.trust_remote_code)
         self.ranking, self.settings = ranking, settings
@@ -163,7 +164,7 @@ class Sweeper:
         self.task_objects = self.tasks.load(self.task_names)
         start = time.perf_counter()
         self.model, tokenizer = load_causal_lm(
-            ranking.target, device=settings.device, dtype=settings.dtype, device_map=settings.device_map,
+            ranking.target, device=check_device(settings.device), dtype=settings.dtype, device_map=settings.device_map,
             trust_remote_code=settings.trust_remote_code, allow_pickle=settings.allow_pickle,
         )
         try:

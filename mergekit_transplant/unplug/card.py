@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Dict, Optional
 
-from mergekit_transplant import __version__
+from mergekit_transplant._version import __version__
 from mergekit_transplant.card.hub_ids import hub_id_for
 from mergekit_transplant.card.markdown import md_code, md_text
 from mergekit_transplant.unplug.report import REPORT_FILE, UnplugReport

@@ -59,7 +59,7 @@ class ModelSettings:
     include_path: Optional[str] = field(default=None, metadata={"help": "Folder of local lm-eval task YAMLs."})
     seed: int = field(default=0, metadata={"help": "Seed of the random score (first seed in a sweep) and of the "
                                                    "workload subset."})
-    device: str = field(default="cpu", metadata={"help": "Device the model runs on, e.g. cuda."})
+    device: str = field(default="cpu", metadata={"help": "Device the model runs on, e.g. cuda, or auto (a GPU when torch sees one, else cpu)."})
     dtype: Optional[str] = field(default=None, metadata={
         "help": "Load the model in this dtype (float32, bfloat16, float16); a written expert keeps the "
                 "checkpoint's dtypes."})

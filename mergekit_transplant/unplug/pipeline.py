@@ -68,11 +68,11 @@ def check_output(path: Optional[str], overwrite: bool) -> Path:
 
 
 def load_scoring_model(settings, base: BaseModel):
-    from mergekit_transplant.analysis.pipeline import _check_device
+    from mergekit_transplant.checkpoint.environment import check_device
     from mergekit_transplant.loading import load_causal_lm
 
-    _check_device(settings.device, None)
-    return load_causal_lm(settings.model, device=settings.device, dtype=settings.dtype,
+    device = check_device(settings.device)
+    return load_causal_lm(settings.model, device=device, dtype=settings.dtype,
                           trust_remote_code=settings.trust_remote_code, allow_pickle=settings.allow_pickle)
 
 
@@ -118,7 +118,7 @@ def base_fingerprint(settings, base: BaseModel) -> dict:
 
 def make_report(settings, base: BaseModel, workload, scores: NeuronScores, keep: float, kept_size: int,
                 timing: dict, fingerprint: Optional[dict] = None) -> UnplugReport:
-    from mergekit_transplant import __version__
+    from mergekit_transplant._version import __version__
 
     kept = scores.kept(kept_size)
     total, expert = model_parameters(base.index, base.layout, base.num_layers, base.intermediate_size, kept_size)

@@ -13,9 +13,11 @@ import json
 from pathlib import Path
 from typing import Dict
 
-from mergekit_transplant import __version__, atomic
+from mergekit_transplant import atomic
+from mergekit_transplant._version import __version__
 from mergekit_transplant.checkpoint import ModelIndex, read_header
-from mergekit_transplant.organ.byte_io import hash_range, sha256_file
+from mergekit_transplant.checkpoint.dtypes import MODEL_DTYPE_OF_CODE
+from mergekit_transplant.checkpoint.tensor_io import hash_range, sha256_file
 from mergekit_transplant.organ.extract import _pinned_revision
 from mergekit_transplant.organ.manifest import DONOR_SIDE_FILES, MANIFEST, RECIPE, OrganDonor, OrganManifest, OrganTensor
 from mergekit_transplant.organ.training.blocks import Block
@@ -23,7 +25,7 @@ from mergekit_transplant.organ.training.record import TrainRecord
 from mergekit_transplant.recipe import Selection, render_recipe
 
 #: safetensors dtype names -> torch dtype names
-_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+_DTYPES = MODEL_DTYPE_OF_CODE
 
 
 def organ_recipe(base_ref: str, organ_ref: str, block: Block, record: TrainRecord) -> str:

@@ -8,7 +8,8 @@ endpoints exact too (s = 1 is the donor's tensor, s = 0 leaves the target's),
 exactly as ``merge_method: transplant`` computes them. Donor tensors are read
 one at a time from the donor's safetensors files (``safe_open``, or a
 memory-mapped pickle the user allowed), only the ones a point needs; the
-donor model is never loaded.
+donor model is never loaded. ``analysis`` (greedy selection) and ``sweep``
+both use it, so it sits below them.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import contextlib
 from typing import Dict, Iterator, Mapping
 
 from mergekit_transplant.checkpoint import read_index
+from mergekit_transplant.checkpoint.tensor_io import TensorReader, pickled_index
 from mergekit_transplant.errors import TransplantError
 from mergekit_transplant.method import blend
 
 
 class DonorTensors:
-    """Read single donor tensors by name from its safetensors files.
+    """Read single donor tensors by name (``checkpoint.tensor_io.TensorReader``).
 
     A donor whose only weights are pickle files (``allow_pickle``) is opened
     with ``torch.load(mmap=True, weights_only=True)``: its tensors stay on
@@ -32,29 +34,20 @@ class DonorTensors:
     def __init__(self, ref: str, *, allow_pickle: bool = False):
         self.ref = ref
         self.index = read_index(ref, allow_pickle=allow_pickle)
-        self._handles: Dict[str, object] = {}
-        self._pickled: Dict[str, object] = {}
+        pickled: Dict[str, object] = {}
         if self.index.pickled and not self.index.tensors:
-            from mergekit_transplant.analysis.streaming import pickled_index
-
-            self._pickled = pickled_index(self.index, allow_pickle=True)  # also fills index.tensors
+            pickled = pickled_index(self.index, allow_pickle=True)  # also fills index.tensors
+        self._reader = TensorReader(self.index, pickled)
 
     def get(self, name: str):
-        from safetensors import safe_open
-
-        info = self.index.tensors.get(name)
-        if info is None:
+        """A fresh CPU tensor (the caller may keep it), in its stored dtype."""
+        if name not in self.index.tensors:
             raise TransplantError(f"donor {self.ref} has no tensor {name}")
-        if name in self._pickled:
-            return self._pickled[name]
-        handle = self._handles.get(info.file)
-        if handle is None:
-            handle = self._handles[info.file] = safe_open(info.file, "pt")
-        return handle.get_tensor(name)
+        return self._reader.get(name)
 
     def close(self) -> None:
-        self._handles.clear()
-        self._pickled.clear()
+        self._reader.close()
+        self._reader._pickled.clear()
 
 
 class LiveTransplant:

@@ -3,22 +3,18 @@
 ``register_method`` and ``install_planner_hook`` are safe to call any number
 of times, in any import order: mergekit's ``register`` raises on duplicate
 names, so we look first, and the hook marks its wrapper. docs/merge-reads.md
-explains the hook and its fallbacks.
+explains the hook; ``adapter.policy`` its one fallback policy.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import logging
-import os
 from typing import Optional
 
-LOG = logging.getLogger(__name__)
+from mergekit_transplant.adapter.policy import READ_ALL_ENV, read_all_requested, step_aside
 
 METHOD_NAME = "transplant"
-#: set to 1 to make mergekit read every donor tensor, as it does without the plugin
-READ_ALL_ENV = "MERGEKIT_TRANSPLANT_READ_ALL"
 #: attribute marking our wrapper of ``MergePlanner.plan_tensor``
 HOOK_MARK = "_transplant_hook"
 #: the arguments of ``MergePlanner.plan_tensor`` (mergekit 0.1.x) the hook reads
@@ -63,15 +59,15 @@ def install_planner_hook() -> bool:
 
         original = plan.MergePlanner.plan_tensor
     except (ImportError, AttributeError) as error:
-        LOG.debug("transplant read planning unavailable: %s", error)
+        step_aside("transplant read planning", error)
         return False
     if getattr(original, HOOK_MARK, False):
         _install_read_hints()  # idempotent; they may have been removed on their own
         return True
     signature = _compatible_signature(original)
     if signature is None:
-        LOG.debug("MergePlanner.plan_tensor%s is not the signature the read planner knows; "
-                  "mergekit will read every donor tensor", _signature_text(original))
+        step_aside("transplant read planning", f"MergePlanner.plan_tensor{_signature_text(original)} is not the "
+                   "signature the read planner knows; mergekit will read every donor tensor")
         return False
 
     @functools.wraps(original)
@@ -98,7 +94,7 @@ def _hooked_plan_tensor(original, signature: inspect.Signature, planner, args, k
         try:
             needed = reads_needed(planner, **{k: bound.arguments[k] for k in PLAN_TENSOR_ARGUMENTS})
         except Exception as error:  # never let the optimisation break a merge
-            LOG.debug("transplant read planning skipped for a tensor: %r", error)
+            step_aside("transplant read planning for a tensor", repr(error))
             needed = None
         if needed is not None:
             bound.arguments["weights_in"], bound.arguments["models"] = needed
@@ -107,18 +103,18 @@ def _hooked_plan_tensor(original, signature: inspect.Signature, planner, args, k
 
 def _install_read_hints() -> None:
     try:
-        from mergekit_transplant.read_hints import install_read_hints
+        from mergekit_transplant.adapter.read_hints import install_read_hints
 
         install_read_hints()
     except Exception as error:  # an optimisation of an optimisation: never fatal
-        LOG.debug("read hints not installed: %r", error)
+        step_aside("read hints", repr(error))
 
 
 def uninstall_planner_hook() -> bool:
     """Restore mergekit's own planner and loader; returns whether a planner hook was removed."""
     from mergekit import plan
 
-    from mergekit_transplant.read_hints import uninstall_read_hints
+    from mergekit_transplant.adapter.read_hints import uninstall_read_hints
 
     uninstall_read_hints()
     current = plan.MergePlanner.plan_tensor
@@ -132,11 +128,6 @@ def planner_hook_installed() -> bool:
     from mergekit import plan
 
     return bool(getattr(plan.MergePlanner.plan_tensor, HOOK_MARK, False))
-
-
-def read_all_requested() -> bool:
-    """Whether ``MERGEKIT_TRANSPLANT_READ_ALL`` asks for mergekit's default reads."""
-    return os.environ.get(READ_ALL_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _compatible_signature(function) -> Optional[inspect.Signature]:
@@ -218,7 +209,7 @@ def _note_donor_reads(models, weights_in, keep, base) -> None:
     try:
         from mergekit.io.tasks import LoaderCache
 
-        from mergekit_transplant.read_hints import note_donor_reads
+        from mergekit_transplant.adapter.read_hints import note_donor_reads
 
         for model, w, k in zip(models, weights_in, keep):
             if model == base:
@@ -226,7 +217,7 @@ def _note_donor_reads(models, weights_in, keep, base) -> None:
             names = [w.name, *(w.aliases or ()), *(w.tied_names or ())] if k else []
             note_donor_reads(LoaderCache().get(model), names, partial=not k)
     except Exception as error:  # hints are optional; the planning above stands
-        LOG.debug("read hints not recorded: %r", error)
+        step_aside("read hints for a tensor", repr(error))
 
 
 def _is_zero(strength) -> bool:
@@ -240,3 +231,7 @@ def _present(model, weight) -> bool:
     index = LoaderCache().get(model).index
     return any(name in index.tensor_paths for name in [weight.name, *(weight.aliases or ())])
 
+
+
+__all__ = ["READ_ALL_ENV", "install_planner_hook", "per_input_parameters", "read_all_requested", "reads_needed",
+           "register_method", "uninstall_planner_hook", "planner_hook_installed"]

@@ -3,7 +3,7 @@
 mergekit fetches every input model before it plans anything: its loader cache
 calls ``ModelReference.local_path``, which runs ``snapshot_download`` with
 ``*.safetensors`` for a Hub id. A 1% transplant from a 140 GB donor would
-download 140 GB. The planner hook (``registration``) already keeps mergekit
+download 140 GB. The planner hook (``adapter.registration``) already keeps mergekit
 from *reading* donor tensors at strength 0; this hook keeps it from
 *downloading* anything but the tensors it transplants: less than "only the
 shards holding a transplanted tensor", since a 5 GB shard may hold one 50 MB
@@ -28,8 +28,8 @@ Two wrappers, installed when ``mergekit.merge`` is imported:
 The target, local folders, LoRA references and every non-transplant merge go
 through mergekit untouched. Like the planner hook, this is an optimisation,
 never a requirement: when mergekit's functions do not have the signatures it
-was written for, or planning fails, it steps aside with a debug log and
-mergekit downloads everything. ``MERGEKIT_TRANSPLANT_READ_ALL=1`` turns it off.
+was written for, or planning fails, it steps aside (``adapter.policy``: one
+DEBUG line) and mergekit downloads everything. ``MERGEKIT_TRANSPLANT_READ_ALL=1`` turns it off.
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ import os
 import threading
 from typing import Dict, List, Optional, Set
 
-LOG = logging.getLogger(__name__)
+from mergekit_transplant.adapter.policy import read_all_requested, step_aside
+
+LOG = logging.getLogger(__name__)  # the INFO line naming each sparse download
 
 HOOK_MARK = "_transplant_download_hook"
 #: parameters of ``ModelReference.local_path`` and the leading ones of ``run_merge`` (mergekit 0.1.x)
@@ -64,8 +66,6 @@ def _params(function) -> Optional[List[str]]:
 
 def install_download_hook() -> bool:
     """Wrap ``run_merge`` and ``ModelReference.local_path`` (once); False when they are not the known ones."""
-    from mergekit_transplant.registration import read_all_requested
-
     if read_all_requested():
         return False
     try:
@@ -74,16 +74,16 @@ def install_download_hook() -> bool:
         local_path = common.ModelReference.local_path
         run_merge = merge.run_merge
     except (ImportError, AttributeError) as error:
-        LOG.debug("transplant download planning unavailable: %s", error)
+        step_aside("transplant download planning", error)
         return False
     lp_params, rm_params = _params(local_path), _params(run_merge)
     if lp_params is None or tuple(lp_params) != LOCAL_PATH_PARAMETERS:
-        LOG.debug("ModelReference.local_path%s is not the signature the download planner knows; "
-                  "mergekit will download every donor shard", lp_params)
+        step_aside("transplant download planning", f"ModelReference.local_path{lp_params} is not the signature "
+                   "the download planner knows; mergekit will download every donor shard")
         return False
     if rm_params is None or tuple(rm_params[: len(RUN_MERGE_PARAMETERS)]) != RUN_MERGE_PARAMETERS:
-        LOG.debug("run_merge%s is not the signature the download planner knows; "
-                  "mergekit will download every donor shard", rm_params)
+        step_aside("transplant download planning", f"run_merge{rm_params} is not the signature "
+                   "the download planner knows; mergekit will download every donor shard")
         return False
 
     if not getattr(run_merge, HOOK_MARK, False):
@@ -95,7 +95,7 @@ def install_download_hook() -> bool:
                 try:
                     plan = donor_tensors(merge_config, options)
                 except Exception as error:  # never let the optimisation break a merge
-                    LOG.debug("transplant download planning skipped: %r", error)
+                    step_aside("transplant download planning for a merge", repr(error))
             previous, _LOCAL.plan = _active(), plan
             try:
                 return run_merge(merge_config, out_path, options, *args, **kwargs)
@@ -139,7 +139,7 @@ def download_hook_installed() -> bool:
 
 
 def _download_donor(model_path, names: Set[str], cache_dir) -> str:
-    from mergekit_transplant.sparse_donor import sparse_donor
+    from mergekit_transplant.checkpoint.sparse_donor import sparse_donor
 
     LOG.info("transplant: fetching %d tensor(s) of donor %s (not its whole shards)", len(names), model_path)
     return str(sparse_donor(str(model_path), names, cache_dir=cache_dir))
@@ -158,8 +158,9 @@ def donor_tensors(merge_config, options) -> Optional[Dict[str, Set[str]]]:
     donors, merged tokenizers, or when the planner hook is not installed (then
     mergekit asks for every donor tensor, so every one must be there).
     """
-    from mergekit_transplant.recipe import METHOD, plan_config
-    from mergekit_transplant.registration import planner_hook_installed
+    from mergekit_transplant.adapter.planning import plan_config
+    from mergekit_transplant.adapter.registration import planner_hook_installed
+    from mergekit_transplant.recipe import METHOD
 
     if merge_config.merge_method != METHOD or merge_config.base_model is None:
         return None
@@ -170,7 +171,7 @@ def donor_tensors(merge_config, options) -> Optional[Dict[str, Set[str]]]:
     if getattr(merge_config, "tokenizer_source", None) or getattr(merge_config, "tokenizer", None):
         return None  # a merged tokenizer reads every model's embeddings: nothing to narrow safely
     if not planner_hook_installed():
-        LOG.debug("the read planner is not installed: every donor shard is downloaded")
+        step_aside("transplant download planning", "the read planner is not installed: every donor shard is downloaded")
         return None
     planned = plan_config(merge_config, trust_remote_code=bool(getattr(options, "trust_remote_code", False)))
     target_names = _target_tensor_names(str(base))

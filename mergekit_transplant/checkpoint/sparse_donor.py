@@ -40,7 +40,7 @@ def cache_root(cache_dir: Optional[os.PathLike | str] = None) -> Path:
 def sparse_donor(ref: str, names: Iterable[str], *, cache_dir: Optional[os.PathLike | str] = None) -> Path:
     """The folder holding (at least) the tensors ``names`` of Hub model ``ref``; fetched where missing."""
     from mergekit_transplant.checkpoint import read_index, split_revision
-    from mergekit_transplant.organ.extract import write_tensor_folder
+    from mergekit_transplant.checkpoint.tensor_io import write_tensor_folder
 
     cached = _offline_folder(ref, names, cache_dir)
     if cached is not None:
@@ -85,9 +85,9 @@ def _offline_folder(ref: str, names: Iterable[str], cache_dir) -> Optional[Path]
 
     from huggingface_hub import constants
 
-    from mergekit_transplant.checkpoint import _offline, read_index, split_revision
+    from mergekit_transplant.checkpoint import hub_offline, read_index, split_revision
 
-    if not _offline():
+    if not hub_offline():
         return None
     repo_id, rev = split_revision(ref)
     commit = rev if rev and re.fullmatch(r"[0-9a-f]{40}", rev) else None

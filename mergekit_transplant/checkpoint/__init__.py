@@ -5,6 +5,12 @@ JSON header giving each tensor's dtype, shape and byte range. Reading just
 that lets ``check``, ``organ`` and ``card`` work on 70B models in megabytes of
 memory. Hub ids (``org/name@revision``) resolve through the local Hugging Face
 cache when offline and through ``huggingface_hub`` when online.
+
+The bottom layer of the package (docs/architecture.md): this module reads
+headers and indexes; ``dtypes`` is the one dtype table, ``tensor_io`` reads
+and writes single tensors by byte range (local files now, Hub ranges through
+``hub_files``), ``environment`` decides offline mode and the device,
+``sparse_donor`` builds a folder of just the tensors a merge reads.
 """
 
 from __future__ import annotations
@@ -17,13 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from mergekit_transplant.checkpoint.dtypes import BYTES_PER_CODE
+from mergekit_transplant.checkpoint.environment import hub_offline
 from mergekit_transplant.errors import TransplantError
 
-#: bytes per element of each safetensors dtype
-DTYPE_BYTES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
-    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-}
+#: bytes per element of each safetensors dtype (a view of ``dtypes.DTYPES``)
+DTYPE_BYTES = BYTES_PER_CODE
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
@@ -168,21 +173,17 @@ def resolve_model_dir(ref: str, *, need_weights: bool = True) -> Path:
 
         patterns = ["*.json", "*.safetensors"] if need_weights else ["*.json"]
         local = snapshot_download(
-            path, revision=rev, allow_patterns=patterns, local_files_only=_offline()
+            path, revision=rev, allow_patterns=patterns, local_files_only=hub_offline()
         )
         return Path(local)
     except Exception as error:  # offline, missing, gated, ...
         raise TransplantError(
             f"model {ref!r} is a Hub id that is not available here "
             f"({type(error).__name__}); it needs: {', '.join(needed)}"
-            f"{' (HF_HUB_OFFLINE is set)' if _offline() else ''}. Download them first: "
+            f"{' (HF_HUB_OFFLINE is set)' if hub_offline() else ''}. Download them first: "
             f"hf download {path}{' --revision ' + rev if rev else ''} --include '*.json' "
             "--include '*.safetensors' (or use a local folder)"
         ) from None
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
 def read_header(file: Path) -> Dict[str, TensorInfo]:
@@ -278,7 +279,7 @@ def read_index(ref: str, *, allow_pickle: bool = False, remote: bool = False) ->
     """
     path, _rev = split_revision(ref)
     if remote and not os.path.isdir(path) and looks_like_hub_id(ref):
-        index = read_cached_hub_index(ref) if _offline() else read_hub_index(ref, allow_pickle=allow_pickle)
+        index = read_cached_hub_index(ref) if hub_offline() else read_hub_index(ref, allow_pickle=allow_pickle)
         if index is not None:
             return index
     root = resolve_model_dir(ref)
@@ -297,7 +298,7 @@ def read_hub_index(ref: str, *, allow_pickle: bool = False) -> Optional[ModelInd
     The revision is resolved to a commit once, so every header (and any later
     range read) comes from the same commit even if the branch moves meanwhile.
     """
-    from mergekit_transplant.hub_files import model_files, small_files
+    from mergekit_transplant.checkpoint.hub_files import model_files, small_files
 
     path, rev = split_revision(ref)
     commit, files = model_files(path, rev)
@@ -320,7 +321,7 @@ def read_hub_index(ref: str, *, allow_pickle: bool = False) -> Optional[ModelInd
 
 def _hub_index(ref: str, root: Path, commit: str, shards: List[str], *, online: bool) -> Optional[ModelIndex]:
     """The index from each shard's local header, its cached remote header, or (online) a remote read."""
-    from mergekit_transplant.hub_files import HubFile, cached_header, remote_header
+    from mergekit_transplant.checkpoint.hub_files import HubFile, cached_header, remote_header
 
     path, _rev = split_revision(ref)
     index = ModelIndex(ref=ref, root=root, config=load_config(root), commit=commit)

@@ -1,6 +1,6 @@
 """Read exactly the transplanted donor bytes, whatever the disk's read-ahead.
 
-The planner hook (``registration.install_planner_hook``) keeps mergekit from
+The planner hook (``adapter.registration.install_planner_hook``) keeps mergekit from
 asking for donor tensors at strength 0. mergekit still reads the tensors it
 does ask for through a memory map, and a page fault on a cold mapping makes
 the kernel read a whole read-ahead window *around* the faulting page, then
@@ -23,21 +23,20 @@ Two hints remove that, without touching the data path:
 
 The tensor mergekit returns is still the one it loads itself; a hint that
 fails (a file we cannot parse, an attribute a future mergekit renamed) is
-skipped silently. ``MERGEKIT_TRANSPLANT_READ_ALL=1`` turns the hints off with
+skipped (``adapter.policy``: one DEBUG line, then mergekit's own read). ``MERGEKIT_TRANSPLANT_READ_ALL=1`` turns the hints off with
 the planner hook. docs/merge-reads.md has the measurements.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import threading
 import weakref
 from pathlib import Path
 from typing import Dict, Optional, Set, Tuple
 
-LOG = logging.getLogger(__name__)
+from mergekit_transplant.adapter.policy import read_all_requested, step_aside
 
 HINT_MARK = "_transplant_read_hint"
 #: bytes per ``pread`` when prefetching a tensor (one large request, no read-ahead)
@@ -70,8 +69,6 @@ def note_donor_reads(loader, names, *, partial: bool) -> None:
 
 
 def _enabled() -> bool:
-    from mergekit_transplant.registration import read_all_requested
-
     return not read_all_requested()
 
 
@@ -135,7 +132,7 @@ def _hint_tensor(loader, key: str) -> None:
         if _enabled():
             _before_get_tensor(loader, key)
     except Exception as error:  # a hint never breaks a read
-        LOG.debug("read hint skipped for %s: %r", key, error)
+        step_aside("read hint for a tensor", repr(error))
 
 
 def _hint_header(file_path) -> None:
@@ -144,7 +141,7 @@ def _hint_header(file_path) -> None:
         if _enabled() and str(file_path).lower().endswith(".safetensors"):
             tensor_ranges(str(file_path))  # the header, read with read(): no read-around
     except Exception as error:
-        LOG.debug("header hint skipped for %s: %r", file_path, error)
+        step_aside("header hint", repr(error))
 
 
 def install_read_hints() -> bool:
@@ -152,12 +149,13 @@ def install_read_hints() -> bool:
     try:
         from mergekit.io.lazy_tensor_loader import LazyTensorLoader, ShardedTensorIndex
     except ImportError as error:
-        LOG.debug("read hints unavailable: %s", error)
+        step_aside("read hints", error)
         return False
     installed = True
 
     get_tensor = getattr(LazyTensorLoader, "get_tensor", None)
     if get_tensor is None:
+        step_aside("tensor read hint", "LazyTensorLoader.get_tensor is missing")
         installed = False
     elif not getattr(get_tensor, HINT_MARK, False):
 
@@ -171,6 +169,7 @@ def install_read_hints() -> bool:
 
     from_file = ShardedTensorIndex.__dict__.get("from_file")
     if not isinstance(from_file, classmethod):
+        step_aside("header read hint", "ShardedTensorIndex.from_file is not a classmethod")
         installed = False
     elif not getattr(from_file.__func__, HINT_MARK, False):
         original = from_file.__func__
