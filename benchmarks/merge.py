@@ -9,6 +9,8 @@ of these, with a cold and with a warm page cache:
 - mergekit ``linear`` of target and donor: a merge that reads both models;
 - the transplant through ``mergekit-yaml`` with the plugin's read planning
   turned off (``MERGEKIT_TRANSPLANT_READ_ALL=1``): what mergekit reads by default;
+- the transplant through ``mergekit-yaml`` with the planner hook but the read
+  hints (``adapter/read_hints.py``) removed: what the hints save;
 - the transplant through ``mergekit-yaml`` and ``mergekit-transplant merge``;
 - the same transplant from an organ (only the transplanted donor tensors).
 
@@ -21,6 +23,7 @@ goal checks, writes everything to ``--json``, and checks that the transplant
 outputs are bit-identical with and without read planning, and from the organ.
 
     python benchmarks/merge.py --reps 3 --json /tmp/merge-bench.json
+    python benchmarks/merge.py --only passthrough --only "transplant, mergekit-yaml"  # a subset
 """
 
 from __future__ import annotations
@@ -122,16 +125,28 @@ def build_organ(work: Path, pair: dict, transplant_recipe: Path) -> tuple:
     return organ, recipe, "hand-made (config.json + the transplanted tensors)"
 
 
+def no_hints_site(work: Path) -> Path:
+    """A sitecustomize that keeps the planner hook but never installs the read hints (benchmark only)."""
+    site = work / "site-no-read-hints"
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "sitecustomize.py").write_text(
+        "import mergekit_transplant.adapter.read_hints as hints\n"
+        "hints.install_read_hints = lambda: False\n")
+    return site
+
+
 def variants(work: Path, pair: dict, recipes: dict, organ: Path, organ_recipe: Path) -> list:
     """(label, command, env, input folders) for every measured command."""
     yaml_bin, plugin_bin = venv_bin("mergekit-yaml"), venv_bin("mergekit-transplant")
     t, d = pair["target"], pair["donor"]
+    no_hints = {"PYTHONPATH": str(no_hints_site(work))}
     return [
         ("cp -r target (floor)", ["cp", "-r", t], {}, [t]),
         ("mergekit passthrough, target alone", [yaml_bin, recipes["passthrough"]], {}, [t]),
         ("mergekit linear, target + donor", [yaml_bin, recipes["linear"]], {}, [t, d]),
         ("transplant, mergekit-yaml, read planning off", [yaml_bin, recipes["transplant"]], {READ_ALL_ENV: "1"},
          [t, d]),
+        ("transplant, mergekit-yaml, read hints off", [yaml_bin, recipes["transplant"]], no_hints, [t, d]),
         ("transplant, mergekit-yaml", [yaml_bin, recipes["transplant"]], {}, [t, d]),
         ("transplant, mergekit-transplant merge", [plugin_bin, "merge", recipes["transplant"]], {}, [t, d]),
         ("transplant from organ, mergekit-yaml", [yaml_bin, organ_recipe], {}, [t, organ]),
@@ -212,8 +227,10 @@ def table(summary: dict) -> str:
 def goals(summary: dict, sizes: dict) -> list:
     out = []
     budget = sizes["target_bytes"] + 1.1 * sizes["transplanted_bytes"]
-    for label in ("transplant, mergekit-yaml", "transplant, mergekit-transplant merge",
-                  "transplant from organ, mergekit-yaml"):
+    for label in ("transplant, mergekit-yaml, read hints off", "transplant, mergekit-yaml",
+                  "transplant, mergekit-transplant merge", "transplant from organ, mergekit-yaml"):
+        if label not in summary or "mergekit passthrough, target alone" not in summary:
+            continue  # left out with --only
         read = summary[label]["cold"]["read_bytes"]
         out.append(goal_verdict(f"{label}, cold: bytes read / (target + 1.1 x transplanted)", read / budget, "<= 1",
                                 unit="x", source=f"issue 8; read {mib(read)} MiB, budget {mib(budget)} MiB")["line"])
@@ -239,6 +256,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3, help="repetitions of every command and cache state")
     ap.add_argument("--json", type=Path, default=None, help="write all measurements here")
     ap.add_argument("--clean", action="store_true", help="delete --work afterwards")
+    ap.add_argument("--only", action="append", default=[],
+                    help="measure only the commands whose label contains this text (repeatable)")
     args = ap.parse_args(argv)
 
     work = args.work.resolve()
@@ -270,6 +289,8 @@ def main(argv=None) -> int:
               file=sys.stderr)
     host = machine()
     cases = variants(work, pair, recipes, organ, organ_recipe)
+    if args.only:
+        cases = [c for c in cases if any(o in c[0] for o in args.only)]
     raw = run_all(work, cases, args.reps)
     summary = {label: {c: summarize(runs) for c, runs in by_cache.items()} for label, by_cache in raw.items()}
     verified = verify_outputs(work, recipes, organ_recipe)

@@ -122,6 +122,10 @@ def test_no_import_cycle_between_packages():
 
 @pytest.mark.parametrize("lower, upper", [
     ("mergekit_transplant.checkpoint", "mergekit_transplant.adapter"),
+    ("mergekit_transplant.checkpoint", "mergekit_transplant.recipe"),
+    ("mergekit_transplant.adapter", "mergekit_transplant.card"),
+    ("mergekit_transplant.adapter", "mergekit_transplant.organ"),
+    ("mergekit_transplant.adapter", "mergekit_transplant.preflight"),
     ("mergekit_transplant.adapter", "mergekit_transplant.flows"),
     ("mergekit_transplant.organ", "mergekit_transplant.flows"),
     ("mergekit_transplant.card", "mergekit_transplant.flows"),
