@@ -173,3 +173,33 @@ def test_check_reads_headers_only_bytes_counted(tmp_path):
         beyond = [i * pagecache.PAGE for i, hit in enumerate(pages) if hit and i * pagecache.PAGE >= limit]
         assert beyond == [], f"{f}: check read tensor data at offsets {beyond[:3]}... (header ends at {header_end})"
         assert sum(pages) * pagecache.PAGE <= limit
+
+
+def test_check_keeps_its_work_for_the_merge(pair, monkeypatch):
+    """The recipe is validated by pydantic once; check_finite reuses the check's donor indexes."""
+    from mergekit.config import MergeConfiguration
+
+    from mergekit_transplant import checkpoint, merge
+
+    t, d = pair
+    calls = {"validate": 0, "read_index": 0}
+    real_validate = MergeConfiguration.model_validate.__func__
+    real_read_index = checkpoint.read_index
+
+    def counting_validate(cls, *args, **kwargs):
+        calls["validate"] += 1
+        return real_validate(cls, *args, **kwargs)
+
+    def counting_read_index(*args, **kwargs):
+        calls["read_index"] += 1
+        return real_read_index(*args, **kwargs)
+
+    monkeypatch.setattr(MergeConfiguration, "model_validate", classmethod(counting_validate))
+    recipe = parse_recipe(recipe_text(t, d, pick("model.layers.3.mlp.down_proj.weight")))
+    assert calls["validate"] == 1
+    report = run_check(recipe)
+    assert report.ok and calls["validate"] == 1  # Recipe.config is cached, not revalidated per access
+    assert set(report.indexes) == {str(t), str(d)}
+    monkeypatch.setattr(checkpoint, "read_index", counting_read_index)
+    merge.check_finite(report)
+    assert calls["read_index"] == 0

@@ -71,7 +71,7 @@ def test_analyze_accepts_device_auto(tmp_path):
 
     make_model(tmp_path / "t", "llama", seed=0)
     perturbed_copy(tmp_path / "t", tmp_path / "d", ["model.layers.1.mlp.down_proj.weight"])
-    (tmp_path / "w.jsonl").write_text("".join(json.dumps({"prompt": f"p{i} ab", "completion": " cd"}) + "\n"
+    (tmp_path / "w.jsonl").write_text("".join(json.dumps({"text": f"p{i} ab cd"}) + "\n"
                                               for i in range(3)))
     args = ["analyze", "--quiet", "--target", str(tmp_path / "t"), "--donor", str(tmp_path / "d"),
             "--workload", str(tmp_path / "w.jsonl"), "--plan"]
