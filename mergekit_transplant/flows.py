@@ -88,6 +88,7 @@ def _write_card(out_dir: Path, recipe, report: CheckReport) -> None:
     """The plugin's model card; offline-safe (never asks the Hub about local paths)."""
     write_card(out_dir, recipe=recipe, check_report=report)
 
+
 # --------------------------------------------------------------------------- verify -> merge -> card (organs)
 
 
