@@ -6,10 +6,12 @@ import math
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
 
 from mergekit_transplant import __version__
 from mergekit_transplant.card.hub_ids import hub_id_for
+if TYPE_CHECKING:  # pragma: no cover
+    from mergekit_transplant.analysis.report import AnalysisReport
 from mergekit_transplant.card.markdown import (
     CONTROL_CHARS,
     md_code,
@@ -32,12 +34,18 @@ class CardInputs:
 
     recipe: Any  # recipe.Recipe
     check_report: Any = None  # preflight.CheckReport
-    analysis: Optional[dict] = None  # report.json of `analyze`
+    analysis: Optional["AnalysisReport"] = None  # report.json of `analyze`
     evaluation: Optional[dict] = None  # results.json of `eval`
     hub_ids: Dict[str, str] = field(default_factory=dict)
     name: str = "transplant-merge"
     heatmap: Optional[str] = None  # file name inside the output folder
     extra_metadata: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.analysis, dict):  # a report.json's object: read (and checked) as the typed report
+            from mergekit_transplant.analysis.report import AnalysisReport
+
+            self.analysis = AnalysisReport.from_json(self.analysis)
 
 
 @dataclass
@@ -108,12 +116,10 @@ def _section_chosen(inp: CardInputs) -> str:
             "`mergekit-transplant card OUT --report report.json` adds it."
         )
         return "\n".join(lines)
-    settings = rep.get("settings") if isinstance(rep.get("settings"), dict) else {}
-    score = settings.get("score")
-    if score is not None:
-        extra = f" (capture: {md_code(settings['capture'])})" if settings.get("capture") else ""
-        lines.append(f"- Score: {md_code(score)}{extra}")
-    workload = settings.get("workload") if isinstance(settings.get("workload"), dict) else {}
+    settings = rep.settings
+    score = settings.score
+    lines.append(f"- Score: {md_code(score)} (capture: {md_code(settings.capture)})")
+    workload = rep.workload
     if workload:
         parts = [md_code(workload.get("path", "?"))]
         if workload.get("n") is not None:
@@ -122,17 +128,14 @@ def _section_chosen(inp: CardInputs) -> str:
             parts.append(f"sha256 {md_code(workload['sha256'])}")
         lines.append("- Workload: " + ", ".join(parts))
     for key in ("target", "donor"):
-        if settings.get(key):
-            lines.append(f"- {key.capitalize()} analysed: {md_code(settings[key])}")
-    selection = rep.get("selection") if isinstance(rep.get("selection"), list) else []
-    selected = {str(s.get("tensor")) for s in selection if isinstance(s, dict)}
+        if getattr(settings, key):
+            lines.append(f"- {key.capitalize()} analysed: {md_code(getattr(settings, key))}")
+    selection = rep.selection
+    selected = {str(s.get("tensor")) for s in selection}
     if selection:
         lines.append(f"- Selected: {len(selection)} tensor(s)")
-    ranking = rep.get("ranking") if isinstance(rep.get("ranking"), dict) else {}
-    order = ranking.get(score) if isinstance(ranking.get(score), list) else None
-    candidates = {
-        str(c.get("tensor")): c for c in rep.get("candidates", []) if isinstance(c, dict)
-    } if isinstance(rep.get("candidates"), list) else {}
+    order = rep.ranking.get(score)
+    candidates = {str(c.get("tensor")): c for c in rep.candidates}
     if order is None and candidates and score is not None:
         def key(name):
             v = (candidates[name].get("scores") or {}).get(score)
@@ -159,10 +162,10 @@ def _section_chosen(inp: CardInputs) -> str:
     return "\n".join(lines)
 
 
-def _measured_gains(rep: dict) -> List[str]:
+def _measured_gains(rep: "AnalysisReport") -> List[str]:
     """Greedy's rounds (measured log-likelihood gains) and the random-set comparison, when the report has them."""
     lines: List[str] = []
-    greedy = rep.get("greedy") if isinstance(rep.get("greedy"), dict) else None
+    greedy = rep.greedy if isinstance(rep.greedy, dict) else None
     if greedy and isinstance(greedy.get("rounds"), list):
         held = greedy.get("held_out_samples")
         lines += ["", "Selected greedily: each round transplanted every remaining candidate into the target and "
@@ -179,7 +182,7 @@ def _measured_gains(rep: dict) -> List[str]:
             lines.append(f"| {i} | {md_code(r.get('unit'), in_table=True)} | {md_num(r.get('gain'))} | "
                          f"{md_num(r.get('held_out'))} | {md_code(name, in_table=True) if name else ''} | "
                          f"{md_num(value) if value is not None else ''} |")
-    controls = rep.get("controls") if isinstance(rep.get("controls"), dict) else None
+    controls = rep.controls if isinstance(rep.controls, dict) else None
     if controls and isinstance(controls.get("random"), list):
         values = ", ".join(md_num(c.get("value")) for c in controls["random"] if isinstance(c, dict))
         verdict = "clearly above them" if controls.get("clearly_above") else "**not** clearly above them"
@@ -328,34 +331,17 @@ def _analysis_command(inp: CardInputs) -> Optional[str]:
         text = line.lstrip()
         if text.startswith("#") and text.lstrip("# ").startswith("mergekit-transplant analyze"):
             return one_line(text.lstrip("# "))
-    settings = (inp.analysis or {}).get("settings")
-    if not isinstance(settings, dict):
+    report = inp.analysis
+    if report is None:
         return None
-    command = settings.get("command")
-    if isinstance(command, list) and all(isinstance(c, str) for c in command):
-        return shlex.join(command)
-    if isinstance(command, str):
-        return one_line(command)
+    if report.command:
+        return one_line(report.command)
     recipe = inp.recipe
-    parts = ["mergekit-transplant", "analyze",
-             "--target", _shell_ref(str(settings.get("target") or recipe.target), inp.hub_ids),
-             "--donor", _shell_ref(str(settings.get("donor") or (_donors(recipe) or [""])[0]), inp.hub_ids)]
-    workload = settings.get("workload") if isinstance(settings.get("workload"), dict) else {}
-    if workload.get("path"):
-        flag = "--lm-eval-task" if workload.get("kind") in ("lm-eval", "lm_eval", "lm-eval-task", "task") else "--workload"
-        parts += [flag, str(workload["path"])]
-    for key, flag in (("score", "--score"), ("capture", "--capture"), ("granularity", "--granularity"),
-                      ("top_k", "--top-k"), ("param_budget", "--param-budget"), ("strength", "--strength"),
-                      ("strength_mode", "--strength-mode"), ("limit", "--limit"), ("seed", "--seed")):
-        value = settings.get(key)
-        if value is not None and not isinstance(value, (dict, list)):
-            parts += [flag, str(value)]
-    for glob in settings.get("modules") or []:
-        parts += ["--modules", str(glob)]
-    if settings.get("include_embeddings") is True:
-        parts.append("--include-embeddings")
-    parts += ["-o", "recipe.yml"]
-    return shlex.join(parts)
+    settings = report.settings
+    return report.reproduce(
+        target=_shell_ref(str(settings.target or recipe.target), inp.hub_ids),
+        donor=_shell_ref(str(settings.donor or (_donors(recipe) or [""])[0]), inp.hub_ids),
+        output="recipe.yml", report_out=None, plot=None)
 
 
 def _eval_command(inp: CardInputs) -> Optional[str]:

@@ -18,12 +18,14 @@ the fields the card reads, in the shapes ``analyze --report`` and ``eval
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from mergekit_transplant.errors import TransplantError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from mergekit_transplant.analysis.report import AnalysisReport
+
 EVAL_WHAT = "the results.json of `mergekit-transplant eval`"
-REPORT_WHAT = "the report.json of `mergekit-transplant analyze`"
 
 
 def _is_number(value: Any) -> bool:
@@ -85,34 +87,10 @@ def check_eval_results(data: Any, source: str) -> dict:
     return data
 
 
-def check_analysis_report(data: Any, source: str) -> dict:
-    """``data`` if it has the shape of an analysis report; TransplantError naming ``source`` and the field otherwise."""
-    if not isinstance(data, dict):
-        raise _fail(source, REPORT_WHAT, f"expected a JSON object, got {_type(data)}")
-    hint = "this looks like eval results: pass it with --eval" if "tasks" in data else None
-    if not isinstance(data.get("settings"), dict):
-        raise _fail(source, REPORT_WHAT, "no 'settings' section", hint)
-    ranking = data.get("ranking")
-    if not isinstance(ranking, dict) or not ranking:
-        raise _fail(source, REPORT_WHAT, "no 'ranking' section", hint)
-    for score, order in ranking.items():
-        if not isinstance(order, list) or not all(isinstance(u, str) for u in order):
-            raise _fail(source, REPORT_WHAT, f"ranking.{score} is not a list of module names")
-    for key in ("candidates", "selection"):
-        items = data.get(key)
-        if items is None:
-            continue
-        if not isinstance(items, list):
-            raise _fail(source, REPORT_WHAT, f"'{key}' is a {_type(items)}, not a list")
-        for i, item in enumerate(items):
-            if not isinstance(item, dict) or not isinstance(item.get("tensor"), str):
-                raise _fail(source, REPORT_WHAT, f"{key}[{i}] has no 'tensor' name")
-            scores = item.get("scores")
-            if scores is None:
-                continue
-            if not isinstance(scores, dict):
-                raise _fail(source, REPORT_WHAT, f"{key}[{i}].scores is a {_type(scores)}, not an object")
-            for name, value in scores.items():
-                if value is not None and not _is_number(value):
-                    raise _fail(source, REPORT_WHAT, f"{key}[{i}].scores.{name} is a {_type(value)}, not a number")
-    return data
+def check_analysis_report(data: Any, source: str) -> "AnalysisReport":
+    """``data`` (a JSON object, or a report) as an ``AnalysisReport``; TransplantError naming ``source`` and the
+    field otherwise. The checks are the report's own (``AnalysisReport.from_json``), so card and sweep accept
+    the same files."""
+    from mergekit_transplant.analysis.report import AnalysisReport
+
+    return AnalysisReport.from_json(data, source)

@@ -77,10 +77,11 @@ def option_kwargs(cls, f: dataclasses.Field) -> Dict[str, Any]:
     default = default_of(f)
     kwargs: Dict[str, Any] = {"help": meta["help"]}
     if tp is bool:
-        paired = any("/" in flag for flag in flags_of(f))
-        kwargs.update(is_flag=not paired, default=bool(default))
-        if paired:
+        kwargs["default"] = bool(default)
+        if any("/" in flag for flag in flags_of(f)):  # an on/off pair: click makes it a flag
             kwargs["show_default"] = meta.get("show_default", True)
+        else:
+            kwargs["is_flag"] = True
         return kwargs
     if tp is list:
         if meta.get("multiple"):

@@ -46,7 +46,7 @@ def best_recipe(result: SweepResult, header: Sequence[str] = ()) -> str:
     summary = result.summary()
     labels = result.split_labels
     scores = {}
-    for cand in result.ranking.report.get("candidates") or []:
+    for cand in (result.ranking.report.candidates if result.ranking.report is not None else []):
         if isinstance(cand, dict) and isinstance((cand.get("scores") or {}).get(result.ranking.score), (int, float)):
             scores[cand.get("tensor")] = float(cand["scores"][result.ranking.score])
     selections = [
