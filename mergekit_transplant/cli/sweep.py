@@ -56,10 +56,12 @@ def _floats(ctx, param, value):
 @click.option("--allow-pickle", is_flag=True,
               help="Accept models whose only weights are pickle files (pytorch_model.bin), read with torch's "
               "weights-only unpickler. Only for sources you trust.")
-@click.option("-o", "--output-recipe", type=click.Path(dir_okay=False), default=None,
-              help="Write the best analysis point as a recipe (best-recipe.yml).")
-@click.option("--output", type=click.Path(dir_okay=False), default=None,
-              help="Write sweep.json here (and the points as CSV beside it).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write sweep.json here, the command's main artefact (and the points as CSV beside it).")
+@click.option("--recipe-out", "output_recipe", type=click.Path(dir_okay=False), default=None,
+              help="Also write the best analysis point as a recipe (best-recipe.yml).")
+@click.option("--output-recipe", "old_output_recipe", type=click.Path(dir_okay=False), default=None, hidden=True,
+              help="Old spelling of --recipe-out (kept for one release).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the score-vs-K plot (PNG/SVG/PDF).")
 @click.option("--model-args", default=None, metavar="K=V,...",
               help="Extra arguments of lm-eval's HFLM around the loaded target, e.g. 'max_length=2048' "
@@ -67,8 +69,8 @@ def _floats(ctx, param, value):
 @prompt_options
 def sweep(report_path, target, donor, workload, score, ks, strengths, tasks, select_split, report_split,
           include_path, metric, random_controls, no_whole_model, seed, limit, num_fewshot, batch_size,
-          device, device_map, dtype, trust_remote_code, allow_pickle, output_recipe, output, plot, model_args,
-          prompt):
+          device, device_map, dtype, trust_remote_code, allow_pickle, output, output_recipe, old_output_recipe, plot,
+          model_args, prompt):
     """Sweep K and strength in memory, against random-module and whole-model controls.
 
     \b
@@ -90,6 +92,10 @@ def sweep(report_path, target, donor, workload, score, ks, strengths, tasks, sel
     from mergekit_transplant.sweep.outputs import markdown_table, write_json, write_recipe
     from mergekit_transplant.sweep.ranking import ranking_from_analysis, ranking_from_report
 
+    output_recipe = output_recipe or old_output_recipe
+    if output and output.lower().endswith((".yml", ".yaml")):  # -o named the recipe before 0.x: refuse, not overwrite
+        raise TransplantError(f"-o/--output {output}: sweep writes sweep.json there; the best recipe is "
+                              "--recipe-out FILE.yml")
     select_tasks, report_tasks = select_split or tasks, report_split or tasks
     if not (select_tasks and report_tasks):
         missing = "--report-split" if select_tasks else "--select-split"
