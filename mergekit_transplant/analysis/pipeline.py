@@ -33,17 +33,16 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from mergekit_transplant.analysis import capture as capture_mod
-from mergekit_transplant.analysis.candidates import Candidate, find_candidates, layer_units
+from mergekit_transplant.analysis.candidates import Candidate, find_candidates
 from mergekit_transplant.analysis.greedy import DEFAULT_PREFILTER_ALL, DEFAULT_SELECT, SelectConfig
 from mergekit_transplant.analysis.plan import MemoryPlan, Planner
-from mergekit_transplant.analysis.scores import (
-    REPORTED, SCORES, ScoreTable, layer_scores, module_scores,
-)
+from mergekit_transplant.analysis.scores import REPORTED, SCORES, ScoreTable, module_scores
 from mergekit_transplant.analysis.report import AnalysisReport, build_report
 from mergekit_transplant.analysis.selection import Picked, pick, selections, validate
 from mergekit_transplant.analysis.settings import CAPTURE_MODES, DEFAULT_TOP_K, GRANULARITIES, AnalyzeSettings
 from mergekit_transplant.analysis.streaming import TensorStreamer
 from mergekit_transplant.analysis.tokens import TokenSequence, context_limit, encode, likelihood_view
+from mergekit_transplant.analysis.units import UNITS
 from mergekit_transplant.analysis.workload import Workload, load_workload
 from mergekit_transplant.checkpoint import ModelIndex, read_index
 from mergekit_transplant.errors import TransplantError
@@ -247,79 +246,63 @@ def _analyze(settings: AnalyzeSettings, workload: Union[Workload, str, Path], *,
         generations[role] = [tok.decode(s.ids[s.prompt_len:]) for s in generated]
         return generated
 
-    if run_target:
+    streams = {"target": (target_index, target_pickled), "donor": (donor_index, donor_pickled)}
+
+    def run_model(role: str, ref: str, passes: Sequence["_Pass"]) -> Dict[str, "torch.Tensor"]:
+        """Load one model, run its passes over the workload (the other checkpoint streamed), free it."""
         t0 = time.perf_counter()
-        model = _load(target, load)
-        timing["target_load_s"] = time.perf_counter() - t0
-        prepare(model, "target")
-        seqs = sequences_for(model, "target")
-        if need_local or "activation" in wanted:
-            with TensorStreamer(donor_index, donor_pickled) as donor_files, \
-                    TensorStreamer(target_index, target_pickled) as target_files:
-                result = capture_mod.run_pass(
-                    model, state["candidates"], seqs, stats=["activation"] + (["local"] if need_local else []),
-                    batch_size=batch_size, pad_id=state["pad_id"], padding_side=padding_side,
-                    other=donor_files if need_local else None, own_files=target_files,
-                    desc="target pass", progress=progress,
-                    sources=[("target", target_files)] + ([("donor", donor_files)] if need_local else []))
-            target_stats = result.stats
-            timing.update(target_pass_s=result.seconds, target_tokens=result.tokens,
-                          donor_streamed_bytes=result.streamed_bytes)
-        if need_gain:
-            scored = [s for s in likelihood_view(seqs) if s is not None]
-            if not scored:
-                raise TransplantError("score gain: the workload has no continuation and no text of at least 2 "
-                                      "tokens to score")
-            with TensorStreamer(donor_index, donor_pickled) as donor_files, \
-                    TensorStreamer(target_index, target_pickled) as target_files:
-                result = capture_mod.run_pass(
-                    model, state["candidates"], scored, stats=[], batch_size=batch_size, pad_id=state["pad_id"],
-                    padding_side=padding_side, other=donor_files, own_files=target_files, gain=True,
-                    recompute=recompute,
-                    desc="target pass (gradients)", progress=progress,
-                    sources=[("target", target_files), ("donor", donor_files)])
-            target_stats = {**target_stats, **result.stats}
-            timing.update(gain_pass_s=result.seconds, gain_tokens=result.tokens,
-                          gain_streamed_bytes=result.streamed_bytes)
-        del model
-        _free(device)
-    if run_donor:
-        t0 = time.perf_counter()
-        model = _load(donor, load)
-        timing["donor_load_s"] = time.perf_counter() - t0
-        prepare(model, "donor")
+        model = _load(ref, load)
+        timing[f"{role}_load_s"] = time.perf_counter() - t0
+        prepare(model, role)
         _check_modules(model, state["candidates"])
-        seqs = sequences_for(model, "donor")
-        with TensorStreamer(donor_index, donor_pickled) as donor_files, \
-                TensorStreamer(target_index, target_pickled) as target_files:
-            result = capture_mod.run_pass(
-                model, state["candidates"], seqs, stats=["activation"], batch_size=batch_size,
-                pad_id=state["pad_id"], padding_side=padding_side, own_files=donor_files,
-                other=target_files if need_attr else None,
-                attribution=need_attr, recompute=recompute,
-                desc="donor pass" + (" (gradients)" if need_attr else ""),
-                progress=progress,
-                sources=[("donor", donor_files)] + ([("target", target_files)] if need_attr else []))
-        donor_stats = result.stats
-        timing.update(donor_pass_s=result.seconds, donor_tokens=result.tokens)
-        if need_attr:
-            timing["target_streamed_bytes"] = result.streamed_bytes
+        seqs = sequences_for(model, role)
+        stats: Dict[str, "torch.Tensor"] = {}
+        for p in passes:
+            fed = seqs
+            if p.gain:
+                fed = [s for s in likelihood_view(seqs) if s is not None]
+                if not fed:
+                    raise TransplantError("score gain: the workload has no continuation and no text of at least "
+                                          "2 tokens to score")
+            with TensorStreamer(*streams["donor"]) as donor_files, TensorStreamer(*streams["target"]) as target_files:
+                files = {"target": target_files, "donor": donor_files}
+                other = files[p.other] if p.other else None
+                result = capture_mod.run_pass(
+                    model, state["candidates"], fed, stats=p.stats, batch_size=batch_size, pad_id=state["pad_id"],
+                    padding_side=padding_side, other=other, own_files=files[role], attribution=p.attribution,
+                    gain=p.gain, recompute=recompute, desc=p.desc, progress=progress,
+                    sources=[(role, files[role])] + ([(p.other, other)] if other else []))
+            stats.update(result.stats)
+            seconds_key, tokens_key, streamed_key = p.timing
+            timing.update({seconds_key: result.seconds, tokens_key: result.tokens})
+            if streamed_key:
+                timing[streamed_key] = result.streamed_bytes
         del model
         _free(device)
+        return stats
+
+    # the target runs first (its own statistics, local streaming the donor; gain with gradients), then the donor
+    target_passes: List[_Pass] = []
+    if need_local or "activation" in wanted:
+        target_passes.append(_Pass(["activation"] + (["local"] if need_local else []), "donor" if need_local else None,
+                                   desc="target pass",
+                                   timing=("target_pass_s", "target_tokens", "donor_streamed_bytes")))
+    if need_gain:
+        target_passes.append(_Pass([], "donor", gain=True, desc="target pass (gradients)",
+                                   timing=("gain_pass_s", "gain_tokens", "gain_streamed_bytes")))
+    if run_target:
+        target_stats = run_model("target", target, target_passes)
+    if run_donor:
+        donor_stats = run_model("donor", donor, [_Pass(
+            ["activation"], "target" if need_attr else None, attribution=need_attr,
+            desc="donor pass" + (" (gradients)" if need_attr else ""),
+            timing=("donor_pass_s", "donor_tokens", "target_streamed_bytes" if need_attr else None))])
 
     candidates: List[Candidate] = state["candidates"]
     modules_table = module_scores(candidates, target_stats, donor_stats)
     computed = [s for s in REPORTED if s in modules_table.scores]
-    if granularity == "layer":
-        units_info = layer_units(candidates, target_index)
-        table = layer_scores(modules_table, candidates, units_info)
-        parameters_of = {p: units_info[p]["parameters"] for p in table.units}
-        tensors_of = {p: [p] for p in table.units}
-    else:
-        table = modules_table
-        parameters_of = {c.tensor: c.parameters for c in candidates}
-        tensors_of = {c.tensor: list(c.tensors) for c in candidates}
-        units_info = None
+    units = UNITS[granularity].group(candidates, modules_table, target_index)  # analysis.units: module or layer
+    table, parameters_of, tensors_of, units_info = units.table, units.parameters, units.tensors, units.info
     score_of = dict(zip(table.units, table.scores[score]))
     greedy_result = None
     if select == "greedy":
@@ -365,6 +348,19 @@ def _analyze(settings: AnalyzeSettings, workload: Union[Workload, str, Path], *,
     report.plan = plan.to_json()
     return AnalysisResult(report=report, selections=chosen, recipe_text=recipe_text, table=table,
                           warnings=warnings)
+
+
+@dataclass
+class _Pass:
+    """One pass of a loaded model over the workload: the statistics it takes, the checkpoint it streams
+    (``other``: the other role's), whether it runs a backward pass, and the timing keys it reports."""
+
+    stats: List[str]
+    other: Optional[str]
+    attribution: bool = False
+    gain: bool = False
+    desc: str = "pass"
+    timing: tuple = ("pass_s", "tokens", None)
 
 
 def plan_analysis(target: str, donor: str, workload: Union[Workload, str, Path], **settings) -> MemoryPlan:

@@ -21,9 +21,10 @@ import click
 
 from mergekit_transplant.analysis.greedy import SelectConfig
 from mergekit_transplant.analysis.scores import SCORES
+from mergekit_transplant.analysis.units import ANALYZE_UNITS
 
 CAPTURE_MODES = ("teacher-forced", "generate")
-GRANULARITIES = ("module", "layer")
+GRANULARITIES = ANALYZE_UNITS  # analysis.units: the unit kinds analyze selects
 DEFAULT_SCORE = "attribution"  # docs/analysis.md: the best --select top score in the held-out protocol
 DEFAULT_TOP_K = 4
 
