@@ -189,3 +189,28 @@ def test_unknown_metric_is_a_clear_error(trio, first_run):
     result = run_eval(trio, trio["root"] / "cache", "--metric", "bleu", tasks="tiny_mc")
     assert result.exit_code == 2
     assert "metric 'bleu' is not reported by task tiny_mc" in result.output
+
+
+def test_eval_options_are_generated_from_its_settings_dataclass():
+    """Every EvalSettings field but the prompt options is an option with the field's help; -o is results.json."""
+    import dataclasses
+
+    from mergekit_transplant.cli.options import cli_fields, flags_of
+    from mergekit_transplant.evaluation.compare import EvalSettings
+
+    cmd = main.get_command(None, "eval")
+    params = {p.name: p for p in cmd.params}
+    fields = {f.name: f for f in cli_fields(EvalSettings)}
+    assert set(fields) == {f.name for f in dataclasses.fields(EvalSettings)} - {"prompt"}
+    for name, f in fields.items():
+        assert params[name].help == f.metadata["help"], name
+        assert list(params[name].opts) + list(params[name].secondary_opts) == [
+            o for flag in flags_of(f) for o in flag.split("/")], name
+    assert params["output"].opts == ["-o", "--output"]
+    ctx = cmd.make_context("eval", ["--target", "t", "--donor", "d", "--merged", "m", "--tasks", "a,b", "--no-cache",
+                                    "--batch-size", "auto", "--limit", "0.5"])
+    from mergekit_transplant.cli.options import settings_from
+
+    settings = settings_from(EvalSettings, {k: v for k, v in ctx.params.items()
+                                            if k not in ("target", "donor", "merged", "output")})
+    assert (settings.tasks, settings.use_cache, settings.batch_size, settings.limit) == (["a", "b"], False, "auto", 0.5)

@@ -4,7 +4,7 @@ Both files are JSON objects with a ``settings`` section, so passing one for
 the other (``--eval report.json``), or a hand-edited file whose score is a
 string, would otherwise give a card with an empty or nonsensical section and
 exit 0. These checks name the file and the first field at fault. They cover
-the fields the card reads, in the shapes ``analyze --report`` and ``eval
+the fields the card reads, in the shapes ``analyze --report-out`` and ``eval
 --output`` write them; other keys are allowed (and ignored).
 
 - eval results: ``{"tasks": {TASK: {"metric": str, "target": num|null,

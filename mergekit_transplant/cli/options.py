@@ -30,7 +30,7 @@ import collections.abc
 import dataclasses
 import shlex
 import typing
-from typing import Any, Callable, Dict, Iterable, List, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import click
 
@@ -97,6 +97,11 @@ def option_kwargs(cls, f: dataclasses.Field) -> Dict[str, Any]:
         kwargs.update(type=str, default=",".join(str(v) for v in default) if default else None,
                       callback=lambda ctx, param, value: parse(value) if value is not None else [],
                       show_default=bool(default))
+        if not has_default(f):
+            kwargs.update(required=True, show_default=False)
+            kwargs.pop("default")
+        if "metavar" in meta:
+            kwargs["metavar"] = meta["metavar"]
         return kwargs
     if "choices" in meta:
         kwargs["type"] = click.Choice(list(meta["choices"]))
@@ -138,9 +143,13 @@ def _alias_name(name: str, alias: str) -> str:
     return f"_alias_{name}__{alias.lstrip('-').replace('-', '_')}"
 
 
-def options_from(cls, *, exclude: Iterable[str] = ()) -> Callable:
-    """Decorator adding one click parameter per field of dataclass ``cls`` (in field order)."""
+def options_from(cls, *, exclude: Iterable[str] = (), types: Optional[Dict[str, Any]] = None) -> Callable:
+    """Decorator adding one click parameter per field of dataclass ``cls`` (in field order).
+
+    ``types`` gives a field a click type that its module should not import click for (e.g. the
+    evaluation settings' batch size, ``N|auto``)."""
     skip = set(exclude)
+    types = dict(types or {})
 
     def decorate(func):
         for f in reversed(cli_fields(cls)):
@@ -151,7 +160,10 @@ def options_from(cls, *, exclude: Iterable[str] = ()) -> Callable:
             if f.metadata.get("argument"):
                 func = _argument(f)(func)
             else:
-                func = click.option(*flags_of(f), f.name, **option_kwargs(cls, f))(func)
+                kwargs = option_kwargs(cls, f)
+                if f.name in types:
+                    kwargs["type"] = types[f.name]
+                func = click.option(*flags_of(f), f.name, **kwargs)(func)
         return func
 
     return decorate

@@ -24,7 +24,7 @@ def _floats(ctx, param, value):
 
 @click.command("sweep")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
-              help="An analyze --report file: its ranking is swept (no analysis is re-run).")
+              help="An analysis report (analyze --report-out): its ranking is swept (no analysis is re-run).")
 @click.option("--target", default=None, help="Target model (with --workload, or to override the report's).")
 @click.option("--donor", default=None, help="Donor model (with --workload, or to override the report's).")
 @click.option("--workload", default=None, help="Run the analysis on this workload first (instead of --report).")
