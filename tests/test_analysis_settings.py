@@ -139,3 +139,21 @@ def test_sweep_names_its_outputs_by_what_they_are_and_keeps_the_old_spelling_hid
     result = CliRunner().invoke(main, ["sweep", "--report", str(tmp_path / "r.json"), "--tasks", "t",
                                        "-o", str(tmp_path / "best.yml")])
     assert result.exit_code == 2 and "--recipe-out" in result.output and not (tmp_path / "best.yml").exists()
+
+
+def test_sweep_options_are_generated_from_sweep_settings():
+    """Every SweepSettings field with help is a sweep option with that help; --k/--strength parse to lists."""
+    from mergekit_transplant.sweep.runner import SweepSettings
+
+    cmd = main.get_command(None, "sweep")
+    params = {p.name: p for p in cmd.params}
+    for f in cli_fields(SweepSettings):
+        assert params[f.name].help == f.metadata["help"], f.name
+        assert list(params[f.name].opts) + list(params[f.name].secondary_opts) == [
+            o for flag in flags_of(f) for o in flag.split("/")], f.name
+    ctx = cmd.make_context("sweep", ["--report", "r.json", "--tasks", "t", "--k", "2,1", "--strength", "0.5,1",
+                                     "--no-whole-model"])
+    settings = settings_from(SweepSettings, ctx.params, select_tasks="t", report_tasks="t")
+    assert (settings.ks, settings.strengths, settings.whole_model) == ([1, 2], [0.5, 1.0], False)
+    with pytest.raises(TransplantError, match="--k 'x'"):
+        cmd.make_context("sweep", ["--k", "x"])
