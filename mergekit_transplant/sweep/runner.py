@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from mergekit_transplant.errors import TransplantError
+from mergekit_transplant.values import floats, ints
 from mergekit_transplant.evaluation.compare import normalize_limit
 from mergekit_transplant.evaluation.runner import PromptOptions, TaskScores, extract, run_lm_eval
 from mergekit_transplant.evaluation.tasks import find_tasks, split_names
@@ -38,17 +39,11 @@ OPTIMISTIC_WARNING = (
 
 
 def _ints(text: Any) -> List[int]:
-    try:
-        return [int(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise TransplantError(f"--k {text!r} is not a comma-separated list of integers") from None
+    return ints(text, "--k")
 
 
 def _floats(text: Any) -> List[float]:
-    try:
-        return [float(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise TransplantError(f"--strength {text!r} is not a comma-separated list of numbers") from None
+    return floats(text, "--strength")
 
 
 @dataclass
