@@ -214,3 +214,22 @@ def test_eval_options_are_generated_from_its_settings_dataclass():
     settings = settings_from(EvalSettings, {k: v for k, v in ctx.params.items()
                                             if k not in ("target", "donor", "merged", "output")})
     assert (settings.tasks, settings.use_cache, settings.batch_size, settings.limit) == (["a", "b"], False, "auto", 0.5)
+
+
+def test_results_are_versioned_and_files_without_a_schema_still_load(tmp_path):
+    """results.json records its schema; one written before it did (no "schema") reads as schema 1."""
+    from mergekit_transplant.errors import TransplantError
+    from mergekit_transplant.evaluation.results import SCHEMA, EvalReport
+
+    old = {"tasks": {"arith": {"metric": "acc", "target": 0.2, "donor": 0.6, "merged": 0.5, "tir": 2.5}},
+           "settings": {"tasks": ["arith"]}}
+    report = EvalReport.from_json(json.dumps(old), "old.json")
+    assert report.schema == 1 and report.tasks["arith"]["merged"] == 0.5 and report.settings["tasks"] == ["arith"]
+    report.write(tmp_path / "r.json")
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert written == {**old, "schema": SCHEMA}
+    assert EvalReport.load(tmp_path / "r.json").data == old
+    with pytest.raises(TransplantError, match="new.json: results schema 99"):
+        EvalReport.from_json({**old, "schema": 99}, "new.json")
+    with pytest.raises(TransplantError, match="pass it with --report"):
+        EvalReport.from_json({"settings": {}, "ranking": {"x": []}}, "r.json")

@@ -12,6 +12,7 @@ from mergekit_transplant import __version__
 from mergekit_transplant.card.hub_ids import hub_id_for
 if TYPE_CHECKING:  # pragma: no cover
     from mergekit_transplant.analysis.report import AnalysisReport
+    from mergekit_transplant.evaluation.results import EvalReport
 from mergekit_transplant.card.markdown import (
     CONTROL_CHARS,
     md_code,
@@ -35,7 +36,7 @@ class CardInputs:
     recipe: Any  # recipe.Recipe
     check_report: Any = None  # preflight.CheckReport
     analysis: Optional["AnalysisReport"] = None  # report.json of `analyze`
-    evaluation: Optional[dict] = None  # results.json of `eval`
+    evaluation: Optional["EvalReport"] = None  # results.json of `eval`
     hub_ids: Dict[str, str] = field(default_factory=dict)
     name: str = "transplant-merge"
     heatmap: Optional[str] = None  # file name inside the output folder
@@ -46,6 +47,10 @@ class CardInputs:
             from mergekit_transplant.analysis.report import AnalysisReport
 
             self.analysis = AnalysisReport.from_json(self.analysis)
+        if isinstance(self.evaluation, dict):  # a results.json's object, likewise
+            from mergekit_transplant.evaluation.results import EvalReport
+
+            self.evaluation = EvalReport.from_json(self.evaluation)
 
 
 @dataclass
@@ -209,7 +214,7 @@ def _section_eval(inp: CardInputs) -> Optional[str]:
     res = inp.evaluation
     if not res:
         return None
-    tasks = res.get("tasks") if isinstance(res.get("tasks"), dict) else {}
+    tasks = res.tasks
     lines = ["## Evaluation", ""]
     if not tasks:
         lines.append("The results file lists no tasks.")
@@ -234,7 +239,7 @@ def _section_eval(inp: CardInputs) -> Optional[str]:
         "TIR = S_merged / S_target; Recovery = (S_merged − S_target) / (S_donor − S_target): "
         "1 means the merge matches the donor on the task, 0 the target.",
     ]
-    retain = res.get("retain") if isinstance(res.get("retain"), dict) else {}
+    retain = res.retain
     if retain:
         lines += ["", "Skills the target should keep (target vs merged):", "",
                   "| Task | Metric | Target | Merged | Change | Regressed |", "|---|---|---:|---:|---:|:-:|"]
@@ -348,9 +353,8 @@ def _eval_command(inp: CardInputs) -> Optional[str]:
     res = inp.evaluation
     if not res:
         return None
-    settings = res.get("settings") if isinstance(res.get("settings"), dict) else {}
-    tasks = settings.get("tasks") if isinstance(settings.get("tasks"), list) else sorted(
-        str(t) for t in (res.get("tasks") or {}))
+    settings = res.settings
+    tasks = settings.get("tasks") if isinstance(settings.get("tasks"), list) else sorted(str(t) for t in res.tasks)
     recipe = inp.recipe
     parts = ["mergekit-transplant", "eval", "--target", _shell_ref(recipe.target, inp.hub_ids),
              "--donor", _shell_ref((_donors(recipe) or [""])[0], inp.hub_ids), "--merged", f"./{one_line(inp.name)}",
@@ -407,7 +411,7 @@ def _eval_results(inp: CardInputs) -> list:
     """One ``EvalResult`` per evaluated task with a merged score, for the card's ``model-index``."""
     from huggingface_hub import EvalResult
 
-    tasks = (inp.evaluation or {}).get("tasks")
+    tasks = inp.evaluation.tasks if inp.evaluation is not None else {}
     out = []
     for task in sorted(tasks or {}, key=str):
         row = tasks[task] if isinstance(tasks[task], dict) else {}

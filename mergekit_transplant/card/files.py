@@ -28,6 +28,7 @@ from mergekit_transplant.errors import TransplantError
 
 if TYPE_CHECKING:  # pragma: no cover
     from mergekit_transplant.analysis.report import AnalysisReport
+    from mergekit_transplant.evaluation.results import EvalReport
 
 CARD_FILE = "README.md"
 SIDECAR = "transplant_card.json"
@@ -106,7 +107,7 @@ def write_card(
     recipe=None,
     check_report=None,
     report: "Optional[os.PathLike | str | dict | AnalysisReport]" = None,
-    eval_results: Optional[os.PathLike | str | dict] = None,
+    eval_results: "Optional[os.PathLike | str | dict | EvalReport]" = None,
     hub_ids: Optional[Mapping[str, str]] = None,
     heatmap: Optional[os.PathLike | str] = None,
     name: Optional[str] = None,
@@ -152,7 +153,7 @@ def write_card(
         path = Path(eval_results)
         eval_results = check_eval_results(read_json_object(path, "eval results"), f"eval results {path}")
     elif eval_results is not None:
-        check_eval_results(eval_results, "eval results")
+        eval_results = check_eval_results(eval_results, "eval results")
     if report is None:
         report = _previous(previous, "analysis", check_analysis_report)
     if eval_results is None:
@@ -195,7 +196,8 @@ def write_card(
         text = head + "\n---\n\n" + "\n\n".join(p for p in (before, generated.strip(), after) if p) + "\n"
     atomic.write_text(readme, text)
     sidecar = {"created_by": f"mergekit-transplant {__version__}", "hub_ids": mapping,
-               "analysis": report.to_json() if report is not None else None, "evaluation": eval_results}
+               "analysis": report.to_json() if report is not None else None,
+               "evaluation": eval_results.to_json() if eval_results is not None else None}
     atomic.write_text(out_dir / SIDECAR, json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
     result.path = readme
     result.text = text

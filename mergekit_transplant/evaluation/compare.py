@@ -9,19 +9,17 @@ merged model. Retain tasks are scored on target and merged model only.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from mergekit_transplant import atomic
 from mergekit_transplant.checkpoint import read_index, split_revision
 from mergekit_transplant.errors import TransplantError
 from mergekit_transplant.evaluation import metrics as M
 from mergekit_transplant.evaluation.cache import ResultCache, cache_key
 from mergekit_transplant.evaluation.fingerprint import model_fingerprint
+from mergekit_transplant.evaluation.results import EvalReport
 from mergekit_transplant.evaluation.runner import PromptOptions, TaskScores, extract, run_lm_eval
 from mergekit_transplant.evaluation.tasks import TaskSet, find_tasks, split_names
 
@@ -113,17 +111,6 @@ def backend_model_args(ref: str, settings: EvalSettings) -> str:
     return ",".join(args)
 
 
-def json_safe(value: Any) -> Any:
-    """NaN and ±inf become null, so the files are strict JSON that any reader accepts."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
 def default_device() -> str:
     """cuda when torch sees a GPU, else cpu (lm-eval's hf backend assumes cuda otherwise)."""
     import torch
@@ -135,21 +122,6 @@ def lm_eval_version() -> str:
     from importlib.metadata import version
 
     return version("lm_eval")
-
-
-@dataclass
-class EvalReport:
-    """``results.json`` as a dict, plus its markdown rendering."""
-
-    data: Dict[str, Any]
-
-    def write(self, path: os.PathLike | str) -> None:
-        atomic.write_text(path, json.dumps(json_safe(self.data), indent=2, allow_nan=False) + "\n")
-
-    def markdown(self) -> str:
-        from mergekit_transplant.evaluation.tables import eval_markdown
-
-        return eval_markdown(self.data)
 
 
 MODEL_OPTIONS = {"target": "--target", "donor": "--donor", "merged": "--merged"}

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from mergekit_transplant import atomic
-from mergekit_transplant.evaluation.compare import json_safe
+from mergekit_transplant.evaluation.results import json_safe
 from mergekit_transplant.evaluation.tables import fmt, table
 from mergekit_transplant.recipe import Selection, render_recipe
 from mergekit_transplant.sweep.runner import SweepResult
