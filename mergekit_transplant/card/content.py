@@ -350,24 +350,29 @@ def _analysis_command(inp: CardInputs) -> Optional[str]:
 
 
 def _eval_command(inp: CardInputs) -> Optional[str]:
+    """The eval command: the recorded ``EvalSettings`` through ``cli.options.to_cli`` (machine-specific
+    settings, the device and the cache folder, left out), the models as this card names them."""
+    import dataclasses
+
+    from mergekit_transplant.cli.options import to_cli
+    from mergekit_transplant.errors import TransplantError
+    from mergekit_transplant.evaluation.compare import EvalSettings
+
     res = inp.evaluation
     if not res:
         return None
-    settings = res.settings
-    tasks = settings.get("tasks") if isinstance(settings.get("tasks"), list) else sorted(str(t) for t in res.tasks)
     recipe = inp.recipe
-    parts = ["mergekit-transplant", "eval", "--target", _shell_ref(recipe.target, inp.hub_ids),
-             "--donor", _shell_ref((_donors(recipe) or [""])[0], inp.hub_ids), "--merged", f"./{one_line(inp.name)}",
-             "--tasks", ",".join(str(t) for t in tasks)]
-    if isinstance(settings.get("retain_tasks"), list) and settings["retain_tasks"]:
-        parts += ["--retain-tasks", ",".join(str(t) for t in settings["retain_tasks"])]
-    for key, flag in (("include_path", "--include-path"), ("metric", "--metric"), ("limit", "--limit"),
-                      ("num_fewshot", "--num-fewshot")):
-        value = settings.get(key)
-        if value is not None and not isinstance(value, (dict, list)):
-            parts += [flag, str(value)]
-    parts += ["-o", "results.json"]
-    return shlex.join(parts)
+    models = ["mergekit-transplant", "eval", "--target", _shell_ref(recipe.target, inp.hub_ids),
+              "--donor", _shell_ref((_donors(recipe) or [""])[0], inp.hub_ids), "--merged", f"./{one_line(inp.name)}"]
+    recorded = res.settings
+    names = {f.name for f in dataclasses.fields(EvalSettings)}
+    values = {k: v for k, v in recorded.items() if k in names and k not in ("device", "cache_dir", "use_cache")}
+    values.setdefault("tasks", sorted(str(t) for t in res.tasks))
+    try:
+        settings = EvalSettings(**values)
+    except (TransplantError, TypeError, ValueError):  # hand-edited settings: the tasks alone still reproduce it
+        settings = EvalSettings(tasks=sorted(str(t) for t in res.tasks))
+    return to_cli(settings, models) + " -o results.json"
 
 
 def _section_reproduce(inp: CardInputs) -> str:
