@@ -22,9 +22,9 @@ import json
 import os
 import shlex
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
+from mergekit_transplant import versioned
 from mergekit_transplant.analysis.candidates import Candidate
 from mergekit_transplant.analysis.scores import ScoreTable, consistency_k, summarize
 from mergekit_transplant.analysis.selection import Picked
@@ -121,16 +121,9 @@ class AnalysisReport:
         """A report from its JSON object (or text), any readable schema; one-line errors name ``source``."""
         if isinstance(data, AnalysisReport):
             return data
-        if isinstance(data, (str, bytes)):
-            try:
-                data = json.loads(data)
-            except ValueError as error:
-                raise TransplantError(f"{source}: not valid JSON ({error})") from None
+        data = versioned.parsed(data, source)
         _check(data, source)
-        schema = data.get("schema", 1)
-        if schema not in READABLE_SCHEMAS:
-            raise TransplantError(f"{source}: report schema {schema!r} is not one this version reads "
-                                  f"({', '.join(map(str, READABLE_SCHEMAS))}); upgrade mergekit-transplant")
+        schema = versioned.schema_of(data, READABLE_SCHEMAS, source, "report")
         recorded = dict(data["settings"])
         known = {f.name for f in dataclasses.fields(AnalyzeSettings) if f.metadata.get("record", True)}
         command = recorded.get("command")
@@ -149,14 +142,7 @@ class AnalysisReport:
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "AnalysisReport":
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise TransplantError(f"{path}: report not found") from None
-        except (UnicodeDecodeError, IsADirectoryError) as error:
-            raise TransplantError(f"{path}: not a readable report ({error})") from None
-        return cls.from_json(text, str(path))
+        return versioned.load(path, "report", cls.from_json)
 
     # read like the JSON object, for code written against the plain dict
     def __getitem__(self, key: str) -> Any:

@@ -13,10 +13,9 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
-from mergekit_transplant import atomic
+from mergekit_transplant import atomic, versioned
 from mergekit_transplant.errors import TransplantError
 
 SCHEMA = 1
@@ -129,25 +128,11 @@ class EvalReport:
     def from_json(cls, data: Any, source: str = "eval results") -> "EvalReport":
         if isinstance(data, EvalReport):
             return data
-        if isinstance(data, (str, bytes)):
-            try:
-                data = json.loads(data)
-            except ValueError as error:
-                raise TransplantError(f"{source}: not valid JSON ({error})") from None
+        data = versioned.parsed(data, source)
         _check(data, source)
-        schema = data.get("schema", 1)
-        if schema not in READABLE_SCHEMAS:
-            raise TransplantError(f"{source}: results schema {schema!r} is not one this version reads "
-                                  f"({', '.join(map(str, READABLE_SCHEMAS))}); upgrade mergekit-transplant")
+        schema = versioned.schema_of(data, READABLE_SCHEMAS, source, "results")
         return cls({k: v for k, v in data.items() if k != "schema"}, schema)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "EvalReport":
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise TransplantError(f"{path}: eval results not found") from None
-        except (UnicodeDecodeError, IsADirectoryError) as error:
-            raise TransplantError(f"{path}: not readable eval results ({error})") from None
-        return cls.from_json(text, str(path))
+        return versioned.load(path, "eval results", cls.from_json)
