@@ -157,7 +157,7 @@ for key, dev in () if merge_only else (("cpu", "cpu"), ("device", device)):
     times[f"analyze --device {dev} ({key})"] = run(
         f"analyze --device {dev} ({key})",
         [tool("mergekit-transplant"), "analyze", "--target", target, "--donor", donor, "--workload", workload,
-         "--top-k", "3", "--also", "local", "--also", "activation", "--quiet", "-o", recipe, "--report", work / f"analysis-{key}.json", "--device", dev],
+         "--top-k", "3", "--also", "local", "--also", "activation", "--quiet", "-o", recipe, "--report-out", work / f"analysis-{key}.json", "--device", dev],
     )
     report = json.loads((work / f"analysis-{key}.json").read_text())
     selected[key] = sorted(s["tensor"] for s in report["selection"])
@@ -176,7 +176,7 @@ for key, dev in () if merge_only else (("cpu", "cpu"), ("device", device)):
         times[f"analyze {kind} --device {dev} ({key})"] = run(
             f"analyze {kind} --device {dev} ({key})",
             [tool("mergekit-transplant"), "analyze", "--target", target, "--donor", donor, "--workload", workload,
-             "--top-k", "3", *extra, "--quiet", "-o", work / f"{kind}-{key}.yml", "--report", out, "--device", dev],
+             "--top-k", "3", *extra, "--quiet", "-o", work / f"{kind}-{key}.yml", "--report-out", out, "--device", dev],
         )
         report = json.loads(out.read_text())
         if kind == "gain":

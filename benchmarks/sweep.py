@@ -122,7 +122,7 @@ def main() -> None:
 
         report = root / "report.json"
         analyze_s = run([BIN / "mergekit-transplant", "analyze", "--target", pair["target"], "--donor",
-                         pair["donor"], *pair["workload"], "--report", report, "-o", root / "analysis.yml",
+                         pair["donor"], *pair["workload"], "--report-out", report, "-o", root / "analysis.yml",
                          "--select", "top", "--quiet"], env)
         ranking = json.loads(report.read_text())
         score = ranking["settings"]["score"]

@@ -57,7 +57,7 @@ def sweep_args(pair: Pair, score: str, controls: bool, limit: int) -> list:
         "--k", ",".join(map(str, pair.ks)), "--strength", ",".join(map(str, pair.strengths)),
         "--select-split", SELECT, "--report-split", TEST, "--include-path", TASKS,
         "--batch-size", "50", "--device", "cpu", "--limit", str(limit),
-        "-o", str(out / f"best-{score}.yml"), "--output", str(out / f"sweep-{score}.json"),
+        "--recipe-out", str(out / f"best-{score}.yml"), "-o", str(out / f"sweep-{score}.json"),
     ]
     if controls:
         args += ["--random-controls", "3", "--plot", str(FIGURES / f"{pair.name}-sweep.png")]

@@ -227,8 +227,9 @@ def test_card_command_adds_analysis_eval_and_hub_ids(merged, tmp_path, work):
     assert "| `general` | `acc` | 0.7 | 0.68 | -0.02 ± 0.01 | slightly |" in text
     assert ("mergekit-transplant eval --target acme/tiny-target --donor acme/tiny-donor@0123abc --merged ./merged "
             "--tasks arith,flat --retain-tasks general --include-path tasks/ -o results.json") in text
+    # rebuilt by AnalyzeSettings.to_cli(): the settings that differ from their defaults
     assert ("mergekit-transplant analyze --target acme/tiny-target --donor acme/tiny-donor@0123abc "
-            "--workload prompts.jsonl --score local --capture teacher-forced -o recipe.yml") in text
+            "--workload prompts.jsonl --score local --output recipe.yml") in text
     assert "[`acme/tiny-target`](https://huggingface.co/acme/tiny-target)" in text
 
 

@@ -189,3 +189,47 @@ def test_unknown_metric_is_a_clear_error(trio, first_run):
     result = run_eval(trio, trio["root"] / "cache", "--metric", "bleu", tasks="tiny_mc")
     assert result.exit_code == 2
     assert "metric 'bleu' is not reported by task tiny_mc" in result.output
+
+
+def test_eval_options_are_generated_from_its_settings_dataclass():
+    """Every EvalSettings field but the prompt options is an option with the field's help; -o is results.json."""
+    import dataclasses
+
+    from mergekit_transplant.cli.options import cli_fields, flags_of
+    from mergekit_transplant.evaluation.compare import EvalSettings
+
+    cmd = main.get_command(None, "eval")
+    params = {p.name: p for p in cmd.params}
+    fields = {f.name: f for f in cli_fields(EvalSettings)}
+    assert set(fields) == {f.name for f in dataclasses.fields(EvalSettings)} - {"prompt"}
+    for name, f in fields.items():
+        assert params[name].help == f.metadata["help"], name
+        assert list(params[name].opts) + list(params[name].secondary_opts) == [
+            o for flag in flags_of(f) for o in flag.split("/")], name
+    assert params["output"].opts == ["-o", "--output"]
+    ctx = cmd.make_context("eval", ["--target", "t", "--donor", "d", "--merged", "m", "--tasks", "a,b", "--no-cache",
+                                    "--batch-size", "auto", "--limit", "0.5"])
+    from mergekit_transplant.cli.options import settings_from
+
+    settings = settings_from(EvalSettings, {k: v for k, v in ctx.params.items()
+                                            if k not in ("target", "donor", "merged", "output")})
+    assert (settings.tasks, settings.use_cache, settings.batch_size, settings.limit) == (["a", "b"], False, "auto", 0.5)
+
+
+def test_results_are_versioned_and_files_without_a_schema_still_load(tmp_path):
+    """results.json records its schema; one written before it did (no "schema") reads as schema 1."""
+    from mergekit_transplant.errors import TransplantError
+    from mergekit_transplant.evaluation.results import SCHEMA, EvalReport
+
+    old = {"tasks": {"arith": {"metric": "acc", "target": 0.2, "donor": 0.6, "merged": 0.5, "tir": 2.5}},
+           "settings": {"tasks": ["arith"]}}
+    report = EvalReport.from_json(json.dumps(old), "old.json")
+    assert report.schema == 1 and report.tasks["arith"]["merged"] == 0.5 and report.settings["tasks"] == ["arith"]
+    report.write(tmp_path / "r.json")
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert written == {**old, "schema": SCHEMA}
+    assert EvalReport.load(tmp_path / "r.json").data == old
+    with pytest.raises(TransplantError, match="new.json: results schema 99"):
+        EvalReport.from_json({**old, "schema": 99}, "new.json")
+    with pytest.raises(TransplantError, match="pass it with --report"):
+        EvalReport.from_json({"settings": {}, "ranking": {"x": []}}, "r.json")

@@ -92,7 +92,7 @@ def test_sigterm_while_sweep_writes_its_results(files, analysis_report, tmp_path
     interrupt_while_committing(
         ["sweep", "--report", analysis_report, "--tasks", "tiny_mc", "--include-path", files["tasks"],
          "--limit", "2", "--random-controls", "1", "--no-whole-model", "--k", "1", "--output", out,
-         "-o", tmp_path / "best.yml"],
+         "--recipe-out", tmp_path / "best.yml"],
         "sweep.json", tmp_path)
     assert out.read_text() == '{"previous": true}\n' and not (tmp_path / "sweep.csv").exists()
     # the recipe is written before the results: one file after the other, each whole

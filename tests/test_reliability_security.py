@@ -203,7 +203,7 @@ def test_allow_pickle_runs_no_code_in_analyze_sweep_and_eval(zoo, pickles, files
                     "-o", out / "recipe.yml", "--report", out / "report.json"],
         "sweep": ["sweep", "--report", analysis_report, "--donor", evil, "--tasks", "tiny_mc", "--include-path",
                   files["tasks"], "--limit", "2", "--random-controls", "1", "--no-whole-model", "--k", "1",
-                  "--output", out / "sweep.json", "-o", out / "best.yml"],
+                  "--output", out / "sweep.json", "--recipe-out", out / "best.yml"],
         "eval": ["eval", "--target", zoo["t"], "--donor", evil, "--merged", files["merged"], "--tasks", "tiny_mc",
                  "--include-path", files["tasks"], "--limit", "2", "--batch-size", "4", "--no-cache",
                  "-o", out / "results.json"],

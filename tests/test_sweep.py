@@ -157,7 +157,7 @@ def swept(pair):
         "sweep", "--report", str(pair["report"]), "--k", "1,2,4", "--strength", "0.5,1.0",
         "--select-split", "sel_ppl", "--report-split", "test_ppl", "--include-path", str(pair["tasks"]),
         "--random-controls", "2", "--seed", "7", "--batch-size", "4",
-        "-o", str(out["recipe"]), "--output", str(out["json"]), "--plot", str(out["plot"]),
+        "--recipe-out", str(out["recipe"]), "-o", str(out["json"]), "--plot", str(out["plot"]),
     ])
     assert result.exit_code == 0, result.output
     new_files = {p for p in root.rglob("*") if p.is_file()} - files_before

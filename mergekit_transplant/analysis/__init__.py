@@ -4,6 +4,8 @@
 >>> result = analyze("target/", "donor/", load_workload("prompts.jsonl"), top_k=4)
 >>> result.ranking()[:4]                 # tensor names, best first
 >>> open("recipe.yml", "w").write(result.recipe_text)
+>>> settings = AnalyzeSettings(target="target/", donor="donor/", workload="prompts.jsonl", top_k=4)
+>>> result = analyze(settings)          # the same run; result.report.settings.to_cli() reproduces it
 
 Scores (docs/analysis.md has the details and the reasons for the defaults):
 ``attribution`` (default: the donor's change to a module's output x the
@@ -21,14 +23,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Union
 
-from mergekit_transplant.analysis.pipeline import (
-    CAPTURE_MODES, DEFAULT_SCORE, DEFAULT_TOP_K, GRANULARITIES, AnalysisResult, analyze,
-)
+from mergekit_transplant.analysis.pipeline import AnalysisResult, analyze
+from mergekit_transplant.analysis.report import AnalysisReport
 from mergekit_transplant.analysis.scores import REPORTED, SCORES
+from mergekit_transplant.analysis.settings import (
+    CAPTURE_MODES, DEFAULT_SCORE, DEFAULT_TOP_K, GRANULARITIES, AnalyzeSettings,
+)
 from mergekit_transplant.analysis.workload import Sample, Workload, load_workload
 
 __all__ = [
-    "AnalysisResult", "CAPTURE_MODES", "DEFAULT_SCORE", "DEFAULT_TOP_K", "GRANULARITIES", "REPORTED", "SCORES",
+    "AnalysisReport", "AnalysisResult", "AnalyzeSettings", "CAPTURE_MODES", "DEFAULT_SCORE", "DEFAULT_TOP_K", "GRANULARITIES", "REPORTED", "SCORES",
     "Sample", "Workload", "analyze", "load_workload", "write_outputs",
 ]
 

@@ -25,6 +25,7 @@ too; other scores are computed only when named (``also=``).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import time
 from dataclasses import dataclass, field
@@ -32,15 +33,16 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from mergekit_transplant.analysis import capture as capture_mod
-from mergekit_transplant.analysis.candidates import Candidate, find_candidates, layer_units
+from mergekit_transplant.analysis.candidates import Candidate, find_candidates
 from mergekit_transplant.analysis.greedy import DEFAULT_PREFILTER_ALL, DEFAULT_SELECT, SelectConfig
 from mergekit_transplant.analysis.plan import MemoryPlan, Planner
-from mergekit_transplant.analysis.scores import (
-    REPORTED, SCORES, ScoreTable, layer_scores, module_scores,
-)
+from mergekit_transplant.analysis.scores import REPORTED, SCORES, ScoreTable, module_scores
+from mergekit_transplant.analysis.report import AnalysisReport, build_report
 from mergekit_transplant.analysis.selection import Picked, pick, selections, validate
+from mergekit_transplant.analysis.settings import CAPTURE_MODES, DEFAULT_TOP_K, GRANULARITIES, AnalyzeSettings
 from mergekit_transplant.analysis.streaming import TensorStreamer
 from mergekit_transplant.analysis.tokens import TokenSequence, context_limit, encode, likelihood_view
+from mergekit_transplant.analysis.units import UNITS
 from mergekit_transplant.analysis.workload import Workload, load_workload
 from mergekit_transplant.checkpoint import ModelIndex, read_index
 from mergekit_transplant.checkpoint.dtypes import MODEL_DTYPE_OF_CODE
@@ -48,15 +50,11 @@ from mergekit_transplant.checkpoint.environment import check_device
 from mergekit_transplant.errors import TransplantError
 from mergekit_transplant.recipe import Selection, render_recipe
 
-CAPTURE_MODES = ("teacher-forced", "generate")
-GRANULARITIES = ("module", "layer")
-DEFAULT_SCORE = "attribution"  # docs/analysis.md: the best --select top score in the held-out protocol
-DEFAULT_TOP_K = 4
 
 
 @dataclass
 class AnalysisResult:
-    report: dict
+    report: AnalysisReport
     selections: List[Selection]
     recipe_text: str
     table: ScoreTable = field(repr=False, default=None)
@@ -64,64 +62,42 @@ class AnalysisResult:
 
     def ranking(self, score: Optional[str] = None) -> List[str]:
         """Units (tensor names, or layer prefixes) best first by ``score``."""
-        score = score or self.report["settings"]["score"]
+        score = score or self.report.score
         try:
-            return list(self.report["ranking"][score])
+            return list(self.report.ranking[score])
         except KeyError:
             raise TransplantError(
-                f"score {score!r} was not computed; computed: {', '.join(sorted(self.report['ranking']))}"
+                f"score {score!r} was not computed; computed: {', '.join(sorted(self.report.ranking))}"
             ) from None
 
 
 def analyze(
-    target: str,
-    donor: str,
-    workload: Union[Workload, str, Path],
+    target: Union[str, AnalyzeSettings],
+    donor: Optional[str] = None,
+    workload: Union[Workload, str, Path, None] = None,
     *,
-    score: str = DEFAULT_SCORE,
-    also: Sequence[str] = (),
-    top_k: Optional[int] = None,
-    param_budget: Optional[float] = None,
-    strength: float = 1.0,
-    strength_mode: str = "constant",
-    modules: Optional[Sequence[str]] = None,
-    include_embeddings: bool = False,
-    granularity: str = "module",
-    capture: str = "teacher-forced",
-    max_new_tokens: int = 32,
-    device: str = "cpu",
-    dtype: Optional[str] = None,
-    device_map: Optional[str] = None,
-    batch_size: int = 8,
-    max_length: int = 512,
-    padding_side: str = "right",
-    limit: Optional[int] = None,
-    seed: int = 0,
-    trust_remote_code: bool = False,
-    allow_pickle: bool = False,
     command: Optional[str] = None,
     progress: bool = True,
-    select: Optional[str] = None,
-    prefilter: Optional[int] = None,
-    min_gain: float = 0.0,
-    holdout_fraction: float = 0.25,
-    controls: int = 3,
-    recompute: bool = True,
-    force: bool = False,
     on_plan: Optional[Callable[["MemoryPlan"], None]] = None,
     plan_only: bool = False,
+    **settings_kw,
 ) -> "AnalysisResult":
     """Score every candidate module of ``target`` against ``donor`` on ``workload``.
 
-    Returns the report (see docs/analysis.md for its schema), the selected
-    tensors, and the recipe text that ``mergekit-yaml`` runs. Selection is
-    ``top_k`` and/or ``param_budget`` (a fraction of the target's
-    parameters); with neither, the best ``DEFAULT_TOP_K`` units.
+    The settings are an ``AnalyzeSettings`` (``analyze(settings)``, with the
+    workload read from ``settings.workload`` / ``lm_eval_task`` unless a
+    ``Workload`` is given), or its fields as keyword arguments
+    (``analyze(target, donor, workload, score="local", top_k=2)``).
+
+    Returns the report (``AnalysisReport``; docs/analysis.md has its schema),
+    the selected tensors, and the recipe text that ``mergekit-yaml`` runs.
+    Selection is ``top_k`` and/or ``param_budget`` (a fraction of the
+    target's parameters); with neither, the best ``DEFAULT_TOP_K`` units.
     ``select="greedy"`` (the default, except with ``granularity="layer"``
     or proportional strengths, where it is ``"top"``) measures instead of
-    ranking (``analysis.greedy``;
-    ``prefilter``, ``min_gain``, ``holdout_fraction``); ``controls`` random
-    unit sets of the selection's size are compared with it.
+    ranking (``analysis.greedy``; ``prefilter``, ``min_gain``,
+    ``holdout_fraction``); ``controls`` random unit sets of the selection's
+    size are compared with it.
 
     Before any model loads, the memory plan (``plan.MemoryPlan``) is
     estimated, handed to ``on_plan`` and stored in the report; when it
@@ -129,8 +105,37 @@ def analyze(
     size (or length) that fits, unless ``force``. With ``plan_only`` the
     plan is returned and nothing loads (``plan_analysis``). ``recompute``
     (the gradient scores): recompute each decoder layer in the backward
-    pass (memory bounded by one layer; ``recompute.py``).
+    pass (memory bounded by one layer; ``recompute.py``). ``command`` is the
+    command line recorded in the recipe header and report (default:
+    ``settings.to_cli()``).
     """
+    if isinstance(target, AnalyzeSettings):
+        settings = dataclasses.replace(target, **settings_kw) if settings_kw else target
+    else:
+        if isinstance(workload, (str, Path)):
+            settings_kw.setdefault("workload", str(workload))
+        settings = AnalyzeSettings(target=target, donor=donor, **settings_kw)
+    if workload is None:
+        workload = load_workload(settings.workload, lm_eval_task=settings.lm_eval_task,
+                                 include_path=list(settings.include_path) or None, limit=settings.limit,
+                                 seed=settings.seed)
+    return _analyze(settings, workload, command=command, progress=progress, on_plan=on_plan, plan_only=plan_only)
+
+
+def _analyze(settings: AnalyzeSettings, workload: Union[Workload, str, Path], *, command: Optional[str],
+             progress: bool, on_plan: Optional[Callable[["MemoryPlan"], None]], plan_only: bool) -> "AnalysisResult":
+    s = settings
+    target, donor, score, also, top_k, param_budget = s.target, s.donor, s.score, s.also, s.top_k, s.param_budget
+    strength, strength_mode, modules, include_embeddings = s.strength, s.strength_mode, s.modules or None, \
+        s.include_embeddings
+    granularity, capture, max_new_tokens, device, dtype = s.granularity, s.capture, s.max_new_tokens, s.device, \
+        s.dtype
+    device_map, batch_size, max_length, padding_side, limit = s.device_map, s.batch_size, s.max_length, \
+        s.padding_side, s.limit
+    seed, trust_remote_code, allow_pickle, select, prefilter = s.seed, s.trust_remote_code, s.allow_pickle, \
+        s.select, s.prefilter
+    min_gain, holdout_fraction, controls, recompute, force = s.min_gain, s.holdout_fraction, s.controls, \
+        s.recompute, s.force
     import torch
 
     t_start = time.perf_counter()
@@ -243,79 +248,63 @@ def analyze(
         generations[role] = [tok.decode(s.ids[s.prompt_len:]) for s in generated]
         return generated
 
-    if run_target:
+    streams = {"target": (target_index, target_pickled), "donor": (donor_index, donor_pickled)}
+
+    def run_model(role: str, ref: str, passes: Sequence["_Pass"]) -> Dict[str, "torch.Tensor"]:
+        """Load one model, run its passes over the workload (the other checkpoint streamed), free it."""
         t0 = time.perf_counter()
-        model = _load(target, load)
-        timing["target_load_s"] = time.perf_counter() - t0
-        prepare(model, "target")
-        seqs = sequences_for(model, "target")
-        if need_local or "activation" in wanted:
-            with TensorStreamer(donor_index, donor_pickled) as donor_files, \
-                    TensorStreamer(target_index, target_pickled) as target_files:
-                result = capture_mod.run_pass(
-                    model, state["candidates"], seqs, stats=["activation"] + (["local"] if need_local else []),
-                    batch_size=batch_size, pad_id=state["pad_id"], padding_side=padding_side,
-                    other=donor_files if need_local else None, own_files=target_files,
-                    desc="target pass", progress=progress,
-                    sources=[("target", target_files)] + ([("donor", donor_files)] if need_local else []))
-            target_stats = result.stats
-            timing.update(target_pass_s=result.seconds, target_tokens=result.tokens,
-                          donor_streamed_bytes=result.streamed_bytes)
-        if need_gain:
-            scored = [s for s in likelihood_view(seqs) if s is not None]
-            if not scored:
-                raise TransplantError("score gain: the workload has no continuation and no text of at least 2 "
-                                      "tokens to score")
-            with TensorStreamer(donor_index, donor_pickled) as donor_files, \
-                    TensorStreamer(target_index, target_pickled) as target_files:
-                result = capture_mod.run_pass(
-                    model, state["candidates"], scored, stats=[], batch_size=batch_size, pad_id=state["pad_id"],
-                    padding_side=padding_side, other=donor_files, own_files=target_files, gain=True,
-                    recompute=recompute,
-                    desc="target pass (gradients)", progress=progress,
-                    sources=[("target", target_files), ("donor", donor_files)])
-            target_stats = {**target_stats, **result.stats}
-            timing.update(gain_pass_s=result.seconds, gain_tokens=result.tokens,
-                          gain_streamed_bytes=result.streamed_bytes)
-        del model
-        _free(device)
-    if run_donor:
-        t0 = time.perf_counter()
-        model = _load(donor, load)
-        timing["donor_load_s"] = time.perf_counter() - t0
-        prepare(model, "donor")
+        model = _load(ref, load)
+        timing[f"{role}_load_s"] = time.perf_counter() - t0
+        prepare(model, role)
         _check_modules(model, state["candidates"])
-        seqs = sequences_for(model, "donor")
-        with TensorStreamer(donor_index, donor_pickled) as donor_files, \
-                TensorStreamer(target_index, target_pickled) as target_files:
-            result = capture_mod.run_pass(
-                model, state["candidates"], seqs, stats=["activation"], batch_size=batch_size,
-                pad_id=state["pad_id"], padding_side=padding_side, own_files=donor_files,
-                other=target_files if need_attr else None,
-                attribution=need_attr, recompute=recompute,
-                desc="donor pass" + (" (gradients)" if need_attr else ""),
-                progress=progress,
-                sources=[("donor", donor_files)] + ([("target", target_files)] if need_attr else []))
-        donor_stats = result.stats
-        timing.update(donor_pass_s=result.seconds, donor_tokens=result.tokens)
-        if need_attr:
-            timing["target_streamed_bytes"] = result.streamed_bytes
+        seqs = sequences_for(model, role)
+        stats: Dict[str, "torch.Tensor"] = {}
+        for p in passes:
+            fed = seqs
+            if p.gain:
+                fed = [s for s in likelihood_view(seqs) if s is not None]
+                if not fed:
+                    raise TransplantError("score gain: the workload has no continuation and no text of at least "
+                                          "2 tokens to score")
+            with TensorStreamer(*streams["donor"]) as donor_files, TensorStreamer(*streams["target"]) as target_files:
+                files = {"target": target_files, "donor": donor_files}
+                other = files[p.other] if p.other else None
+                result = capture_mod.run_pass(
+                    model, state["candidates"], fed, stats=p.stats, batch_size=batch_size, pad_id=state["pad_id"],
+                    padding_side=padding_side, other=other, own_files=files[role], attribution=p.attribution,
+                    gain=p.gain, recompute=recompute, desc=p.desc, progress=progress,
+                    sources=[(role, files[role])] + ([(p.other, other)] if other else []))
+            stats.update(result.stats)
+            seconds_key, tokens_key, streamed_key = p.timing
+            timing.update({seconds_key: result.seconds, tokens_key: result.tokens})
+            if streamed_key:
+                timing[streamed_key] = result.streamed_bytes
         del model
         _free(device)
+        return stats
+
+    # the target runs first (its own statistics, local streaming the donor; gain with gradients), then the donor
+    target_passes: List[_Pass] = []
+    if need_local or "activation" in wanted:
+        target_passes.append(_Pass(["activation"] + (["local"] if need_local else []), "donor" if need_local else None,
+                                   desc="target pass",
+                                   timing=("target_pass_s", "target_tokens", "donor_streamed_bytes")))
+    if need_gain:
+        target_passes.append(_Pass([], "donor", gain=True, desc="target pass (gradients)",
+                                   timing=("gain_pass_s", "gain_tokens", "gain_streamed_bytes")))
+    if run_target:
+        target_stats = run_model("target", target, target_passes)
+    if run_donor:
+        donor_stats = run_model("donor", donor, [_Pass(
+            ["activation"], "target" if need_attr else None, attribution=need_attr,
+            desc="donor pass" + (" (gradients)" if need_attr else ""),
+            timing=("donor_pass_s", "donor_tokens", "target_streamed_bytes" if need_attr else None))])
 
     candidates: List[Candidate] = state["candidates"]
     modules_table = module_scores(candidates, target_stats, donor_stats)
     computed = [s for s in REPORTED if s in modules_table.scores]
-    if granularity == "layer":
-        units_info = layer_units(candidates, target_index)
-        table = layer_scores(modules_table, candidates, units_info)
-        parameters_of = {p: units_info[p]["parameters"] for p in table.units}
-        tensors_of = {p: [p] for p in table.units}
-    else:
-        table = modules_table
-        parameters_of = {c.tensor: c.parameters for c in candidates}
-        tensors_of = {c.tensor: list(c.tensors) for c in candidates}
-        units_info = None
+    units = UNITS[granularity].group(candidates, modules_table, target_index)  # analysis.units: module or layer
+    table, parameters_of, tensors_of, units_info = units.table, units.parameters, units.tensors, units.info
     score_of = dict(zip(table.units, table.scores[score]))
     greedy_result = None
     if select == "greedy":
@@ -341,41 +330,39 @@ def analyze(
     if controls_report and not controls_report["clearly_above"]:
         warnings.append(controls_report["message"])
 
-    settings = {
-        "target": target, "donor": donor, "score": score, "scores_computed": computed,
-        "capture": capture, "granularity": granularity,
-        "workload": workload.describe(),
-        "top_k": top_k, "param_budget": param_budget, "strength": strength, "strength_mode": strength_mode,
-        "modules": list(modules) if modules else None, "include_embeddings": include_embeddings,
-        "max_new_tokens": max_new_tokens if capture == "generate" else None,
-        "device": device, "dtype": dtype, "device_map": device_map, "batch_size": batch_size,
-        "max_length": max_length, "padding_side": padding_side, "limit": limit, "seed": seed,
-        "trust_remote_code": trust_remote_code, "select": select, "controls": controls,
-        "prefilter": prefilter if select == "greedy" else None,
-        "min_gain": min_gain if select == "greedy" else None,
-        "holdout_fraction": holdout_fraction if select == "greedy" else None,
-        "recompute": recompute,
-    }
-    header = _header(command, settings, workload, picked, target_index, granularity, len(chosen))
+    resolved = dataclasses.replace(settings, select=select, top_k=top_k).with_workload(workload.describe())
+    command = command or resolved.to_cli()
+    header = _header(command, resolved, workload, picked, target_index, len(chosen))
     recipe_text = render_recipe(target, chosen, header=header, out_dtype=_out_dtype(target_index, donor_index))
-    from mergekit_transplant.analysis.report import build_report
-
     timing["total_s"] = time.perf_counter() - t_start
     timing["peak_rss_mb"] = _peak_rss_mb()
     timing["plan_peak_mb"] = round(plan.peak_bytes / 2**20, 1)  # with the measured baseline: not deterministic
     report = build_report(
-        settings=settings, target_index=target_index, donor_index=donor_index, candidates=candidates,
+        settings=resolved, workload=workload.describe(), command=command, target_index=target_index, donor_index=donor_index, candidates=candidates,
         modules_table=modules_table, table=table, units_info=units_info, picked=picked, chosen=chosen,
-        computed=computed, top_k=top_k, skipped=state["skipped"], warnings=warnings, timing=timing,
+        computed=computed, skipped=state["skipped"], warnings=warnings, timing=timing,
         generations=generations,
     )
     if greedy_result is not None:
-        report["greedy"] = greedy_result.to_json()
+        report.greedy = greedy_result.to_json()
     if controls_report:
-        report["controls"] = controls_report
-    report["plan"] = plan.to_json()
+        report.controls = controls_report
+    report.plan = plan.to_json()
     return AnalysisResult(report=report, selections=chosen, recipe_text=recipe_text, table=table,
                           warnings=warnings)
+
+
+@dataclass
+class _Pass:
+    """One pass of a loaded model over the workload: the statistics it takes, the checkpoint it streams
+    (``other``: the other role's), whether it runs a backward pass, and the timing keys it reports."""
+
+    stats: List[str]
+    other: Optional[str]
+    attribution: bool = False
+    gain: bool = False
+    desc: str = "pass"
+    timing: tuple = ("pass_s", "tokens", None)
 
 
 def plan_analysis(target: str, donor: str, workload: Union[Workload, str, Path], **settings) -> MemoryPlan:
@@ -532,21 +519,17 @@ def _out_dtype(target: ModelIndex, donor: ModelIndex) -> Optional[str]:
     return MODEL_DTYPE_OF_CODE.get(sorted(t)[0]) if len(t) == 1 else None
 
 
-def _header(command, settings, workload: Workload, picked: Picked, target: ModelIndex, granularity: str,
+def _header(command: str, settings: AnalyzeSettings, workload: Workload, picked: Picked, target: ModelIndex,
             n_tensors: int) -> List[str]:
     from mergekit_transplant._version import __version__
 
-    if command is None:
-        args = ", ".join(f"{k}={v!r}" for k, v in settings.items() if k not in ("workload", "scores_computed")
-                         and v is not None)
-        command = f"mergekit_transplant.analysis.analyze({args})"
     share = 100.0 * picked.parameters / max(target.num_parameters, 1)
-    what = "layers" if granularity == "layer" else "tensors"
+    what = "layers" if settings.granularity == "layer" else "tensors"
     return [
         f"Written by mergekit-transplant {__version__} analyze:",
         f"  {command}",
-        f"score: {settings['score']} (capture {settings['capture']}, granularity {granularity})"
-        + (", selected greedily by measured log-likelihood" if settings.get("select") == "greedy" else ""),
+        f"score: {settings.score} (capture {settings.capture}, granularity {settings.granularity})"
+        + (", selected greedily by measured log-likelihood" if settings.select == "greedy" else ""),
         f"workload: {workload.source}: {workload.n} of {workload.total} samples, sha256 {workload.sha256}",
         f"selected: {len(picked.units)} {what} ({n_tensors} filters), {picked.parameters:,} parameters = "
         f"{share:.3f}% of the target",

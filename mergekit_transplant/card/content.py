@@ -6,10 +6,13 @@ import math
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
 
 from mergekit_transplant._version import __version__
 from mergekit_transplant.card.hub_ids import hub_id_for
+if TYPE_CHECKING:  # pragma: no cover
+    from mergekit_transplant.analysis.report import AnalysisReport
+    from mergekit_transplant.evaluation.results import EvalReport
 from mergekit_transplant.card.markdown import (
     CONTROL_CHARS,
     md_code,
@@ -32,12 +35,22 @@ class CardInputs:
 
     recipe: Any  # recipe.Recipe
     check_report: Any = None  # preflight.CheckReport
-    analysis: Optional[dict] = None  # report.json of `analyze`
-    evaluation: Optional[dict] = None  # results.json of `eval`
+    analysis: Optional["AnalysisReport"] = None  # report.json of `analyze`
+    evaluation: Optional["EvalReport"] = None  # results.json of `eval`
     hub_ids: Dict[str, str] = field(default_factory=dict)
     name: str = "transplant-merge"
     heatmap: Optional[str] = None  # file name inside the output folder
     extra_metadata: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.analysis, dict):  # a report.json's object: read (and checked) as the typed report
+            from mergekit_transplant.analysis.report import AnalysisReport
+
+            self.analysis = AnalysisReport.from_json(self.analysis)
+        if isinstance(self.evaluation, dict):  # a results.json's object, likewise
+            from mergekit_transplant.evaluation.results import EvalReport
+
+            self.evaluation = EvalReport.from_json(self.evaluation)
 
 
 @dataclass
@@ -108,12 +121,10 @@ def _section_chosen(inp: CardInputs) -> str:
             "`mergekit-transplant card OUT --report report.json` adds it."
         )
         return "\n".join(lines)
-    settings = rep.get("settings") if isinstance(rep.get("settings"), dict) else {}
-    score = settings.get("score")
-    if score is not None:
-        extra = f" (capture: {md_code(settings['capture'])})" if settings.get("capture") else ""
-        lines.append(f"- Score: {md_code(score)}{extra}")
-    workload = settings.get("workload") if isinstance(settings.get("workload"), dict) else {}
+    settings = rep.settings
+    score = settings.score
+    lines.append(f"- Score: {md_code(score)} (capture: {md_code(settings.capture)})")
+    workload = rep.workload
     if workload:
         parts = [md_code(workload.get("path", "?"))]
         if workload.get("n") is not None:
@@ -122,17 +133,14 @@ def _section_chosen(inp: CardInputs) -> str:
             parts.append(f"sha256 {md_code(workload['sha256'])}")
         lines.append("- Workload: " + ", ".join(parts))
     for key in ("target", "donor"):
-        if settings.get(key):
-            lines.append(f"- {key.capitalize()} analysed: {md_code(settings[key])}")
-    selection = rep.get("selection") if isinstance(rep.get("selection"), list) else []
-    selected = {str(s.get("tensor")) for s in selection if isinstance(s, dict)}
+        if getattr(settings, key):
+            lines.append(f"- {key.capitalize()} analysed: {md_code(getattr(settings, key))}")
+    selection = rep.selection
+    selected = {str(s.get("tensor")) for s in selection}
     if selection:
         lines.append(f"- Selected: {len(selection)} tensor(s)")
-    ranking = rep.get("ranking") if isinstance(rep.get("ranking"), dict) else {}
-    order = ranking.get(score) if isinstance(ranking.get(score), list) else None
-    candidates = {
-        str(c.get("tensor")): c for c in rep.get("candidates", []) if isinstance(c, dict)
-    } if isinstance(rep.get("candidates"), list) else {}
+    order = rep.ranking.get(score)
+    candidates = {str(c.get("tensor")): c for c in rep.candidates}
     if order is None and candidates and score is not None:
         def key(name):
             v = (candidates[name].get("scores") or {}).get(score)
@@ -159,10 +167,10 @@ def _section_chosen(inp: CardInputs) -> str:
     return "\n".join(lines)
 
 
-def _measured_gains(rep: dict) -> List[str]:
+def _measured_gains(rep: "AnalysisReport") -> List[str]:
     """Greedy's rounds (measured log-likelihood gains) and the random-set comparison, when the report has them."""
     lines: List[str] = []
-    greedy = rep.get("greedy") if isinstance(rep.get("greedy"), dict) else None
+    greedy = rep.greedy if isinstance(rep.greedy, dict) else None
     if greedy and isinstance(greedy.get("rounds"), list):
         held = greedy.get("held_out_samples")
         lines += ["", "Selected greedily: each round transplanted every remaining candidate into the target and "
@@ -179,7 +187,7 @@ def _measured_gains(rep: dict) -> List[str]:
             lines.append(f"| {i} | {md_code(r.get('unit'), in_table=True)} | {md_num(r.get('gain'))} | "
                          f"{md_num(r.get('held_out'))} | {md_code(name, in_table=True) if name else ''} | "
                          f"{md_num(value) if value is not None else ''} |")
-    controls = rep.get("controls") if isinstance(rep.get("controls"), dict) else None
+    controls = rep.controls if isinstance(rep.controls, dict) else None
     if controls and isinstance(controls.get("random"), list):
         values = ", ".join(md_num(c.get("value")) for c in controls["random"] if isinstance(c, dict))
         verdict = "clearly above them" if controls.get("clearly_above") else "**not** clearly above them"
@@ -206,7 +214,7 @@ def _section_eval(inp: CardInputs) -> Optional[str]:
     res = inp.evaluation
     if not res:
         return None
-    tasks = res.get("tasks") if isinstance(res.get("tasks"), dict) else {}
+    tasks = res.tasks
     lines = ["## Evaluation", ""]
     if not tasks:
         lines.append("The results file lists no tasks.")
@@ -231,7 +239,7 @@ def _section_eval(inp: CardInputs) -> Optional[str]:
         "TIR = S_merged / S_target; Recovery = (S_merged − S_target) / (S_donor − S_target): "
         "1 means the merge matches the donor on the task, 0 the target.",
     ]
-    retain = res.get("retain") if isinstance(res.get("retain"), dict) else {}
+    retain = res.retain
     if retain:
         lines += ["", "Skills the target should keep (target vs merged):", "",
                   "| Task | Metric | Target | Merged | Change | Regressed |", "|---|---|---:|---:|---:|:-:|"]
@@ -328,56 +336,43 @@ def _analysis_command(inp: CardInputs) -> Optional[str]:
         text = line.lstrip()
         if text.startswith("#") and text.lstrip("# ").startswith("mergekit-transplant analyze"):
             return one_line(text.lstrip("# "))
-    settings = (inp.analysis or {}).get("settings")
-    if not isinstance(settings, dict):
+    report = inp.analysis
+    if report is None:
         return None
-    command = settings.get("command")
-    if isinstance(command, list) and all(isinstance(c, str) for c in command):
-        return shlex.join(command)
-    if isinstance(command, str):
-        return one_line(command)
+    if report.command:
+        return one_line(report.command)
     recipe = inp.recipe
-    parts = ["mergekit-transplant", "analyze",
-             "--target", _shell_ref(str(settings.get("target") or recipe.target), inp.hub_ids),
-             "--donor", _shell_ref(str(settings.get("donor") or (_donors(recipe) or [""])[0]), inp.hub_ids)]
-    workload = settings.get("workload") if isinstance(settings.get("workload"), dict) else {}
-    if workload.get("path"):
-        flag = "--lm-eval-task" if workload.get("kind") in ("lm-eval", "lm_eval", "lm-eval-task", "task") else "--workload"
-        parts += [flag, str(workload["path"])]
-    for key, flag in (("score", "--score"), ("capture", "--capture"), ("granularity", "--granularity"),
-                      ("top_k", "--top-k"), ("param_budget", "--param-budget"), ("strength", "--strength"),
-                      ("strength_mode", "--strength-mode"), ("limit", "--limit"), ("seed", "--seed")):
-        value = settings.get(key)
-        if value is not None and not isinstance(value, (dict, list)):
-            parts += [flag, str(value)]
-    for glob in settings.get("modules") or []:
-        parts += ["--modules", str(glob)]
-    if settings.get("include_embeddings") is True:
-        parts.append("--include-embeddings")
-    parts += ["-o", "recipe.yml"]
-    return shlex.join(parts)
+    settings = report.settings
+    return report.reproduce(
+        target=_shell_ref(str(settings.target or recipe.target), inp.hub_ids),
+        donor=_shell_ref(str(settings.donor or (_donors(recipe) or [""])[0]), inp.hub_ids),
+        output="recipe.yml", report_out=None, plot=None)
 
 
 def _eval_command(inp: CardInputs) -> Optional[str]:
+    """The eval command: the recorded ``EvalSettings`` through ``cli.options.to_cli`` (machine-specific
+    settings, the device and the cache folder, left out), the models as this card names them."""
+    import dataclasses
+
+    from mergekit_transplant.cli.options import to_cli
+    from mergekit_transplant.errors import TransplantError
+    from mergekit_transplant.evaluation.compare import EvalSettings
+
     res = inp.evaluation
     if not res:
         return None
-    settings = res.get("settings") if isinstance(res.get("settings"), dict) else {}
-    tasks = settings.get("tasks") if isinstance(settings.get("tasks"), list) else sorted(
-        str(t) for t in (res.get("tasks") or {}))
     recipe = inp.recipe
-    parts = ["mergekit-transplant", "eval", "--target", _shell_ref(recipe.target, inp.hub_ids),
-             "--donor", _shell_ref((_donors(recipe) or [""])[0], inp.hub_ids), "--merged", f"./{one_line(inp.name)}",
-             "--tasks", ",".join(str(t) for t in tasks)]
-    if isinstance(settings.get("retain_tasks"), list) and settings["retain_tasks"]:
-        parts += ["--retain-tasks", ",".join(str(t) for t in settings["retain_tasks"])]
-    for key, flag in (("include_path", "--include-path"), ("metric", "--metric"), ("limit", "--limit"),
-                      ("num_fewshot", "--num-fewshot")):
-        value = settings.get(key)
-        if value is not None and not isinstance(value, (dict, list)):
-            parts += [flag, str(value)]
-    parts += ["-o", "results.json"]
-    return shlex.join(parts)
+    models = ["mergekit-transplant", "eval", "--target", _shell_ref(recipe.target, inp.hub_ids),
+              "--donor", _shell_ref((_donors(recipe) or [""])[0], inp.hub_ids), "--merged", f"./{one_line(inp.name)}"]
+    recorded = res.settings
+    names = {f.name for f in dataclasses.fields(EvalSettings)}
+    values = {k: v for k, v in recorded.items() if k in names and k not in ("device", "cache_dir", "use_cache")}
+    values.setdefault("tasks", sorted(str(t) for t in res.tasks))
+    try:
+        settings = EvalSettings(**values)
+    except (TransplantError, TypeError, ValueError):  # hand-edited settings: the tasks alone still reproduce it
+        settings = EvalSettings(tasks=sorted(str(t) for t in res.tasks))
+    return to_cli(settings, models) + " -o results.json"
 
 
 def _section_reproduce(inp: CardInputs) -> str:
@@ -421,7 +416,7 @@ def _eval_results(inp: CardInputs) -> list:
     """One ``EvalResult`` per evaluated task with a merged score, for the card's ``model-index``."""
     from huggingface_hub import EvalResult
 
-    tasks = (inp.evaluation or {}).get("tasks")
+    tasks = inp.evaluation.tasks if inp.evaluation is not None else {}
     out = []
     for task in sorted(tasks or {}, key=str):
         row = tasks[task] if isinstance(tasks[task], dict) else {}

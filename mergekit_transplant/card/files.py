@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Tuple
 
 from mergekit_transplant import atomic
 from mergekit_transplant._version import __version__
@@ -26,6 +26,10 @@ from mergekit_transplant.card.content import (
 )
 from mergekit_transplant.checkpoint import read_json_object
 from mergekit_transplant.errors import TransplantError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mergekit_transplant.analysis.report import AnalysisReport
+    from mergekit_transplant.evaluation.results import EvalReport
 
 CARD_FILE = "README.md"
 SIDECAR = "transplant_card.json"
@@ -59,10 +63,11 @@ def _copy_heatmap(src: Path, out_dir: Path) -> str:
     return HEATMAP_FILE
 
 
-def _referenced_heatmap(report: dict, report_path: Optional[Path]) -> Optional[Path]:
+def _referenced_heatmap(report: "AnalysisReport", report_path: Optional[Path]) -> Optional[Path]:
     """A heatmap that report.json names (``heatmap`` / ``plot``, top level or settings)."""
-    settings = report.get("settings") if isinstance(report.get("settings"), dict) else {}
-    for value in (report.get("heatmap"), report.get("plot"), settings.get("heatmap"), settings.get("plot")):
+    settings = report.settings_extra
+    for value in (report.extra.get("heatmap"), report.extra.get("plot"), settings.get("heatmap"),
+                  settings.get("plot")):
         if isinstance(value, str) and value.lower().endswith(".png"):
             path = Path(value)
             if not path.is_absolute() and report_path is not None:
@@ -89,7 +94,7 @@ def _split_existing(text: str) -> Tuple[dict, str, str]:
     return meta, "", body.strip()
 
 
-def _previous(sidecar: dict, key: str, check) -> Optional[dict]:
+def _previous(sidecar: dict, key: str, check) -> Any:
     """A section kept from the previous card run, or None when it is missing or no longer valid."""
     try:
         return check(sidecar[key], key) if isinstance(sidecar.get(key), dict) else None
@@ -102,8 +107,8 @@ def write_card(
     *,
     recipe=None,
     check_report=None,
-    report: Optional[os.PathLike | str | dict] = None,
-    eval_results: Optional[os.PathLike | str | dict] = None,
+    report: "Optional[os.PathLike | str | dict | AnalysisReport]" = None,
+    eval_results: "Optional[os.PathLike | str | dict | EvalReport]" = None,
     hub_ids: Optional[Mapping[str, str]] = None,
     heatmap: Optional[os.PathLike | str] = None,
     name: Optional[str] = None,
@@ -144,12 +149,12 @@ def write_card(
         report_path = Path(report)
         report = check_analysis_report(read_json_object(report_path, "analysis report"), f"analysis report {report_path}")
     elif report is not None:
-        check_analysis_report(report, "analysis report")
+        report = check_analysis_report(report, "analysis report")
     if isinstance(eval_results, (str, os.PathLike)):
         path = Path(eval_results)
         eval_results = check_eval_results(read_json_object(path, "eval results"), f"eval results {path}")
     elif eval_results is not None:
-        check_eval_results(eval_results, "eval results")
+        eval_results = check_eval_results(eval_results, "eval results")
     if report is None:
         report = _previous(previous, "analysis", check_analysis_report)
     if eval_results is None:
@@ -159,7 +164,7 @@ def write_card(
     mapping.update(hub_ids or {})
 
     heatmap_name = None
-    if heatmap is None and isinstance(report, dict):
+    if heatmap is None and report is not None:
         heatmap = _referenced_heatmap(report, report_path)
     if heatmap is not None:
         heatmap_name = _copy_heatmap(Path(heatmap), out_dir)
@@ -192,7 +197,8 @@ def write_card(
         text = head + "\n---\n\n" + "\n\n".join(p for p in (before, generated.strip(), after) if p) + "\n"
     atomic.write_text(readme, text)
     sidecar = {"created_by": f"mergekit-transplant {__version__}", "hub_ids": mapping,
-               "analysis": report, "evaluation": eval_results}
+               "analysis": report.to_json() if report is not None else None,
+               "evaluation": eval_results.to_json() if eval_results is not None else None}
     atomic.write_text(out_dir / SIDECAR, json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
     result.path = readme
     result.text = text

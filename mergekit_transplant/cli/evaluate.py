@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import click
 
+from mergekit_transplant.cli.options import options_from, settings_from
+from mergekit_transplant.evaluation.compare import EvalSettings
+
 
 class _BatchSize(click.ParamType):
     name = "N|auto"
@@ -71,36 +74,13 @@ def prompt_options(command):
 @click.option("--target", required=True, help="The target (base) model: folder or Hub id[@revision].")
 @click.option("--donor", required=True, help="The donor model: folder or Hub id[@revision].")
 @click.option("--merged", required=True, help="The merged model (mergekit-yaml's output folder).")
-@click.option("--tasks", required=True, help="Comma-separated lm-eval task names (tags expand to their tasks).")
-@click.option("--retain-tasks", default=None, help="Comma-separated tasks the target should not get worse at; "
-              "scored on target and merged model only, reported as merged − target.")
-@click.option("--include-path", type=click.Path(file_okay=False), default=None,
-              help="Folder of local lm-eval task YAMLs.")
-@click.option("--metric", default=None, help="Headline metric (e.g. acc_norm); default: each task's first metric.")
-@click.option("--limit", type=limit_type, default=None, help="Documents per task (below 1: a fraction). For quick checks only.")
-@click.option("--num-fewshot", type=int, default=None, help="Few-shot examples (default: each task's own setting).")
-@click.option("--batch-size", type=batch_size_type, default="8", show_default=True, help="lm-eval batch size, or 'auto'.")
-@click.option("--device", default=None,
-              help="Device for the hf backend (default, or auto: a GPU when torch sees one, else cpu).")
-@click.option("--backend", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True, help="lm-eval model backend.")
-@click.option("--model-args", default=None,
-              help="Extra lm-eval model_args for every model, e.g. 'dtype=bfloat16,parallelize=True' "
-              "or 'tensor_parallel_size=4' (vllm).")
-@click.option("--bootstrap-iters", type=int, default=100000, show_default=True,
-              help="lm-eval bootstrap iterations for stderrs of non-mean metrics (0: none).")
-@click.option("--seed", type=int, default=0, show_default=True, help="lm-eval's random seeds (few-shot sampling).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              help="Result cache folder (default ~/.cache/mergekit-transplant/eval, or $MERGEKIT_TRANSPLANT_EVAL_CACHE).")
-@click.option("--no-cache", is_flag=True, help="Score every model again and do not store results.")
-@click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the Hub.")
-@click.option("--allow-pickle", is_flag=True,
-              help="Accept models whose only weights are pickle files (pytorch_model.bin); transformers loads "
-              "them with torch's weights-only unpickler. Only for sources you trust.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write results.json here.")
+@options_from(EvalSettings, exclude=("prompt",), types={
+    "batch_size": batch_size_type, "limit": limit_type,
+    "include_path": click.Path(file_okay=False), "cache_dir": click.Path(file_okay=False)})
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write results.json here (the command's main artefact).")
 @prompt_options
-def evaluate(target, donor, merged, tasks, retain_tasks, include_path, metric, limit, num_fewshot, batch_size,
-             device, backend, model_args, bootstrap_iters, seed, cache_dir, no_cache, trust_remote_code, allow_pickle,
-             output, prompt):
+def evaluate(target, donor, merged, output, prompt, **values):
     """Score TARGET, DONOR and MERGED on the same lm-eval tasks with the same settings.
 
     \b
@@ -112,14 +92,9 @@ def evaluate(target, donor, merged, tasks, retain_tasks, include_path, metric, l
     fingerprint and task configuration, so re-running re-scores only models
     that changed. Prints a markdown table; --output writes results.json.
     """
-    from mergekit_transplant.evaluation import EvalSettings, evaluate_models
+    from mergekit_transplant.evaluation import evaluate_models
 
-    settings = EvalSettings(
-        tasks=tasks, retain_tasks=retain_tasks, include_path=include_path, limit=limit, num_fewshot=num_fewshot,
-        batch_size=batch_size, device=device, backend=backend, model_args=model_args, metric=metric,
-        cache_dir=cache_dir, use_cache=not no_cache, bootstrap_iters=bootstrap_iters, seed=seed,
-        trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, prompt=prompt,
-    )
+    settings = settings_from(EvalSettings, values, prompt=prompt)
     report = evaluate_models(target, donor, merged, settings, progress=lambda m: click.echo(m, err=True))
     if output:
         report.write(output)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import click
 
-from mergekit_transplant.cli.settings import click_parameters, settings_from
+from mergekit_transplant.cli.options import options_from, settings_from
 
 
 @dataclass
@@ -16,7 +16,7 @@ class ExportSettings:
     recipe: str = field(metadata={"argument": True, "type": click.Path(dir_okay=False),
                                   "help": "The transplant recipe to export."})
     output: str = field(metadata={"flags": ("-o", "--output"), "type": click.Path(dir_okay=False),
-                                  "metavar": "FILE", "help": "Where to write the exported recipe."})
+                                  "metavar": "FILE", "show_default": False, "help": "Where to write the exported recipe."})
     stock: bool = field(default=False, metadata={
         "help": "Export for plain mergekit: the built-in `linear` method with per-tensor weights [1-s, s] and "
                 "normalize: false. Required (the only export format so far)."})
@@ -24,7 +24,7 @@ class ExportSettings:
 
 
 @click.command("export")
-@click_parameters(ExportSettings)
+@options_from(ExportSettings)
 def export(**values):
     """Rewrite RECIPE so that mergekit without this plugin runs the same merge.
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-from dataclasses import MISSING
-
 import click
 from mergekit.options import MergeOptions, add_merge_options
 
 from mergekit_transplant.cli import debug_option
+from mergekit_transplant.cli.options import options_from
+from mergekit_transplant.organ.training.config import OrganTrainSettings
 
 from mergekit_transplant.flows import apply_organ
 from mergekit_transplant.organ import extract_organ, verify_organ
@@ -120,32 +120,9 @@ def apply(merge_options: MergeOptions, organ_dir, out_path, target, at, overwrit
     click.echo(f"wrote {out_path}")
 
 
-def settings_options(f):
-    """Click options generated from ``OrganTrainSettings``: flag, type, default and help from each field."""
-    import typing
-
-    from mergekit_transplant.organ.training.config import OrganTrainSettings, settings_fields
-
-    hints = typing.get_type_hints(OrganTrainSettings)
-    for field, default, meta in reversed(list(settings_fields())):
-        kind = hints[field.name]
-        args = typing.get_args(kind)
-        if args and type(None) in args:
-            kind = next(a for a in args if a is not type(None))
-        flag = meta.get("flag") or "--" + field.name.replace("_", "-")
-        decls = [flag] + ([meta["short"]] if meta.get("short") else []) + [field.name]
-        required = default is MISSING
-        if kind is bool:
-            f = click.option(*decls, is_flag=True, default=default, help=meta["help"])(f)
-        else:
-            f = click.option(*decls, type=kind, required=required, default=None if required else default,
-                             show_default=meta.get("show_default", True) and not required, help=meta["help"])(f)
-    return f
-
-
 @organ.command("train")
 @debug_option
-@settings_options
+@options_from(OrganTrainSettings)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(quiet, **options):
     """Train one block of decoder layers on a domain corpus; write it as an organ.
@@ -158,7 +135,7 @@ def train(quiet, **options):
     after, wall time) and recipe.yml for mergekit-yaml. Runs under
     `accelerate launch` for data-parallel training on several GPUs.
     """
-    from mergekit_transplant.organ.training import OrganTrainSettings, train_organ
+    from mergekit_transplant.organ.training import train_organ
 
     result = train_organ(OrganTrainSettings(**options), progress=not quiet)
     if result.manifest is None:  # not the main process of a data-parallel run

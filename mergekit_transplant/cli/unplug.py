@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import click
 
-from mergekit_transplant.cli.options import options_from, settings_from
+from mergekit_transplant.cli.options import options_from, settings_from, to_cli
 from mergekit_transplant.unplug.config import UnplugSettings, UnplugSweepSettings
-
-
-def _command_line(ctx: click.Context, name: str) -> str:
-    from mergekit_transplant.cli.analyze import _command_line as analyze_line
-
-    return analyze_line(ctx).replace("mergekit-transplant analyze", f"mergekit-transplant {name}", 1)
 
 
 @click.group("unplug", invoke_without_command=True)
@@ -40,7 +34,7 @@ def unplug(ctx: click.Context, quiet: bool, **params) -> None:
     from mergekit_transplant.unplug.pipeline import unplug as run_unplug
 
     settings = settings_from(UnplugSettings, params)
-    result = run_unplug(settings, command=_command_line(ctx, "unplug"), progress=not quiet)
+    result = run_unplug(settings, command=to_cli(settings, ["mergekit-transplant", "unplug"]), progress=not quiet)
     for note in result.notes:
         click.echo(f"warning: {note}", err=True)
     r = result.report

@@ -9,19 +9,17 @@ merged model. Retain tasks are scored on target and merged model only.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from mergekit_transplant import atomic
 from mergekit_transplant.checkpoint import read_index, split_revision
 from mergekit_transplant.errors import TransplantError
 from mergekit_transplant.evaluation import metrics as M
 from mergekit_transplant.evaluation.cache import ResultCache, cache_key
 from mergekit_transplant.evaluation.fingerprint import model_fingerprint
+from mergekit_transplant.evaluation.results import EvalReport
 from mergekit_transplant.evaluation.runner import PromptOptions, TaskScores, extract, run_lm_eval
 from mergekit_transplant.evaluation.tasks import TaskSet, find_tasks, split_names
 
@@ -31,25 +29,45 @@ ROLES = ("target", "donor", "merged")
 
 @dataclass
 class EvalSettings:
-    """Everything that must be identical across the models being compared."""
+    """Everything that must be identical across the models being compared.
 
-    tasks: List[str]
-    retain_tasks: List[str] = field(default_factory=list)
-    include_path: Optional[str] = None
-    limit: Optional[float] = None
-    num_fewshot: Optional[int] = None
-    batch_size: Any = 8
-    device: Optional[str] = None
-    backend: str = "hf"
-    model_args: Optional[str] = None
-    metric: Optional[str] = None
-    cache_dir: Optional[str] = None
-    use_cache: bool = True
-    bootstrap_iters: int = 100000
-    seed: int = 0
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
-    prompt: PromptOptions = field(default_factory=PromptOptions)
+    The ``eval`` command's options are generated from these fields (``cli/options.py``; help text in the
+    metadata); the models and the output file are the command's own options."""
+
+    tasks: List[str] = field(metadata={
+        "parse": split_names, "help": "Comma-separated lm-eval task names (tags expand to their tasks)."})
+    retain_tasks: List[str] = field(default_factory=list, metadata={
+        "parse": split_names, "help": "Comma-separated tasks the target should not get worse at; scored on target "
+                                      "and merged model only, reported as merged − target."})
+    include_path: Optional[str] = field(default=None, metadata={"help": "Folder of local lm-eval task YAMLs."})
+    limit: Optional[float] = field(default=None, metadata={
+        "help": "Documents per task (below 1: a fraction). For quick checks only."})
+    num_fewshot: Optional[int] = field(default=None, metadata={
+        "help": "Few-shot examples (default: each task's own setting)."})
+    batch_size: Any = field(default=8, metadata={"help": "lm-eval batch size, or 'auto'."})
+    device: Optional[str] = field(default=None, metadata={
+        "help": "Device for the hf backend (default, or auto: a GPU when torch sees one, else cpu)."})
+    backend: str = field(default="hf", metadata={"choices": BACKENDS, "help": "lm-eval model backend."})
+    model_args: Optional[str] = field(default=None, metadata={
+        "help": "Extra lm-eval model_args for every model, e.g. 'dtype=bfloat16,parallelize=True' or "
+                "'tensor_parallel_size=4' (vllm)."})
+    metric: Optional[str] = field(default=None, metadata={
+        "help": "Headline metric (e.g. acc_norm); default: each task's first metric."})
+    cache_dir: Optional[str] = field(default=None, metadata={
+        "help": "Result cache folder (default ~/.cache/mergekit-transplant/eval, or "
+                "$MERGEKIT_TRANSPLANT_EVAL_CACHE)."})
+    use_cache: bool = field(default=True, metadata={
+        "flags": ("--cache/--no-cache",), "show_default": False,
+        "help": "Reuse and store results per model fingerprint and task configuration (--no-cache: score every "
+                "model again and store nothing)."})
+    bootstrap_iters: int = field(default=100000, metadata={
+        "help": "lm-eval bootstrap iterations for stderrs of non-mean metrics (0: none)."})
+    seed: int = field(default=0, metadata={"help": "lm-eval's random seeds (few-shot sampling)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
+    allow_pickle: bool = field(default=False, metadata={
+        "help": "Accept models whose only weights are pickle files (pytorch_model.bin); transformers loads them "
+                "with torch's weights-only unpickler. Only for sources you trust."})
+    prompt: PromptOptions = field(default_factory=PromptOptions)  # lm-eval's prompt options (cli: prompt_options)
 
     def __post_init__(self):
         if isinstance(self.prompt, dict):  # from asdict / JSON
@@ -93,17 +111,6 @@ def backend_model_args(ref: str, settings: EvalSettings) -> str:
     return ",".join(args)
 
 
-def json_safe(value: Any) -> Any:
-    """NaN and ±inf become null, so the files are strict JSON that any reader accepts."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
 def default_device() -> str:
     """``--device auto``: a GPU when torch sees one, else cpu (lm-eval's hf backend assumes cuda otherwise)."""
     from mergekit_transplant.checkpoint.environment import resolve_device
@@ -115,21 +122,6 @@ def lm_eval_version() -> str:
     from importlib.metadata import version
 
     return version("lm_eval")
-
-
-@dataclass
-class EvalReport:
-    """``results.json`` as a dict, plus its markdown rendering."""
-
-    data: Dict[str, Any]
-
-    def write(self, path: os.PathLike | str) -> None:
-        atomic.write_text(path, json.dumps(json_safe(self.data), indent=2, allow_nan=False) + "\n")
-
-    def markdown(self) -> str:
-        from mergekit_transplant.evaluation.tables import eval_markdown
-
-        return eval_markdown(self.data)
 
 
 MODEL_OPTIONS = {"target": "--target", "donor": "--donor", "merged": "--merged"}

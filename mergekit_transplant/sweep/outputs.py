@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from mergekit_transplant import atomic
-from mergekit_transplant.evaluation.compare import json_safe
+from mergekit_transplant.evaluation.results import json_safe
 from mergekit_transplant.evaluation.tables import fmt, table
 from mergekit_transplant.recipe import Selection, render_recipe
 from mergekit_transplant.sweep.runner import SweepResult
@@ -46,7 +46,7 @@ def best_recipe(result: SweepResult, header: Sequence[str] = ()) -> str:
     summary = result.summary()
     labels = result.split_labels
     scores = {}
-    for cand in result.ranking.report.get("candidates") or []:
+    for cand in (result.ranking.report.candidates if result.ranking.report is not None else []):
         if isinstance(cand, dict) and isinstance((cand.get("scores") or {}).get(result.ranking.score), (int, float)):
             scores[cand.get("tensor")] = float(cand["scores"][result.ranking.score])
     selections = [

@@ -12,12 +12,11 @@ are the pool.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
+from mergekit_transplant.analysis.report import AnalysisReport
 from mergekit_transplant.errors import TransplantError
 
 
@@ -32,45 +31,42 @@ class Ranking:
     pool: List[str]
     parameters: Dict[str, int] = field(default_factory=dict)
     source: str = ""
-    report: Dict[str, Any] = field(default_factory=dict)
+    report: Optional[AnalysisReport] = None
 
 
 def ranking_from_dict(
-    report: Dict[str, Any],
+    report: Union[AnalysisReport, Dict[str, Any]],
     *,
     score: Optional[str] = None,
     target: Optional[str] = None,
     donor: Optional[str] = None,
     source: str = "report",
 ) -> Ranking:
-    """Validate an analysis report and pick the ranking for ``score`` (default: the report's own)."""
-    if not isinstance(report, dict):
-        raise TransplantError(f"{source}: not an analysis report (expected a JSON object)")
-    settings = report.get("settings") or {}
-    rankings = report.get("ranking")
-    if not isinstance(rankings, dict) or not rankings:
-        raise TransplantError(f"{source}: no 'ranking' section (is this an analyze --report file?)")
-    score = score or settings.get("score") or next(iter(rankings))
+    """Pick the ranking for ``score`` (default: the report's own) from an analysis report.
+
+    ``report`` is an ``AnalysisReport`` (a JSON object is read with ``AnalysisReport.from_json``, which
+    checks its shape and schema)."""
+    report = AnalysisReport.from_json(report, source)
+    rankings = report.ranking
+    score = score or (report.score if report.score in rankings else next(iter(rankings)))
     if score not in rankings:
         raise TransplantError(f"{source}: no ranking for score {score!r} (it has: {', '.join(rankings)})")
     order = [str(u) for u in rankings[score] or []]
     if not order:
         raise TransplantError(f"{source}: the ranking for score {score!r} is empty")
-    candidates = report.get("candidates") or []
     pool: List[str] = []
     parameters: Dict[str, int] = {}
-    for cand in candidates:
-        if isinstance(cand, dict) and cand.get("tensor"):
-            name = str(cand["tensor"])
-            pool.append(name)
-            if isinstance(cand.get("parameters"), int):
-                parameters[name] = cand["parameters"]
+    for cand in report.candidates:
+        name = str(cand["tensor"])
+        pool.append(name)
+        if isinstance(cand.get("parameters"), int):
+            parameters[name] = cand["parameters"]
     if not pool or not set(order) <= set(pool):
         # units are not candidate tensors (e.g. whole layers ranked as prefixes): the ranked
         # units themselves are the pool, so controls draw units of the same kind
         pool = list(order)
-    target = target or settings.get("target")
-    donor = donor or settings.get("donor")
+    target = target or report.settings.target
+    donor = donor or report.settings.donor
     if not target or not donor:
         raise TransplantError(f"{source}: settings.target/settings.donor missing; pass --target and --donor")
     if len(set(order)) != len(order):
@@ -81,13 +77,7 @@ def ranking_from_dict(
 def ranking_from_report(
     path: os.PathLike | str, *, score: Optional[str] = None, target: Optional[str] = None, donor: Optional[str] = None
 ) -> Ranking:
-    path = Path(path)
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TransplantError(f"{path}: report not found") from None
-    except (ValueError, UnicodeDecodeError) as error:
-        raise TransplantError(f"{path}: not valid JSON ({error})") from None
+    report = AnalysisReport.load(path)
     return ranking_from_dict(report, score=score, target=target, donor=donor, source=str(path))
 
 

@@ -13,16 +13,14 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from mergekit_transplant.errors import TransplantError
+from mergekit_transplant.values import floats
 
 SCORES = ("attribution", "activation", "wanda", "random")
 DEFAULT_SWEEP_KEEPS = (0.2, 0.35, 0.5, 0.65)
 
 
 def _floats(text: str) -> List[float]:
-    try:
-        return [float(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise TransplantError(f"{text!r} is not a comma-separated list of numbers") from None
+    return floats(text)
 
 
 def _names(text: str) -> List[str]:

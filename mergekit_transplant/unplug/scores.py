@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Sequence
 
 from mergekit_transplant.analysis.tokens import TokenSequence, batches
+from mergekit_transplant.analysis.units import NeuronUnits
 from mergekit_transplant.errors import TransplantError
 from mergekit_transplant.unplug.config import SCORES
 from mergekit_transplant.unplug.layout import MlpLayout
@@ -56,22 +57,9 @@ class NeuronScores:
         return out
 
 
-def top_indices(values, count: int) -> List[int]:
-    order = sorted(range(len(values)), key=lambda j: (-float(values[j]), j))
-    return sorted(order[:count])
-
-
-def mlp_modules(model, layout: MlpLayout, layers: int):
-    """``(mlp, down_proj)`` of every decoder layer, by the layout's names."""
-    modules = dict(model.named_modules())
-    out = []
-    for i in range(layers):
-        mlp = modules.get(layout.mlp_prefix(i))
-        down = modules.get(f"{layout.mlp_prefix(i)}.{layout.down}")
-        if mlp is None or down is None:
-            raise TransplantError(f"the loaded model has no module {layout.mlp_prefix(i)}.{layout.down}")
-        out.append((mlp, down))
-    return out
+# neurons are a unit kind of the analysis (``analysis.units``): its selection and probe points are used here
+top_indices = NeuronUnits.top
+mlp_modules = NeuronUnits.probe_modules
 
 
 def own_likelihood(seqs: Sequence[TokenSequence]) -> List[TokenSequence]:

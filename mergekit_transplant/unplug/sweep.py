@@ -116,7 +116,7 @@ class UnplugSweepResult:
         return data
 
     def to_json(self) -> str:
-        from mergekit_transplant.evaluation.compare import json_safe
+        from mergekit_transplant.evaluation.results import json_safe
 
         return json.dumps(json_safe(self.to_dict()), indent=2, allow_nan=False) + "\n"
 

@@ -10,7 +10,7 @@ against the model, corpus size against a batch) where the model and corpus are r
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, Optional
 
 from mergekit_transplant.errors import TransplantError
@@ -18,10 +18,12 @@ from mergekit_transplant.errors import TransplantError
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
-def _opt(help: str, *, flag: Optional[str] = None, short: Optional[str] = None, record: bool = True,
+def _opt(help: str, *, flags: Optional[tuple] = None, record: bool = True,
          show_default: bool = True) -> Dict[str, Any]:
-    """Field metadata: the option's help, its flag (default ``--field-name``), whether organ.json records it."""
-    return {"help": help, "flag": flag, "short": short, "record": record, "show_default": show_default}
+    """Field metadata (``cli/options.py``): the option's help, its flags (default ``--field-name``), whether
+    organ.json records it."""
+    meta = {"help": help, "record": record, "show_default": show_default}
+    return {**meta, "flags": flags} if flags else meta
 
 
 @dataclass
@@ -33,7 +35,7 @@ class OrganTrainSettings:
     corpus: str = field(metadata=_opt(
         "Domain corpus: .jsonl with a \"text\" field per line, .txt (one document per line), or "
         "lm-eval:TASK (that task's documents; with --include-path).", record=False))
-    output: str = field(metadata=_opt("Organ folder to write (appears whole or not at all).", short="-o",
+    output: str = field(metadata=_opt("Organ folder to write (appears whole or not at all).", flags=("--output", "-o"),
                                       record=False))
     layers: str = field(default="auto", metadata=_opt(
         "Decoder layers to train: S-E (inclusive, 0-based) or auto: 3 layers starting at floor(L/3), "
@@ -113,8 +115,3 @@ class OrganTrainSettings:
         key.update(model=self.model, corpus=self.corpus)
         return key
 
-
-def settings_fields():
-    """(field, default or MISSING, metadata) for each setting, in declaration order: the CLI's source."""
-    for f in fields(OrganTrainSettings):
-        yield f, (f.default if f.default is not MISSING else MISSING), f.metadata
