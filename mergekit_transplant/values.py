@@ -1,7 +1,7 @@
 """Comma-separated option values (``--k 4,8``, ``--keep 0.2,0.35``) parsed for settings dataclasses.
 
 A settings field that takes a list names one of these as its ``metadata["parse"]``
-(``cli/options.py``), so the CLI and the Python API read lists the same way and a
+(``options.py``), so the CLI and the Python API read lists the same way and a
 malformed value is one ``TransplantError`` line naming the option.
 """
 

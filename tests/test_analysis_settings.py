@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from mergekit_transplant.analysis import SCORES, AnalysisReport, AnalyzeSettings
 from mergekit_transplant.analysis.report import SCHEMA_VERSION
 from mergekit_transplant.cli import main
-from mergekit_transplant.cli.options import cli_fields, default_of, flags_of, settings_from
+from mergekit_transplant.options import cli_fields, default_of, flags_of, settings_from
 from mergekit_transplant.errors import TransplantError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "analysis_report_schema1.json"

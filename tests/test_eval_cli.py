@@ -195,7 +195,7 @@ def test_eval_options_are_generated_from_its_settings_dataclass():
     """Every EvalSettings field but the prompt options is an option with the field's help; -o is results.json."""
     import dataclasses
 
-    from mergekit_transplant.cli.options import cli_fields, flags_of
+    from mergekit_transplant.options import cli_fields, flags_of
     from mergekit_transplant.evaluation.compare import EvalSettings
 
     cmd = main.get_command(None, "eval")
@@ -209,7 +209,7 @@ def test_eval_options_are_generated_from_its_settings_dataclass():
     assert params["output"].opts == ["-o", "--output"]
     ctx = cmd.make_context("eval", ["--target", "t", "--donor", "d", "--merged", "m", "--tasks", "a,b", "--no-cache",
                                     "--batch-size", "auto", "--limit", "0.5"])
-    from mergekit_transplant.cli.options import settings_from
+    from mergekit_transplant.options import settings_from
 
     settings = settings_from(EvalSettings, {k: v for k, v in ctx.params.items()
                                             if k not in ("target", "donor", "merged", "output")})

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mergekit_transplant.cli.options import default_of, flags_of
+from mergekit_transplant.options import default_of, flags_of
 from mergekit_transplant.testing import make_model, write_task
 from mergekit_transplant.unplug.config import UnplugSettings, UnplugSweepSettings
 from tests.test_reliability import assert_clean_error, invoke, leftovers

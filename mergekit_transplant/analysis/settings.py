@@ -1,7 +1,7 @@
 """``AnalyzeSettings``: every setting of ``analyze`` in one dataclass, help text in the field metadata.
 
 The click options of ``mergekit-transplant analyze`` are generated from these
-fields (``cli/options.py``); ``analyze()`` takes the same object (or the same
+fields (``options.py``); ``analyze()`` takes the same object (or the same
 names as keyword arguments), the report records it, and ``to_cli()`` turns it
 back into the command line that reproduces the run (recipe header, model
 card). The score names come from ``analysis.scores.SCORES`` and the selection
@@ -202,7 +202,7 @@ class AnalyzeSettings:
 
     def to_cli(self, **replace: Any) -> str:
         """The command line that reproduces this run (``replace`` overrides fields first, e.g. Hub ids)."""
-        from mergekit_transplant.cli.options import to_cli
+        from mergekit_transplant.options import to_cli
 
         settings = dataclasses.replace(self, **replace) if replace else self
         return to_cli(settings, ["mergekit-transplant", "analyze"], exclude=("quiet", "rows", "plan_only"))

@@ -350,11 +350,11 @@ def _analysis_command(inp: CardInputs) -> Optional[str]:
 
 
 def _eval_command(inp: CardInputs) -> Optional[str]:
-    """The eval command: the recorded ``EvalSettings`` through ``cli.options.to_cli`` (machine-specific
+    """The eval command: the recorded ``EvalSettings`` through ``options.to_cli`` (machine-specific
     settings, the device and the cache folder, left out), the models as this card names them."""
     import dataclasses
 
-    from mergekit_transplant.cli.options import to_cli
+    from mergekit_transplant.options import to_cli
     from mergekit_transplant.errors import TransplantError
     from mergekit_transplant.evaluation.compare import EvalSettings
 

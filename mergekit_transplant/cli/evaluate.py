@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from mergekit_transplant.cli.options import options_from, settings_from
+from mergekit_transplant.options import options_from, settings_from
 from mergekit_transplant.evaluation.compare import EvalSettings
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import click
 
-from mergekit_transplant.cli.options import options_from, settings_from
+from mergekit_transplant.options import options_from, settings_from
 
 
 @dataclass

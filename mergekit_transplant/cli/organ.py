@@ -7,7 +7,7 @@ import click
 from mergekit.options import MergeOptions, add_merge_options
 
 from mergekit_transplant.cli import debug_option
-from mergekit_transplant.cli.options import options_from
+from mergekit_transplant.options import options_from
 from mergekit_transplant.organ.training.config import OrganTrainSettings
 
 from mergekit_transplant.flows import apply_organ

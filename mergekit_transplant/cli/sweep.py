@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from mergekit_transplant.cli.evaluate import batch_size_type, limit_type, prompt_options
-from mergekit_transplant.cli.options import options_from, settings_from
+from mergekit_transplant.options import options_from, settings_from
 from mergekit_transplant.errors import TransplantError
 from mergekit_transplant.sweep.runner import SweepSettings
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mergekit_transplant.cli.options import options_from, settings_from, to_cli
+from mergekit_transplant.options import options_from, settings_from, to_cli
 from mergekit_transplant.unplug.config import UnplugSettings, UnplugSweepSettings
 
 

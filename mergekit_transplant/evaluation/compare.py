@@ -31,7 +31,7 @@ ROLES = ("target", "donor", "merged")
 class EvalSettings:
     """Everything that must be identical across the models being compared.
 
-    The ``eval`` command's options are generated from these fields (``cli/options.py``; help text in the
+    The ``eval`` command's options are generated from these fields (``options.py``; help text in the
     metadata); the models and the output file are the command's own options."""
 
     tasks: List[str] = field(metadata={

@@ -52,7 +52,7 @@ class SweepSettings:
     """How the sweep runs: the points, the controls, and how lm-eval scores them.
 
     The ``sweep`` command's options are generated from these fields (help text in the metadata,
-    ``cli/options.py``); where the ranking comes from, the tasks and the output files are the command's
+    ``options.py``); where the ranking comes from, the tasks and the output files are the command's
     own options (``--tasks`` fills both splits)."""
 
     ks: List[int] = field(default_factory=lambda: [4, 8, 16, 32], metadata={

@@ -1,6 +1,6 @@
 """Settings of ``unplug`` and ``unplug sweep``: one dataclass each, help text in the field metadata.
 
-The CLI options are generated from these fields (``cli/options.py``), so the
+The CLI options are generated from these fields (``options.py``), so the
 Python API, ``--help`` and the defaults are the same thing. Values are checked
 here, before any model is read, so a bad setting fails the same way from
 Python and from the command line.

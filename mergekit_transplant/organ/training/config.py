@@ -20,7 +20,7 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 
 def _opt(help: str, *, flags: Optional[tuple] = None, record: bool = True,
          show_default: bool = True) -> Dict[str, Any]:
-    """Field metadata (``cli/options.py``): the option's help, its flags (default ``--field-name``), whether
+    """Field metadata (``options.py``): the option's help, its flags (default ``--field-name``), whether
     organ.json records it."""
     meta = {"help": help, "record": record, "show_default": show_default}
     return {**meta, "flags": flags} if flags else meta
