@@ -271,6 +271,26 @@ def test_greedy_holds_out_part_of_the_workload_and_reports_it(planted, tmp_path)
     assert again.report["greedy"]["rounds"] == g["rounds"]  # seeded: the same split, the same rounds
 
 
+def test_greedy_batches_the_workload_once_and_reuses_it_for_every_evaluation(planted, monkeypatch):
+    """Cost: K x N passes over batches built once (selection part, held-out part), never rebuilt."""
+    import mergekit_transplant.analysis.greedy as greedy_mod
+
+    built = []
+    real = greedy_mod.batches
+
+    def counting(seqs, *args, **kwargs):
+        built.append(len(seqs))
+        return real(seqs, *args, **kwargs)
+
+    monkeypatch.setattr(greedy_mod, "batches", counting)
+    target, donor, work = planted
+    result = analyze(str(target), str(donor), load_workload(work), score="local", select="greedy", top_k=2,
+                     batch_size=4, progress=False)
+    greedy = result.report["greedy"]
+    assert greedy["evaluations"] == 9  # 5 candidates, then the 4 left
+    assert built == [greedy["samples"], greedy["held_out_samples"]] == [12, 4]
+
+
 def test_top_selection_warns_when_it_is_not_clearly_above_random_sets(noisy):
     target, donor, work = noisy
     result = analyze(str(target), str(donor), load_workload(work), score="local", top_k=1, controls=40,
