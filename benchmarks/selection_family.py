@@ -69,11 +69,14 @@ def without(skill: str) -> Dict[str, float]:
 #: Depths and types differ per architecture and skill: llama/shift only in layers 2-3 (the output
 #: projections o_proj and down_proj, which write into the residual stream); llama/inc and qwen2/shift
 #: spanning layer 0 and layer 3; qwen2/inc in layers 0-1. Measured (exact match on the skill's test split)
-#: before this choice, sets that did NOT learn: llama/inc in layers 2-3 (o2, up2, down3, v3; 600 steps at
-#: 1e-2: 0.020) and in layers 1+3 (o1, up1, down3, v3: 0.007); qwen2/shift in layers 2-3 (down2, gate2, up3,
-#: o3: 0.007; o2, down2, o3, down3 at 1200 steps, 2e-2: 0.027) and in layers 1+3 (down1, gate1, up3, o3:
-#: 0.007); qwen2/inc in layers 2-3 (up2, down2, gate3, down3; 1200 steps at 2e-2: 0.013). Layer-2-3-only
-#: training learned only llama/shift, and only with more steps at a higher rate (1200 steps at 2e-2: 0.48).
+#: before this choice, sets that did NOT learn:
+#: - llama/inc, layers 2-3 (o2, up2, down3, v3; 600 steps at 1e-2): 0.020; layers 1+3 (o1, up1, down3, v3): 0.007;
+#: - qwen2/shift, layers 2-3: down2, gate2, up3, o3 (600 at 1e-2): 0.007; o2, down2, o3, down3 (1200 at 2e-2):
+#:   0.027; v2, o2, v3, o3 (1200 at 2e-2): 0.000 after 900 steps (stopped there); layers 1+3 (down1, gate1, up3,
+#:   o3; 600 at 1e-2): 0.007;
+#: - qwen2/inc, layers 2-3 (up2, down2, gate3, down3; 1200 at 2e-2): 0.013.
+#: Layer-2-3-only training learned only llama/shift, and only with more steps at a higher rate (1200 steps at
+#: 2e-2: 0.48; 2000: 0.573). Every set with a layer-0 module learned.
 LOCAL = {
     ("llama", "shift"): (["model.layers.2.self_attn.o_proj", "model.layers.2.mlp.down_proj",
                           "model.layers.3.self_attn.o_proj", "model.layers.3.mlp.down_proj"], 2000, 2e-2),

@@ -266,7 +266,7 @@ def test_greedy_holds_out_part_of_the_workload_and_reports_it(planted, tmp_path)
 
     text = _section_chosen(CardInputs(recipe=None, analysis=data))
     assert "Measured gain" in text and f"{g['rounds'][0]['gain']:.4g}" in text
-    again = analyze(str(target), str(donor), load_workload(work), top_k=2, progress=False)  # the default: greedy
+    again = analyze(str(target), str(donor), load_workload(work), top_k=2, select="greedy", progress=False)
     assert again.report["settings"]["select"] == "greedy"
     assert again.report["greedy"]["rounds"] == g["rounds"]  # seeded: the same split, the same rounds
 
@@ -360,6 +360,6 @@ def test_select_options_are_generated_from_the_settings_dataclass():
     for f in dataclasses.fields(SelectConfig):
         assert f.name in params, f.name
         assert params[f.name].default == f.default and params[f.name].help == f.metadata["help"]
-    assert SelectConfig().select is None  # resolved by analyze(): greedy for modules, top for layers
+    assert SelectConfig().select is None  # resolved by analyze(): DEFAULT_SELECT for modules, top for layers
     with pytest.raises(TransplantError, match="--min-gain must be a finite number"):
         SelectConfig(min_gain=math.nan).validate()

@@ -48,7 +48,7 @@ from mergekit_transplant.recipe import Selection, render_recipe
 
 CAPTURE_MODES = ("teacher-forced", "generate")
 GRANULARITIES = ("module", "layer")
-DEFAULT_SCORE = "attribution"  # docs/analysis.md: the best --select top score in the held-out protocol
+DEFAULT_SCORE = "local"  # docs/analysis.md: the winner of the held-out protocol (benchmarks/selection.py)
 DEFAULT_TOP_K = 4
 
 
@@ -115,9 +115,9 @@ def analyze(
     tensors, and the recipe text that ``mergekit-yaml`` runs. Selection is
     ``top_k`` and/or ``param_budget`` (a fraction of the target's
     parameters); with neither, the best ``DEFAULT_TOP_K`` units.
-    ``select="greedy"`` (the default, except with ``granularity="layer"``
-    or proportional strengths, where it is ``"top"``) measures instead of
-    ranking (``analysis.greedy``;
+    ``select`` defaults to ``DEFAULT_SELECT`` (``"top"``; always ``"top"``
+    with ``granularity="layer"`` or proportional strengths);
+    ``select="greedy"`` measures instead of ranking (``analysis.greedy``;
     ``prefilter``, ``min_gain``, ``holdout_fraction``); ``controls`` random
     unit sets of the selection's size are compared with it.
 
@@ -136,7 +136,7 @@ def analyze(
         modules = [modules]
     _validate(score, also, capture, granularity, padding_side, batch_size, max_length, max_new_tokens)
     validate(top_k=top_k, param_budget=param_budget, strength=strength, strength_mode=strength_mode)
-    if select is None:  # greedy selects modules, with constant strength
+    if select is None:  # greedy selects modules, with constant strength: top otherwise
         select = "top" if granularity == "layer" or strength_mode != "constant" else DEFAULT_SELECT
     choosing = SelectConfig(select=select, prefilter=prefilter, min_gain=min_gain,
                             holdout_fraction=holdout_fraction, controls=controls)

@@ -30,7 +30,7 @@ def _floats(ctx, param, value):
 @click.option("--workload", default=None, help="Run the analysis on this workload first (instead of --report).")
 @click.option("--score", default=None,
               help="Which ranking to sweep (default: the report's own score; with --workload, analyze's default, "
-                   "attribution).")
+                   "local).")
 @click.option("--k", "ks", default="4,8,16,32", show_default=True, callback=_ints,
               help="Comma-separated numbers of modules to transplant.")
 @click.option("--strength", "strengths", default="1.0", show_default=True, callback=_floats,
