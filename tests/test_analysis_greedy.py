@@ -318,7 +318,8 @@ def test_greedy_warns_when_its_selection_is_not_clearly_above_random_sets(noisy,
     warned = [w for w in result.warnings if "not clearly above 6 random 1-module sets" in w]
     assert len(warned) == 1 and "may not carry the donor's advantage" in warned[0]
     cli = CliRunner().invoke(main, ["analyze", "--target", str(target), "--donor", str(donor), "--workload",
-                                    str(work), "--score", "local", "--top-k", "1", "--min-gain", "-1e9",
+                                    str(work), "--select", "greedy", "--score", "local", "--top-k", "1",
+                                    "--min-gain", "-1e9",
                                     "--holdout-fraction", "0", "--controls", "6", "-o", str(tmp_path / "r.yml"),
                                     "--quiet"])
     assert cli.exit_code == 0, cli.output
