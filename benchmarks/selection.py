@@ -21,8 +21,9 @@ over K), and a *report* half, on which the goal is judged:
     the default's mean Recovery at K = 4 and at K = 8 is at least 1.5x the
     random controls' mean, and it is never below the target on any pair.
 
-Each pair's measurements are cached (``build/selection/pairs/NAME.json``);
-``--fresh`` measures again.
+Each pair's measurements are cached (``build/selection/pairs/NAME.json``, with
+the recipes of its two models: a pair whose model was retrained is measured
+again); ``--fresh`` measures again.
 """
 
 from __future__ import annotations
@@ -125,15 +126,16 @@ def measure(pair: family.FamilyPair, picked: dict) -> dict:
 
 def run_pair(pair: family.FamilyPair, fresh: bool) -> dict:
     cache = OUT / "pairs" / f"{pair.name}.json"
+    trained = {name: json.loads(json.dumps(family.recipes(pair.arch)[name])) for name in (pair.target, pair.donor)}
     if cache.exists() and not fresh:
         data = json.loads(cache.read_text())
-        if data.get("version") == VERSION:
+        if data.get("version") == VERSION and data.get("recipes") == trained:
             return data
     workload = OUT / f"workload-{pair.skill}.jsonl"
     workload.write_text("".join(json.dumps(r) + "\n" for r in family.workload_rows(pair.skill)))
     t0 = time.perf_counter()
     picked = selections(pair, workload)
-    data = {"version": VERSION, "pair": pair.__dict__, "half": family.half(pair), **measure(pair, picked),
+    data = {"version": VERSION, "recipes": trained, "pair": pair.__dict__, "half": family.half(pair), **measure(pair, picked),
             "units": picked["units"], "analysis_seconds": picked["seconds"], "greedy": picked["greedy"],
             "seconds": time.perf_counter() - t0}
     cache.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ SELECT = "demo_skill_select"  # the selection split: analysis workload, sweep se
 TEST = "demo_skill_test"  # held out: eval and the sweep's reported figure
 RETAIN = ("demo_retain_copy", "demo_retain_max", "demo_retain_color")
 #: the default score first: it writes the recipes and runs the sweeps with random controls
-SCORES = ("attribution", "local", "activation")
+SCORES = ("local", "attribution", "activation")
 DEFAULT_SCORE = SCORES[0]
 
 

@@ -15,7 +15,7 @@ import yaml
 
 import torch  # noqa: E402 - a hard dependency: a missing torch must fail, not skip
 
-from mergekit_transplant.analysis import analyze, load_workload, write_outputs  # noqa: E402
+from mergekit_transplant.analysis import DEFAULT_SCORE, analyze, load_workload, write_outputs  # noqa: E402
 from mergekit_transplant.analysis.report import dumps  # noqa: E402
 from mergekit_transplant.checkpoint import read_index  # noqa: E402
 from mergekit_transplant.errors import TransplantError  # noqa: E402
@@ -149,7 +149,7 @@ def test_recipe_lists_exactly_the_changed_tensors_and_check_accepts_it(pair, tmp
     assert {r.strength for r in report.rows} == {1.0}
     header = [line for line in path.read_text().splitlines() if line.startswith("#")]
     assert any(load_workload(pair[2]).sha256 in line for line in header)
-    assert any("score: attribution" in line for line in header)  # the default
+    assert any(f"score: {DEFAULT_SCORE}" in line for line in header)  # the default
 
 
 def test_local_scores_untouched_modules_exactly_zero_and_never_selects_them(pair):
@@ -282,7 +282,7 @@ def test_embeddings_only_when_asked(tmp_path):
     names = {c["module"] for c in plain.report["candidates"]}
     assert "model.embed_tokens" not in names and "lm_head" not in names
     wide = analyze(str(target), str(donor), load_workload(work), top_k=1, include_embeddings=True,
-                   also=["local"], select="top", progress=False)
+                   score="attribution", also=["local"], select="top", progress=False)
     assert wide.ranking()[0] == "model.embed_tokens.weight"
     assert "lm_head.weight" in wide.ranking()
     assert wide.report["candidates"][0]["scores"]["local"] > 0
@@ -317,8 +317,8 @@ def test_overlong_samples_are_truncated_with_a_warning(pair):
 
 def test_device_map_auto_gives_the_same_scores(pair):
     import accelerate  # noqa: F401 - in the test extra: missing means broken, not skipped
-    plain = _run(pair, top_k=2, also=["local"])
-    mapped = _run(pair, top_k=2, also=["local"], device_map="auto")
+    plain = _run(pair, top_k=2, score="attribution", also=["local"])
+    mapped = _run(pair, top_k=2, score="attribution", also=["local"], device_map="auto")
     for score in ("attribution", "local", "activation"):
         a = {c["tensor"]: c["scores"][score] for c in plain.report["candidates"]}
         b = {c["tensor"]: c["scores"][score] for c in mapped.report["candidates"]}

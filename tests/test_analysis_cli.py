@@ -46,8 +46,10 @@ def test_cli_writes_recipe_report_heatmap_and_prints_the_table(setup, tmp_path):
     text = out.read_text()
     assert f"--workload {work}" in text and "--top-k 2" in text  # the command line that produced it
     data = json.loads(report.read_text())
-    assert data["settings"]["score"] == "attribution" and data["settings"]["workload"]["n"] == 3  # the default
-    assert sorted(data["ranking"]["attribution"][:2]) == sorted(KNOWN)
+    from mergekit_transplant.analysis import DEFAULT_SCORE
+
+    assert data["settings"]["score"] == DEFAULT_SCORE and data["settings"]["workload"]["n"] == 3  # the default
+    assert sorted(data["ranking"][DEFAULT_SCORE][:2]) == sorted(KNOWN)
     import matplotlib.image
 
     image = matplotlib.image.imread(str(plot))
@@ -108,3 +110,5 @@ def test_cli_offers_every_score_and_the_api_default():
     described = text[text.index("Scores:"):text.index("Options:")]
     defaults = [name for name in SCORES if f"{name} (default" in described]
     assert defaults == [DEFAULT_SCORE], described  # the prose names the same default as the option
+    sweep = " ".join(CliRunner().invoke(main, ["sweep", "--help"]).output.split())
+    assert f"with --workload, analyze's default, {DEFAULT_SCORE})" in sweep  # sweep's help names it too

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import shutil
 
 import pytest
@@ -214,6 +215,7 @@ def test_greedy_finds_a_pair_that_helps_only_together_where_first_order_scores_m
     assert greedy["stopped"] == "top_k"
     assert sorted(s.tensor for s in result.selections) == sorted([DOWN, UP])
     assert result.report["controls"]["kind"] == "measured" and result.report["controls"]["clearly_above"]
+    assert not any("not clearly above" in w for w in result.warnings)
     assert GreedyResult.from_json(greedy).to_json() == greedy
 
 
@@ -251,7 +253,9 @@ def test_greedy_holds_out_part_of_the_workload_and_reports_it(planted, tmp_path)
                                     str(work), "--select", "greedy", "--top-k", "2", "-o", str(out),
                                     "--report", str(rep)])
     assert cli.exit_code == 0, cli.output
-    assert "greedy: up to 2 rounds x" in cli.output  # the estimate, up front
+    assert "greedy: up to 2 rounds x 5 candidates on 12 samples" in cli.output  # the estimate, up front
+    # the bar counts every evaluation of both rounds: 5 candidates, then the 4 left
+    assert re.search(r"greedy( round \d)?: +\d+%\|.*\| \d/9 ", cli.output), cli.output
     data = json.loads(rep.read_text())
     g = data["greedy"]
     assert (g["samples"], g["held_out_samples"]) == (12, 4)  # --holdout-fraction 0.25 of 16
@@ -262,9 +266,29 @@ def test_greedy_holds_out_part_of_the_workload_and_reports_it(planted, tmp_path)
 
     text = _section_chosen(CardInputs(recipe=None, analysis=data))
     assert "Measured gain" in text and f"{g['rounds'][0]['gain']:.4g}" in text
-    again = analyze(str(target), str(donor), load_workload(work), top_k=2, progress=False)  # the default: greedy
+    again = analyze(str(target), str(donor), load_workload(work), top_k=2, select="greedy", progress=False)
     assert again.report["settings"]["select"] == "greedy"
     assert again.report["greedy"]["rounds"] == g["rounds"]  # seeded: the same split, the same rounds
+
+
+def test_greedy_batches_the_workload_once_and_reuses_it_for_every_evaluation(planted, monkeypatch):
+    """Cost: K x N passes over batches built once (selection part, held-out part), never rebuilt."""
+    import mergekit_transplant.analysis.greedy as greedy_mod
+
+    built = []
+    real = greedy_mod.batches
+
+    def counting(seqs, *args, **kwargs):
+        built.append(len(seqs))
+        return real(seqs, *args, **kwargs)
+
+    monkeypatch.setattr(greedy_mod, "batches", counting)
+    target, donor, work = planted
+    result = analyze(str(target), str(donor), load_workload(work), score="local", select="greedy", top_k=2,
+                     batch_size=4, progress=False)
+    greedy = result.report["greedy"]
+    assert greedy["evaluations"] == 9  # 5 candidates, then the 4 left
+    assert built == [greedy["samples"], greedy["held_out_samples"]] == [12, 4]
 
 
 def test_top_selection_warns_when_it_is_not_clearly_above_random_sets(noisy):
@@ -275,6 +299,31 @@ def test_top_selection_warns_when_it_is_not_clearly_above_random_sets(noisy):
     assert controls["kind"] == "predicted" and len(controls["random"]) == 40
     # 40 random single modules from 14: some are the changed ones, most score 0
     assert controls["clearly_above"] == (controls["selected"] > max(c["value"] for c in controls["random"]))
+    warned = [w for w in result.warnings if "not clearly above that of 40 random 1-unit sets" in w]
+    assert len(warned) == (0 if controls["clearly_above"] else 1)
+
+
+def test_greedy_warns_when_its_selection_is_not_clearly_above_random_sets(noisy, tmp_path):
+    """Forced to take a module that hurts (a very low --min-gain), greedy's measured gain is below random
+    sets that mostly change nothing: the report and a warning say so, and the CLI prints it."""
+    target, _donor, work = noisy
+    donor = perturbed_copy(target, tmp_path / "donor", CHANGED, scale=0.3, seed=4)  # every change hurts
+    result = analyze(str(target), str(donor), load_workload(work), score="local", select="greedy", top_k=1,
+                     min_gain=-1e9, holdout_fraction=0.0, controls=6, progress=False)
+    controls = result.report["controls"]
+    assert controls["kind"] == "measured" and len(controls["random"]) == 6
+    assert controls["selected"] == pytest.approx(result.report["greedy"]["rounds"][0]["total"])
+    assert controls["selected"] < 0 <= max(c["value"] for c in controls["random"])
+    assert not controls["clearly_above"]
+    warned = [w for w in result.warnings if "not clearly above 6 random 1-module sets" in w]
+    assert len(warned) == 1 and "may not carry the donor's advantage" in warned[0]
+    cli = CliRunner().invoke(main, ["analyze", "--target", str(target), "--donor", str(donor), "--workload",
+                                    str(work), "--select", "greedy", "--score", "local", "--top-k", "1",
+                                    "--min-gain", "-1e9",
+                                    "--holdout-fraction", "0", "--controls", "6", "-o", str(tmp_path / "r.yml"),
+                                    "--quiet"])
+    assert cli.exit_code == 0, cli.output
+    assert "warning: the 1 greedily selected modules raise" in cli.output
 
 
 # ---------------------------------------------------------------------------------------- bad input
@@ -312,6 +361,6 @@ def test_select_options_are_generated_from_the_settings_dataclass():
     for f in dataclasses.fields(SelectConfig):
         assert f.name in params, f.name
         assert params[f.name].default == f.default and params[f.name].help == f.metadata["help"]
-    assert SelectConfig().select is None  # resolved by analyze(): greedy for modules, top for layers
+    assert SelectConfig().select is None  # resolved by analyze(): DEFAULT_SELECT for modules, top for layers
     with pytest.raises(TransplantError, match="--min-gain must be a finite number"):
         SelectConfig(min_gain=math.nan).validate()

@@ -225,7 +225,9 @@ def test_analyze_api_returns_the_plan_with_plan_only(small):
     seen = []
     plan = analyze(str(target), str(donor), load_workload(work), plan_only=True, on_plan=seen.append,
                    progress=False)
-    assert seen == [plan] and plan.score == "attribution" and plan.fits() in (True, None)
+    from mergekit_transplant.analysis import DEFAULT_SCORE
+
+    assert seen == [plan] and plan.score == DEFAULT_SCORE and plan.fits() in (True, None)
 
 
 def test_help_names_the_plan_options():

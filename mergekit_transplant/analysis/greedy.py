@@ -39,10 +39,9 @@ class SelectConfig:
     """How ``analyze`` turns scores into a selection; the CLI options are generated from these fields."""
 
     select: Optional[str] = field(default=None, metadata={
-        "help": "greedy (the default, chosen by benchmarks/selection.py): measure each candidate's change of "
-                "the workload's log-likelihood in the live target, keep the best, repeat (about K x N forward "
-                "passes); top: the K best units by --score (the default with --granularity layer or "
-                "--strength-mode proportional).",
+        "help": "top (the default, chosen by benchmarks/selection.py): the K best units by --score; greedy: "
+                "measure each candidate's change of the workload's log-likelihood in the live target, keep the "
+                "best, repeat (about K x N forward passes).",
         "choices": ("top", "greedy")})
     prefilter: Optional[int] = field(default=None, metadata={
         "help": "greedy: only the N best candidates by --score (default: all when there are at most 64, "
@@ -70,7 +69,7 @@ class SelectConfig:
             raise TransplantError(f"--controls must be 0 or more, got {self.controls}")
 
 
-DEFAULT_SELECT = "greedy"  # docs/analysis.md: the winner of the held-out protocol (benchmarks/selection.py)
+DEFAULT_SELECT = "top"  # docs/analysis.md: the winner of the held-out protocol (benchmarks/selection.py)
 DEFAULT_PREFILTER_ALL = 64  # greedy takes every candidate up to this many, else this many by the score
 
 

@@ -51,7 +51,6 @@ from mergekit_transplant.errors import TransplantError
 from mergekit_transplant.recipe import Selection, render_recipe
 
 
-
 @dataclass
 class AnalysisResult:
     report: AnalysisReport
@@ -84,20 +83,15 @@ def analyze(
 ) -> "AnalysisResult":
     """Score every candidate module of ``target`` against ``donor`` on ``workload``.
 
-    The settings are an ``AnalyzeSettings`` (``analyze(settings)``, with the
-    workload read from ``settings.workload`` / ``lm_eval_task`` unless a
-    ``Workload`` is given), or its fields as keyword arguments
-    (``analyze(target, donor, workload, score="local", top_k=2)``).
-
-    Returns the report (``AnalysisReport``; docs/analysis.md has its schema),
-    the selected tensors, and the recipe text that ``mergekit-yaml`` runs.
-    Selection is ``top_k`` and/or ``param_budget`` (a fraction of the
-    target's parameters); with neither, the best ``DEFAULT_TOP_K`` units.
-    ``select="greedy"`` (the default, except with ``granularity="layer"``
-    or proportional strengths, where it is ``"top"``) measures instead of
-    ranking (``analysis.greedy``; ``prefilter``, ``min_gain``,
-    ``holdout_fraction``); ``controls`` random unit sets of the selection's
-    size are compared with it.
+    Returns the report (see docs/analysis.md for its schema), the selected
+    tensors, and the recipe text that ``mergekit-yaml`` runs. Selection is
+    ``top_k`` and/or ``param_budget`` (a fraction of the target's
+    parameters); with neither, the best ``DEFAULT_TOP_K`` units.
+    ``select`` defaults to ``DEFAULT_SELECT`` (``"top"``; always ``"top"``
+    with ``granularity="layer"`` or proportional strengths);
+    ``select="greedy"`` measures instead of ranking (``analysis.greedy``;
+    ``prefilter``, ``min_gain``, ``holdout_fraction``); ``controls`` random
+    unit sets of the selection's size are compared with it.
 
     Before any model loads, the memory plan (``plan.MemoryPlan``) is
     estimated, handed to ``on_plan`` and stored in the report; when it
@@ -143,7 +137,7 @@ def _analyze(settings: AnalyzeSettings, workload: Union[Workload, str, Path], *,
         modules = [modules]
     _validate(score, also, capture, granularity, padding_side, batch_size, max_length, max_new_tokens)
     validate(top_k=top_k, param_budget=param_budget, strength=strength, strength_mode=strength_mode)
-    if select is None:  # greedy selects modules, with constant strength
+    if select is None:  # greedy selects modules, with constant strength: top otherwise
         select = "top" if granularity == "layer" or strength_mode != "constant" else DEFAULT_SELECT
     choosing = SelectConfig(select=select, prefilter=prefilter, min_gain=min_gain,
                             holdout_fraction=holdout_fraction, controls=controls)

@@ -25,7 +25,7 @@ from mergekit_transplant.analysis.units import ANALYZE_UNITS
 
 CAPTURE_MODES = ("teacher-forced", "generate")
 GRANULARITIES = ANALYZE_UNITS  # analysis.units: the unit kinds analyze selects
-DEFAULT_SCORE = "attribution"  # docs/analysis.md: the best --select top score in the held-out protocol
+DEFAULT_SCORE = "local"  # docs/analysis.md: the winner of the held-out protocol (benchmarks/selection.py)
 DEFAULT_TOP_K = 4
 
 _SELECT = {f.name: f for f in dataclasses.fields(SelectConfig)}

@@ -21,22 +21,22 @@ def analyze(**opts) -> None:
       mergekit-transplant analyze --target T --donor D --workload w.jsonl --top-k 4 -o recipe.yml
       mergekit-yaml recipe.yml out/
     \b
-    Scores: attribution (default; |the donor's change to the module's output
-    x the gradient of the continuation's log-prob| on the donor, 1 forward +
-    backward with the target's tensors streamed), local (the module's own
-    weight change applied to the target's inputs, 1 forward pass, no
-    gradients), activation (|mean |output| difference|, 2 passes), gain
-    (signed first-order change of the target's log-likelihood of the
-    continuations if the module were transplanted: 1 forward + backward on
-    the target, donor tensors streamed; modules predicted <= 0 are never
-    selected).
+    Scores: local (default; the module's own weight change applied to the
+    target's inputs, 1 forward pass, no gradients), attribution (|the
+    donor's change to the module's output x the gradient of the
+    continuation's log-prob| on the donor, 1 forward + backward with the
+    target's tensors streamed), activation (|mean |output| difference|, 2
+    passes), gain (signed first-order change of the target's log-likelihood
+    of the continuations if the module were transplanted: 1 forward +
+    backward on the target, donor tensors streamed; modules predicted <= 0
+    are never selected).
     \b
-    Selection: greedy (default) measures: each round transplants every
-    remaining candidate (the best 64 by --score at most) into the live
-    target, keeps the one that raises the workload's log-likelihood most,
-    and stops at K or when nothing helps (--min-gain); a --holdout-fraction
-    of the workload shows how well that generalises. --select top takes the
-    K best by --score instead. Both defaults were chosen on held-out pairs
+    Selection: top (default) takes the K best by --score. --select greedy
+    measures instead: each round transplants every remaining candidate (the
+    best 64 by --score at most) into the live target, keeps the one that
+    raises the workload's log-likelihood most, and stops at K or when
+    nothing helps (--min-gain); a --holdout-fraction of the workload shows
+    how well that generalises. Both defaults were chosen on held-out pairs
     (benchmarks/selection.py). See docs/analysis.md.
     \b
     Every run first prints its memory plan (from the config, the

@@ -18,7 +18,7 @@ from mergekit_transplant.sweep.runner import SweepSettings
 @click.option("--workload", default=None, help="Run the analysis on this workload first (instead of --report).")
 @click.option("--score", default=None,
               help="Which ranking to sweep (default: the report's own score; with --workload, analyze's default, "
-                   "attribution).")
+                   "local).")
 @click.option("--tasks", default=None,
               help="Comma-separated lm-eval task(s) to choose and report on, where no split option replaces them.")
 @click.option("--select-split", default=None, help="lm-eval task(s) the best point is chosen on (default: --tasks).")
