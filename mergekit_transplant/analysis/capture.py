@@ -234,7 +234,7 @@ def _input_device(model):
 def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequence], *, stats: Sequence[str],
              batch_size: int, pad_id: int, padding_side: str, other: Optional[TensorStreamer] = None,
              own_files: Optional[TensorStreamer] = None, attribution: bool = False, gain: bool = False,
-             recompute: bool = True,
+             recompute: bool = False, gradient_batch_size: Optional[int] = None,
              desc: str = "capture", progress: bool = True,
              sources: Sequence[tuple] = ()) -> PassResult:
     """One pass of ``model`` over ``seqs`` with every candidate probed.
@@ -244,6 +244,11 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
     for weights that a device map offloaded. ``attribution`` (on the donor)
     and ``gain`` (on the target) run a backward pass per batch; ``gain``
     expects every sequence to have a continuation (``tokens.likelihood_view``).
+    With either, the batches hold ``gradient_batch_size`` rows (default
+    ``batch_size``; ``plan.Planner.gradient_rows`` sizes them so that the
+    activations kept for the backward pass fit), and ``recompute`` recomputes
+    each decoder layer in the backward pass (``recompute.Replay``).
+    Per-sample values do not depend on how samples are batched.
 
     ``sources``: ``(role, TensorStreamer)`` pairs whose tensors are checked
     for NaN/Inf when a statistic comes out non-finite, so the error can name
@@ -272,7 +277,8 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
     start, tokens, n_batches = time.perf_counter(), 0, 0
     bar = tqdm(total=len(seqs), desc=desc, unit="sample", disable=not progress, leave=False)
     try:
-        for batch in batches(seqs, batch_size, pad_id=pad_id, padding_side=padding_side, device=device):
+        rows = (gradient_batch_size or batch_size) if gradients else batch_size
+        for batch in batches(seqs, rows, pad_id=pad_id, padding_side=padding_side, device=device):
             ctx.start(batch)
             kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                           position_ids=batch.position_ids, use_cache=False)

@@ -53,9 +53,14 @@ SCORE_CHOICES = ("attribution", "local", "activation", "gain")
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the Hub.")
 @click.option("--allow-pickle", is_flag=True,
               help="Accept pickle (.bin/.pt) checkpoints (read weights-only, memory-mapped).")
-@click.option("--recompute/--no-recompute", default=True, show_default=True,
-              help="attribution: recompute each decoder layer in the backward pass (memory bounded by one "
-                   "layer) instead of keeping every layer's activations (one forward pass faster, more memory).")
+@click.option("--gradient-batch-size", type=click.IntRange(min=1), metavar="ROWS",
+              help="attribution, gain: rows per forward + backward micro-batch (at most --batch-size). Default: "
+                   "the most rows whose saved activations (every layer's, until the backward pass) fit in 3/4 "
+                   "of the weights' size, from the memory plan; with --recompute, --batch-size.")
+@click.option("--recompute/--no-recompute", default=False, show_default=True,
+              help="attribution, gain: recompute each decoder layer in the backward pass and run whole batches "
+                   "(memory bounded by one layer, but one more forward pass) instead of micro-batches that keep "
+                   "every layer's activations.")
 @click.option("--plan", "plan_only", is_flag=True,
               help="Print the memory plan (estimated peak memory, itemised) and stop; nothing is loaded.")
 @click.option("--force", is_flag=True, help="Run even when the memory plan exceeds the device's free memory.")
@@ -130,7 +135,7 @@ def analyze(**opts) -> None:
         padding_side=opts["padding_side"], limit=opts["limit"], seed=opts["seed"],
         trust_remote_code=opts["trust_remote_code"], allow_pickle=opts["allow_pickle"],
         command=_command_line(click.get_current_context()), progress=not opts["quiet"],
-        **vars(choosing), recompute=opts["recompute"], force=opts["force"], plan_only=opts["plan_only"],
+        **vars(choosing), recompute=opts["recompute"], gradient_batch_size=opts["gradient_batch_size"], force=opts["force"], plan_only=opts["plan_only"],
         on_plan=lambda plan: click.echo(plan.format(), err=True),
     )
     if opts["plan_only"]:
