@@ -223,9 +223,9 @@ def estimate(dims: Dims, weight_bytes: int, modules: Sequence[Module], shape: Ba
     passes = []
     if "local" in wanted or "activation" in wanted:
         passes.append("target forward")
-    how = ", layers recomputed" if recompute else ""
+    how = " (layers recomputed)" if recompute else ""
     if gradients and grad.rows < shape.rows:
-        how += f", in micro-batches of {grad.rows} row{'s' if grad.rows > 1 else ''}"
+        how += f" (in micro-batches of {grad.rows} row{'s' if grad.rows > 1 else ''})"
     if "gain" in wanted:
         passes.append("target forward + backward" + how)
     if "activation" in wanted or "attribution" in wanted:
@@ -420,24 +420,26 @@ class Planner:
 
     def plan(self, batch_size: int, max_length: Optional[int] = None) -> MemoryPlan:
         lengths = self.lengths if max_length is None else [min(n, max_length) for n in self.lengths]
-        shape = batch_shape(lengths, self.scored, batch_size)
-        rows = self.gradient_rows(batch_size, max_length, lengths)
-        plan = estimate(self.dims, self.weight_bytes, self.modules, shape, score=self.score, also=self.also,
-                        dtype_bytes=self.dtype_bytes, dtype=self.dtype, device=self.device, devices=self.devices,
-                        baseline_bytes=self.baseline, free_bytes=self.free, eager_attention=self.eager,
-                        batch_size=batch_size, recompute=self.recompute, greedy=self.greedy,
-                        gradient_shape=batch_shape(lengths, self.scored, rows) if rows else None,
-                        gradient_rows=rows)
+        plan = self._estimate(batch_size, lengths, self.gradient_rows(batch_size, max_length, lengths))
         if self.devices > 1:
             plan.notes.append("spread over the devices by the device map; each holds its layers' share")
         return plan
+
+    def _estimate(self, batch_size: int, lengths: Sequence[int], rows: Optional[int]) -> MemoryPlan:
+        return estimate(self.dims, self.weight_bytes, self.modules, batch_shape(lengths, self.scored, batch_size),
+                        score=self.score, also=self.also, dtype_bytes=self.dtype_bytes, dtype=self.dtype,
+                        device=self.device, devices=self.devices, baseline_bytes=self.baseline,
+                        free_bytes=self.free, eager_attention=self.eager, batch_size=batch_size,
+                        recompute=self.recompute, greedy=self.greedy,
+                        gradient_shape=batch_shape(lengths, self.scored, rows) if rows else None, gradient_rows=rows)
 
     def gradient_rows(self, batch_size: int, max_length: Optional[int] = None,
                       lengths: Optional[Sequence[int]] = None) -> Optional[int]:
         """Rows per forward + backward micro-batch of the gradient scores (None: no gradient pass).
 
         ``--gradient-batch-size`` when given; with recomputation, the whole batch; else the most rows
-        whose saved activations (``kept_activations``) stay within ``GRADIENT_BUDGET`` x the weights.
+        whose saved activations (``kept_activations``) stay within ``GRADIENT_BUDGET`` x the weights,
+        and within what the device has free besides the plan's other items (when that is known).
         """
         if not {self.score, *self.also} & {"attribution", "gain"}:
             return None
@@ -449,13 +451,26 @@ class Planner:
         if batch_size > asked:  # fewer rows never hold more, so the answer for a larger batch bounds a smaller one
             if lengths is None:
                 lengths = self.lengths if max_length is None else [min(n, max_length) for n in self.lengths]
+            budget = int(GRADIENT_BUDGET * self.weight_bytes)
+            if self.free is not None:  # and what the device can hold besides everything else
+                one = self._estimate(batch_size, lengths, 1)
+                rest = one.added_bytes - sum(i.bytes for i in one.items if i.name == "saved activations")
+                budget = min(budget, max(self.free - rest, 0))
             rows = gradient_rows(self.dims, lengths, self.scored, batch_size, b=self.dtype_bytes, eager=self.eager,
-                                 budget=int(GRADIENT_BUDGET * self.weight_bytes))
+                                 budget=budget)
             self._rows[max_length] = (batch_size, rows)
         return min(rows, batch_size)
 
     def advice(self, batch_size: int, max_length: int, min_length: int) -> Optional[str]:
-        """The largest ``--batch-size`` (else ``--max-length`` at batch 1) that fits, or None."""
+        """``--recompute`` (gradient scores), else the largest ``--batch-size`` (else ``--max-length`` at
+        batch 1) that fits, or None."""
+        if not self.recompute and self.gradient_rows(batch_size, max_length):
+            self.recompute = True
+            try:
+                if self.plan(batch_size, max_length).fits():
+                    return "--recompute fits (each decoder layer recomputed in the backward pass)"
+            finally:
+                self.recompute = False
         for b in range(batch_size - 1, 0, -1):
             if self.plan(b, max_length).fits():
                 return f"--batch-size {b} fits"
