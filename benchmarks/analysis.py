@@ -46,7 +46,8 @@ CHANGED = ["model.layers.2.mlp.down_proj.weight", "model.layers.5.self_attn.v_pr
 MODES = ("idle", "forward1", "forward2", "local", "activation", "attribution", "attribution-recompute",
          "attribution-whole", "gain")
 #: attribution's ways of running its backward pass (analyze options), besides the default micro-batches
-ATTRIBUTION_VARIANTS = {"attribution-recompute": "--recompute", "attribution-whole": "--gradient-batch-size = --batch-size"}
+ATTRIBUTION_VARIANTS = {"attribution-recompute": "--recompute",
+                        "attribution-whole": "--gradient-batch-size = --batch-size"}
 #: in one process, on one loaded model, alternating: the hooks' cost without load-time noise
 PASSES = ("plain", "activation", "local", "attribution", "backward", "gain", "gain-recompute", "gain-whole", "greedy")
 #: goals measured in one process: pass -> (baseline pass, ratio)

@@ -32,10 +32,13 @@ Statistics (per sample, averaged over its scored positions):
 
 The gradient scores (``attribution``, ``gain``) compute each module's term in
 a hook on its output's gradient, from a reference to the module's input, and
-free it at once; by default each decoder layer is recomputed in the backward
-pass (``recompute.Replay``), so a batch holds one layer's activations at a
-time, not every layer's. The probes see a recomputed layer twice and measure
-the forward statistics only in its first call.
+free it at once. Autograd still keeps every decoder layer's activations
+until the backward pass reaches it, so the gradient pass runs over
+micro-batches small enough for those to fit (``gradient_batch_size``, sized
+by the memory plan); or, with ``recompute``, over whole batches with each
+decoder layer recomputed in the backward pass (``recompute.Replay``), one
+layer's activations at a time. The probes see a recomputed layer twice and
+measure the forward statistics only in its first call.
 
 ``other`` names the checkpoint each pass compares its model with: the donor
 in the target's pass (``local``, ``gain``), the target in the donor's

@@ -11,10 +11,15 @@ will hold at its peak on the device:
   scratch that ``local`` and ``attribution`` keep per weight shape
   (``streaming.TensorStreamer``);
 - ``activations``: what the passes hold for the largest batch. A forward pass
-  without gradients holds one layer's working set at a time; ``attribution``
-  keeps each decoder layer's input for its backward pass and recomputes one
-  layer at a time (``recompute``), so it holds those inputs plus one layer's
-  saved activations and gradients, and the logits at the scored columns;
+  without gradients holds one layer's working set at a time. The gradient
+  scores (``attribution``, ``gain``) run forward + backward over micro-batches
+  of ``gradient_rows`` rows and hold every layer's saved activations for one
+  micro-batch (``saved activations``: at most ``GRADIENT_BUDGET`` x the
+  weights, and what the device has free), plus one layer's gradients and the
+  logits at the scored columns; with ``--recompute`` they keep each decoder
+  layer's input for the whole batch (``layer inputs``) and recompute one
+  layer at a time (``recompute``), holding one layer's saved activations and
+  gradients;
 - ``score buffers``: per-module values in flight: ``local``'s change at the
   scored positions, ``attribution``'s change, gathered input and gradient at
   every real position of one module (computed when its gradient arrives,
@@ -210,7 +215,7 @@ class Module:
 def estimate(dims: Dims, weight_bytes: int, modules: Sequence[Module], shape: BatchShape, *, score: str,
              also: Sequence[str] = (), dtype_bytes: int, dtype: str, device: str = "cpu", devices: int = 1,
              baseline_bytes: int = 0, free_bytes: Optional[int] = None, eager_attention: bool = False,
-             batch_size: Optional[int] = None, recompute: bool = True, greedy: bool = False,
+             batch_size: Optional[int] = None, recompute: bool = False, greedy: bool = False,
              gradient_shape: Optional[BatchShape] = None, gradient_rows: Optional[int] = None) -> MemoryPlan:
     """The plan for one run; see the module docstring for what each item holds.
 

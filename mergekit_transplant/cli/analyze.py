@@ -135,7 +135,8 @@ def analyze(**opts) -> None:
         padding_side=opts["padding_side"], limit=opts["limit"], seed=opts["seed"],
         trust_remote_code=opts["trust_remote_code"], allow_pickle=opts["allow_pickle"],
         command=_command_line(click.get_current_context()), progress=not opts["quiet"],
-        **vars(choosing), recompute=opts["recompute"], gradient_batch_size=opts["gradient_batch_size"], force=opts["force"], plan_only=opts["plan_only"],
+        **vars(choosing), recompute=opts["recompute"], gradient_batch_size=opts["gradient_batch_size"],
+        force=opts["force"], plan_only=opts["plan_only"],
         on_plan=lambda plan: click.echo(plan.format(), err=True),
     )
     if opts["plan_only"]:
