@@ -257,7 +257,7 @@ def interleaved(paths: dict, threads: int, batch_size: int, repeats: int) -> dic
             cpu[kind].append(time.process_time() - cpu0)
     return {k: {"min_s": min(v), "median_s": statistics.median(v), "all_s": v,
                 "median_cpu_s": statistics.median(cpu[k]) if cpu[k] else None, "all_cpu_s": cpu[k],
-                **({"gradient_rows": rows.get(k.partition("-")[0])} if k.partition("-")[0] in rows else {})}
+                **({"gradient_rows": rows[k]} if k in rows else {})}
             for k, v in times.items()}
 
 
