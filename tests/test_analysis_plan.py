@@ -253,3 +253,28 @@ def test_help_names_the_plan_options():
     for option in ("--plan", "--force", "--recompute / --no-recompute", "--gradient-batch-size"):
         assert option in result.output, option
     assert "memory plan" in " ".join(result.output.split())
+
+
+def test_micro_batches_shrink_to_the_free_memory_and_a_plan_that_cannot_names_recompute():
+    """Llama-3-8B in bf16 on meta: the micro-batch follows the device's free memory; one long row that
+    does not fit even alone is refused with the advice to recompute, which fits."""
+    from mergekit_transplant.analysis.paper import index_from_model
+
+    name = "meta-llama/Meta-Llama-3-8B"
+    model = plan_mod.meta_model(PUBLISHED[name])
+    index = index_from_model(model, name, "bfloat16")
+
+    def planner(lengths, free):
+        p = plan_mod.Planner(index, index, score="attribution", lengths=lengths, scored=[64] * len(lengths),
+                             dtype="bfloat16", device="cuda", model=model, measure=False)
+        p.free = int(free)
+        return p
+
+    roomy, tight = planner([512] * 8, 80e9).plan(8), planner([512] * 8, 24e9).plan(8)
+    assert roomy.gradient_batch_size > tight.gradient_batch_size >= 1
+    assert roomy.fits() and tight.fits() and tight.added_bytes < roomy.added_bytes
+    long = planner([4096], 24e9)
+    assert long.plan(1).gradient_batch_size == 1 and not long.plan(1).fits()
+    assert long.advice(1, 4096, 65).startswith("--recompute fits")
+    long.recompute = True
+    assert long.plan(1).fits()
