@@ -56,7 +56,8 @@ SCORE_CHOICES = ("attribution", "local", "activation", "gain")
 @click.option("--gradient-batch-size", type=click.IntRange(min=1), metavar="ROWS",
               help="attribution, gain: rows per forward + backward micro-batch (at most --batch-size). Default: "
                    "the most rows whose saved activations (every layer's, until the backward pass) fit in 3/4 "
-                   "of the weights' size, from the memory plan; with --recompute, --batch-size.")
+                   "of the weights' size and in the device's free memory, from the memory plan; with "
+                   "--recompute, --batch-size.")
 @click.option("--recompute/--no-recompute", default=False, show_default=True,
               help="attribution, gain: recompute each decoder layer in the backward pass and run whole batches "
                    "(memory bounded by one layer, but one more forward pass) instead of micro-batches that keep "
