@@ -18,6 +18,9 @@ workload per candidate evaluation (both measured in one process,
 interleaved).
 
     python benchmarks/analysis.py [--samples 32] [--words 128] [--threads 1] [--repeats 3] [--json out.json]
+
+On a shared machine, ``BENCH_LOCK=/work/cpu.lock`` runs each measured
+subprocess under ``flock`` on that file (held for that run only).
 """
 
 from __future__ import annotations
@@ -40,9 +43,13 @@ from common import goal_verdict  # noqa: E402
 
 CHANGED = ["model.layers.2.mlp.down_proj.weight", "model.layers.5.self_attn.v_proj.weight",
            "model.layers.8.mlp.up_proj.weight", "model.layers.10.self_attn.o_proj.weight"]
-MODES = ("idle", "forward1", "forward2", "local", "activation", "attribution", "attribution-keep", "gain")
+MODES = ("idle", "forward1", "forward2", "local", "activation", "attribution", "attribution-recompute",
+         "attribution-whole", "gain")
+#: attribution's ways of running its backward pass (analyze options), besides the default micro-batches
+ATTRIBUTION_VARIANTS = {"attribution-recompute": "--recompute",
+                        "attribution-whole": "--gradient-batch-size = --batch-size"}
 #: in one process, on one loaded model, alternating: the hooks' cost without load-time noise
-PASSES = ("plain", "activation", "local", "attribution", "backward", "gain", "greedy")
+PASSES = ("plain", "activation", "local", "attribution", "backward", "gain", "gain-recompute", "gain-whole", "greedy")
 #: goals measured in one process: pass -> (baseline pass, ratio)
 PASS_GOALS = {"gain": ("backward", 1.3), "greedy": ("plain", 1.1)}
 
@@ -108,12 +115,13 @@ def worker(mode: str, paths: dict, threads: int, batch_size: int) -> dict:
     from mergekit_transplant.analysis import analyze, load_workload
 
     start, cpu0 = time.perf_counter(), time.process_time()
-    extra = {"recompute": False} if mode == "attribution-keep" else {}  # attribution --no-recompute
+    extra = {"attribution-recompute": {"recompute": True},
+             "attribution-whole": {"gradient_batch_size": batch_size}}.get(mode, {})
     import inspect
 
     if "select" in inspect.signature(analyze).parameters:  # not in the code before issue 17 (@before)
         extra["select"] = "top"
-    score = "attribution" if mode == "attribution-keep" else mode
+    score = "attribution" if mode.startswith("attribution") else mode
     result = analyze(paths["target"], paths["donor"], load_workload(paths["workload"]), score=score, top_k=4,
                      batch_size=batch_size, progress=False, **extra)
     wall = time.perf_counter() - start
@@ -122,7 +130,7 @@ def worker(mode: str, paths: dict, threads: int, batch_size: int) -> dict:
     passes = timing.get("target_pass_s", 0.0) + timing.get("donor_pass_s", 0.0)
     return {"mode": mode, "wall_s": wall, "cpu_s": cpu, "passes_s": passes, "peak_rss_mb": _peak_rss_mb(),
             "top4": result.ranking(score)[:4], "tokens": timing.get("target_tokens") or timing.get("donor_tokens"),
-            "timing": timing}
+            "gradient_batch_size": result.report.get("settings", {}).get("gradient_batch_size"), "timing": timing}
 
 
 def _plain_forward(mode: str, paths: dict, batch_size: int) -> dict:
@@ -188,12 +196,21 @@ def interleaved(paths: dict, threads: int, batch_size: int, repeats: int) -> dic
 
     scored = [s for s in likelihood_view(seqs) if s is not None]
 
+    from mergekit_transplant.analysis.pipeline import plan_analysis
+
+    # the gradient passes run as analyze runs them: micro-batches of the plan's rows (or a variant)
+    rows = {score: plan_analysis(paths["target"], paths["donor"], paths["workload"], score=score, select="top",
+                                 batch_size=batch_size).gradient_batch_size for score in ("attribution", "gain")}
+    print(f"gradient micro-batch rows (plan): {rows}", file=sys.stderr, flush=True)
+
     def hooked(kind):
+        score, _, variant = kind.partition("-")
         with TensorStreamer(donor) as files:
-            run_pass(model, cands, scored if kind == "gain" else seqs,
-                     stats=[] if kind == "gain" else ["activation"] + (["local"] if kind == "local" else []),
+            run_pass(model, cands, scored if score == "gain" else seqs,
+                     stats=[] if score == "gain" else ["activation"] + (["local"] if kind == "local" else []),
                      batch_size=batch_size, pad_id=0, padding_side="right", other=files,
-                     attribution=kind == "attribution", gain=kind == "gain", progress=False)
+                     attribution=score == "attribution", gain=score == "gain", recompute=variant == "recompute",
+                     gradient_batch_size=rows.get(score) if not variant else batch_size, progress=False)
 
     weights = [dict(model.named_parameters())[c.tensor] for c in cands]
 
@@ -228,15 +245,20 @@ def interleaved(paths: dict, threads: int, batch_size: int, repeats: int) -> dic
 
     kinds = [k for k in PASSES if k in os.environ.get("BENCH_PASSES", ",".join(PASSES)).split(",")]
     times = {k: [] for k in kinds}
+    cpu = {k: [] for k in kinds}
     for _ in range(repeats):
         for kind in kinds:
-            start = time.perf_counter()
+            start, cpu0 = time.perf_counter(), time.process_time()
             if kind == "greedy":
                 times[kind].append(greedy())
                 continue
             plain() if kind == "plain" else backward() if kind == "backward" else hooked(kind)
             times[kind].append(time.perf_counter() - start)
-    return {k: {"min_s": min(v), "median_s": statistics.median(v), "all_s": v} for k, v in times.items()}
+            cpu[kind].append(time.process_time() - cpu0)
+    return {k: {"min_s": min(v), "median_s": statistics.median(v), "all_s": v,
+                "median_cpu_s": statistics.median(cpu[k]) if cpu[k] else None, "all_cpu_s": cpu[k],
+                **({"gradient_rows": rows[k]} if k in rows else {})}
+            for k, v in times.items()}
 
 
 def run_worker(mode: str, paths: dict, threads: int, batch_size: int, before: str = None) -> dict:
@@ -245,6 +267,8 @@ def run_worker(mode: str, paths: dict, threads: int, batch_size: int, before: st
     cmd = [sys.executable, __file__, "--worker", name, "--paths", json.dumps(paths), "--threads", str(threads),
            "--batch-size", str(batch_size)]
     env = dict(os.environ, TQDM_DISABLE="1", TRANSFORMERS_VERBOSITY="error")
+    if os.environ.get("BENCH_LOCK"):  # a shared machine: hold this lock for each measured run only
+        cmd = ["flock", os.environ["BENCH_LOCK"]] + cmd
     if at == "before":
         env["PYTHONPATH"] = os.pathsep.join(p for p in (before, env.get("PYTHONPATH")) if p)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
@@ -331,15 +355,18 @@ def _markdown(summary: dict, args) -> str:
         plain = inter["plain"]
         out.append("In one process, same loaded target, passes alternating "
                    f"({len(plain['all_s'])} rounds; min and median seconds):\n")
-        out.append("| pass | min s | median s | min / plain | median / plain |")
-        out.append("|---|---:|---:|---:|---:|")
+        out.append("| pass | gradient rows | min s | median s | CPU s (median) | min / plain | median / plain |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|")
         for kind in PASSES:
             if kind not in inter:
                 continue
             x = inter[kind]
             label = "greedy (per candidate evaluation)" if kind == "greedy" else kind
-            out.append(f"| {label} | {x['min_s']:.2f} | {x['median_s']:.2f} | {x['min_s'] / plain['min_s']:.2f}x | "
-                       f"{x['median_s'] / plain['median_s']:.2f}x |")
+            cpu = f"{x['median_cpu_s']:.2f}" if x.get("median_cpu_s") is not None else "-"
+            grad = x.get("gradient_rows") if kind in ("attribution", "gain") else (
+                args.batch_size if kind.endswith(("-recompute", "-whole")) or kind == "backward" else "")
+            out.append(f"| {label} | {grad if grad is not None else ''} | {x['min_s']:.2f} | {x['median_s']:.2f} | "
+                       f"{cpu} | {x['min_s'] / plain['min_s']:.2f}x | {x['median_s'] / plain['median_s']:.2f}x |")
         out.append("")
         for kind, (base, goal) in PASS_GOALS.items():
             if kind in inter and base in inter:
@@ -347,6 +374,10 @@ def _markdown(summary: dict, args) -> str:
                 what = "a forward + backward pass" if base == "backward" else "one forward pass over the workload"
                 out.append(f"Goal: `{kind}` <= {goal}x {what} (medians): {ratio:.2f}x: "
                            f"**{'met' if ratio <= goal else 'MISSED'}**")
+                if inter[kind].get("median_cpu_s") and inter[base].get("median_cpu_s"):
+                    ratio = inter[kind]["median_cpu_s"] / inter[base]["median_cpu_s"]
+                    out.append(f"Goal: `{kind}` <= {goal}x {what} (CPU time, medians): {ratio:.2f}x: "
+                               f"**{'met' if ratio <= goal else 'MISSED'}**")
         out.append("")
     rows = ["| run | wall s | CPU s (median) | passes s | wall / baseline | passes / baseline | goal | peak RSS MB | RSS - idle, x model "
             "| plan MB |", "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
@@ -412,16 +443,19 @@ def _attribution_goals(r: dict) -> list:
             lines.append(f"- attribution{tag} peak RSS / local{tag} peak RSS (worst runs): {attr['peak_rss_mb']:.0f} / "
                          f"{local['peak_rss_mb']:.0f} MB = {ratio:.2f}x; goal <= {ATTRIBUTION_RSS_GOAL}x: {verdict}")
     now, before = r.get("attribution"), r.get("attribution@before")
-    for label, run in (("attribution", now), ("attribution-keep", r.get("attribution-keep"))):
+    for variant, option in ATTRIBUTION_VARIANTS.items():
+        run, local = r.get(variant), r.get("local")
+        if run and local:
+            ratio = run["peak_rss_mb"] / local["peak_rss_mb"]
+            lines.append(f"- {variant} ({option}) peak RSS / local peak RSS (worst runs): {run['peak_rss_mb']:.0f} / "
+                         f"{local['peak_rss_mb']:.0f} MB = {ratio:.2f}x; goal <= {ATTRIBUTION_RSS_GOAL}x: "
+                         f"{'met' if ratio <= ATTRIBUTION_RSS_GOAL else 'MISSED'}")
+    for label, run in [("attribution", now)] + [(v, r.get(v)) for v in ATTRIBUTION_VARIANTS]:
         if run and before:
             ratio = run["median_cpu_s"] / before["median_cpu_s"]
             lines.append(f"- {label} CPU time / before (medians): {run['median_cpu_s']:.1f} / "
                          f"{before['median_cpu_s']:.1f} s = {ratio:.2f}x; goal <= 1.0x (no worse): "
                          f"{'met' if ratio <= 1.0 else 'MISSED'}")
-    keep, local = r.get("attribution-keep"), r.get("local")
-    if keep and local:
-        lines.append(f"- attribution-keep (--no-recompute) peak RSS / local: "
-                     f"{keep['peak_rss_mb'] / local['peak_rss_mb']:.2f}x")
     if now and before:
         for what in ("wall_s", "median_wall_s"):
             ratio = now[what] / before[what]

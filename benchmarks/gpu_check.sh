@@ -19,8 +19,10 @@
 #      rebuild the adapted model from it (bf16 mixed precision is tried too
 #      when the GPU supports it);
 #   4. prints the wall times;
-#   5. for each score (attribution, local, activation), runs `analyze` on a larger pair
-#      (hidden 1024, 8 layers, vocab 32000, batch 8 x ~256 tokens) in a fresh process and
+#   5. for each score (attribution in its three backward modes: micro-batches (the default),
+#      --recompute and --gradient-batch-size 8 (whole batches); gain; local; activation), runs
+#      `analyze` on a larger pair (hidden 1024, 8 layers, vocab 32000, batch 8 x ~256 tokens),
+#      timed, in a fresh process and
 #      compares the memory plan's estimate with the measured peak: torch.cuda.max_memory_allocated
 #      on a GPU (the plan's items: what the run adds to the device), the process's peak RSS in the
 #      dry run (the plan's peak, runtime included). Reported with the ratio; a ratio outside
@@ -321,38 +323,46 @@ with workload.open("w") as fh:
         fh.write(json.dumps({"text": " ".join(words), "continuation": " " + " ".join(words[:16])}) + "\n")
 
 MEASURE = """
-import json, sys, torch
+import json, sys, time, torch
 from mergekit_transplant.analysis import analyze, load_workload
-target, donor, work, score, device, dtype = sys.argv[1:7]
+target, donor, work, score, device, dtype, extra = sys.argv[1:8]
 if device == "cuda":
     torch.cuda.init()
     torch.cuda.reset_peak_memory_stats()
+start = time.perf_counter()
 r = analyze(target, donor, load_workload(work), score=score, select="top", top_k=2, batch_size=8, device=device,
-            dtype=dtype, progress=False)
+            dtype=dtype, progress=False, **json.loads(extra))
+seconds = time.perf_counter() - start
 if device == "cuda":
     measured, planned = torch.cuda.max_memory_allocated(), r.report["plan"]["added_bytes"]
 else:
     measured = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) * 1024
     planned = r.report["timing"]["plan_peak_mb"] * 2**20
-print(json.dumps({"planned": planned, "measured": measured, "items": r.report["plan"]["items"]}))
+print(json.dumps({"planned": planned, "measured": measured, "items": r.report["plan"]["items"], "seconds": seconds,
+                  "rows": r.report["plan"].get("gradient_batch_size")}))
 """
 what = "torch.cuda.max_memory_allocated" if device == "cuda" else "peak RSS (dry run)"
 print(f"memory plan vs {what} (hidden 1024, 8 layers, vocab 32000, {dtype}, batch 8):")
 off = 0
-for score in ("attribution", "local", "activation"):
-    proc = subprocess.run([sys.executable, "-c", MEASURE, str(target), str(donor), str(workload), score, device, dtype],
+CASES = [("attribution", "attribution", {}), ("attribution --recompute", "attribution", {"recompute": True}),
+         ("attribution whole", "attribution", {"gradient_batch_size": 8}), ("gain", "gain", {}),
+         ("local", "local", {}), ("activation", "activation", {})]
+for label, score, extra in CASES:
+    proc = subprocess.run([sys.executable, "-c", MEASURE, str(target), str(donor), str(workload), score, device, dtype,
+                           json.dumps(extra)],
                           capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1"))
     if proc.returncode != 0:
-        print(f"FAIL plan check {score}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
+        print(f"FAIL plan check {label}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
         sys.exit(1)
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     ratio = got["planned"] / got["measured"]
     flag = "" if 0.75 <= ratio <= 1.25 else "  PLAN OFF"
     off += bool(flag)
     items = ", ".join(f"{i['name']} {i['bytes'] / 2**20:.0f}" for i in got["items"])
-    print(f"  {score:12s} planned {got['planned'] / 2**20:9.1f} MiB  measured {got['measured'] / 2**20:9.1f} MiB  "
-          f"planned/measured {ratio:.2f}{flag}   ({items} MiB)")
-print(f"plan check: {3 - off} of 3 scores within +-25%")
+    print(f"  {label:24s} gradient rows {got['rows'] or '-'}  planned {got['planned'] / 2**20:9.1f} MiB  measured "
+          f"{got['measured'] / 2**20:9.1f} MiB  planned/measured {ratio:.2f}{flag}  {got['seconds']:.1f} s  "
+          f"({items} MiB)")
+print(f"plan check: {len(CASES) - off} of {len(CASES)} runs within +-25%")
 PYEOF
 fi
 

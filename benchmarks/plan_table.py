@@ -6,9 +6,12 @@ the plan of ``analyze --score S`` is computed for a uniform batch (default
 8 x 512 tokens, the last 64 of each row scored, bf16). For each case the
 table gives the plan's items, the smallest single GPU whose memory holds the
 plan, and how many GPUs of a given size ``--device-map auto`` needs: the
-weights and the layer inputs attribution keeps are spread over the GPUs with
-the layers; every other item is counted on each GPU (an upper bound: one
-layer is recomputed at a time, on one GPU).
+weights and what attribution keeps for its backward pass (every layer's saved
+activations for one micro-batch, or with ``--recompute`` each layer's input)
+are spread over the GPUs with the layers; every other item is counted on each
+GPU (an upper bound). On paper no free memory is known, so the micro-batches
+are sized by ``GRADIENT_BUDGET`` x the weights alone; on a device, ``analyze``
+also keeps them within its free memory.
 
 Not counted: the CUDA context (about 0.5 GiB per GPU) and the caching
 allocator's slack, so leave ~10% headroom.
@@ -44,19 +47,23 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     args = parser.parse_args()
     print(f"batch {args.batch} x {args.length} tokens ({args.scored} scored per row), {args.dtype}; GiB\n")
-    print("| model | score | weights | streamed | layer inputs | activations | score buffers | total | one GPU | "
-          "`--device-map auto`: 24 GB / 48 GB / 80 GB GPUs |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---|---|")
+    print("| model | score | gradient rows | weights | streamed | kept for backward | activations | score buffers | "
+          "total | one GPU | `--device-map auto`: 24 GB / 48 GB / 80 GB GPUs |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for name in PUBLISHED:
-        for score in ("attribution", "local", "activation"):
+        for score, recompute in (("attribution", False), ("attribution", True), ("local", False),
+                                 ("activation", False)):
             plan = plan_on_paper(name, score=score, batch=args.batch, length=args.length,
-                                 scored_per_row=args.scored, dtype=args.dtype)
+                                 scored_per_row=args.scored, dtype=args.dtype, recompute=recompute)
             items = {i.name: i.bytes for i in plan.items}
             one = next((label for label, mem in GPUS if plan.added_bytes <= mem), "none: use several")
             counts = " / ".join(str(gpus_needed(plan, mem) or "-") for _, mem in GPUS[:3])
-            cells = [items.get(k, 0) / GIB for k in ("weights", "streamed tensors", "layer inputs", "activations",
-                                                         "score buffers")]
-            print(f"| {name.split('/')[-1]} | {score} | " + " | ".join(f"{c:.1f}" for c in cells)
+            kept = items.get("saved activations", 0) + items.get("layer inputs", 0)
+            cells = [items.get("weights", 0), items.get("streamed tensors", 0), kept, items.get("activations", 0),
+                     items.get("score buffers", 0)]
+            label = score + (" --recompute" if recompute else "")
+            print(f"| {name.split('/')[-1]} | {label} | {plan.gradient_batch_size or '-'} | "
+                  + " | ".join(f"{c / GIB:.1f}" for c in cells)
                   + f" | {plan.added_bytes / GIB:.1f} | {one} | {counts} |")
 
 

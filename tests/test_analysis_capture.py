@@ -98,7 +98,8 @@ def _reference(model_dir, other_dir, tokenizer_dir, *, attribution=False):
     return out
 
 
-def _capture(model_dir, other_dir, *, attribution=False, batch_size=8, padding_side="right", recompute=True):
+def _capture(model_dir, other_dir, *, attribution=False, batch_size=8, padding_side="right", recompute=False,
+             gradient_batch_size=None):
     model, tok = load_causal_lm(str(model_dir))
     index, other = read_index(str(model_dir)), read_index(str(other_dir))
     cands, _ = find_candidates(model, index, other, modules=PROBED)
@@ -107,7 +108,8 @@ def _capture(model_dir, other_dir, *, attribution=False, batch_size=8, padding_s
     with TensorStreamer(other) as files:
         result = run_pass(model, cands, seqs, stats=["activation"] + ([] if attribution else ["local"]),
                           batch_size=batch_size, pad_id=0, padding_side=padding_side, other=files,
-                          attribution=attribution, recompute=recompute, progress=False)
+                          attribution=attribution, recompute=recompute, gradient_batch_size=gradient_batch_size,
+                          progress=False)
     return {name: result.stats[name] for name in result.stats}, [c.module for c in cands]
 
 
@@ -126,14 +128,16 @@ def test_target_pass_statistics_match_a_computation_by_hand(models, batch_size, 
     assert stats["local"][:, o_proj].abs().max() == 0.0
 
 
-@pytest.mark.parametrize("batch_size,padding_side,recompute", [(1, "right", True), (8, "left", True),
-                                                                (8, "left", False)])
-def test_attribution_matches_change_times_gradient_by_hand(models, batch_size, padding_side, recompute):
-    """Recomputing each layer in the backward pass (the default) or keeping the graph: the same values."""
+@pytest.mark.parametrize("batch_size,padding_side,recompute,gradient_batch_size", [
+    (1, "right", False, None), (8, "left", False, 3), (8, "left", False, None), (8, "left", True, None),
+    (8, "right", True, 3)])
+def test_attribution_matches_change_times_gradient_by_hand(models, batch_size, padding_side, recompute,
+                                                           gradient_batch_size):
+    """Micro-batches of the batch (the default), the whole batch, or each layer recomputed: the same values."""
     target, donor = models
     expected = _reference(donor, target, donor, attribution=True)
     stats, order = _capture(donor, target, attribution=True, batch_size=batch_size, padding_side=padding_side,
-                            recompute=recompute)
+                            recompute=recompute, gradient_batch_size=gradient_batch_size)
     for i, row in enumerate(expected):
         for j, name in enumerate(order):
             for stat in ("attribution", "attribution_signed"):

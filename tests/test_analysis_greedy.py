@@ -80,13 +80,20 @@ def _reference_gain(target, donor, rows):
     return {n: v / len(rows) for n, v in totals.items()}
 
 
-@pytest.mark.parametrize("batch_size,padding_side", [(1, "right"), (8, "right"), (8, "left")])
-def test_gain_matches_a_hand_computed_reference(noisy, batch_size, padding_side):
+@pytest.mark.parametrize("batch_size,padding_side,backward", [
+    (1, "right", {}), (8, "right", {}), (8, "left", {}),
+    (8, "left", {"gradient_batch_size": 3}),  # forward + backward in micro-batches of 3 rows
+    (8, "right", {"recompute": True}),  # whole batches, each decoder layer recomputed
+])
+def test_gain_matches_a_hand_computed_reference(noisy, batch_size, padding_side, backward):
     target, donor, work = noisy
     rows = [json.loads(line) for line in work.read_text().splitlines()]
     expected = _reference_gain(target, donor, rows)
     result = analyze(str(target), str(donor), load_workload(work), score="gain", top_k=2, batch_size=batch_size,
-                     padding_side=padding_side, select="top", progress=False)
+                     padding_side=padding_side, select="top", progress=False, **backward)
+    if "gradient_batch_size" in backward:
+        assert result.report["plan"]["gradient_batch_size"] == 3
+        assert "micro-batches of 3 rows" in " ".join(result.report["plan"]["passes"])
     got = {c["tensor"]: c["scores"]["gain"] for c in result.report["candidates"]}
     assert set(got) == set(expected)  # every module's predicted gain is in the report
     for name, value in expected.items():

@@ -115,23 +115,42 @@ def test_real_architectures_plan_on_the_meta_device_and_items_sum_up(name, score
     unique = {id(p): p.numel() for p in model.parameters()}
     assert items["weights"] == 2 * sum(unique.values())
     assert ("streamed tensors" in items) == (score != "activation")
-    # layer inputs kept for attribution's backward: (layers + 1) x batch x length x hidden, bf16
-    inputs = (cfg["num_hidden_layers"] + 1) * 8 * 512 * cfg["hidden_size"] * 2
-    assert items.get("layer inputs") == (inputs if score == "attribution" else None)
-    # --device-map auto: weights and layer inputs spread over the GPUs, the rest stays whole
-    rest = plan.added_bytes - items["weights"] - items.get("layer inputs", 0)
-    assert plan.per_device_bytes(4) == -(-(items["weights"] + items.get("layer inputs", 0)) // 4) + rest
+    # attribution's backward runs over micro-batches of whole rows whose saved activations fit in
+    # GRADIENT_BUDGET x the weights (at least one row)
+    assert ("saved activations" in items) == (score == "attribution")
+    if score == "attribution":
+        rows = plan.gradient_batch_size
+        assert 1 <= rows <= 8 and f"{rows} x 512 tokens" in next(i.detail for i in plan.items
+                                                                 if i.name == "saved activations")
+        assert rows == 1 or items["saved activations"] <= plan_mod.GRADIENT_BUDGET * items["weights"]
+        wider = plan_on_paper(name, score=score, batch=8, length=512, gradient_batch_size=rows + 1)
+        assert rows == 8 or next(i.bytes for i in wider.items if i.name == "saved activations") > (
+            plan_mod.GRADIENT_BUDGET * items["weights"])
+    # --device-map auto: weights and saved activations spread over the GPUs, the rest stays whole
+    rest = plan.added_bytes - items["weights"] - items.get("saved activations", 0)
+    assert plan.per_device_bytes(4) == -(-(items["weights"] + items.get("saved activations", 0)) // 4) + rest
     json.dumps(plan.to_json())  # serialisable
     assert plan_mod.MemoryPlan.from_json(plan.to_json()).added_bytes == plan.added_bytes
+    if score == "attribution":  # --recompute: whole batches; each layer's input kept for its recomputation
+        recomputed = plan_on_paper(name, score=score, batch=8, length=512, recompute=True)
+        inputs = (cfg["num_hidden_layers"] + 1) * 8 * 512 * cfg["hidden_size"] * 2
+        assert {i.name: i.bytes for i in recomputed.items}["layer inputs"] == inputs
+        assert recomputed.gradient_batch_size == 8
 
 
 def test_attribution_costs_more_than_local_and_batch_size_scales_activations():
     local = plan_on_paper("meta-llama/Meta-Llama-3-8B", score="local")
     attribution = plan_on_paper("meta-llama/Meta-Llama-3-8B", score="attribution")
     assert attribution.added_bytes > local.added_bytes
-    one = plan_on_paper("meta-llama/Meta-Llama-3-8B", score="attribution", batch=1)
-    acts = [next(i.bytes for i in p.items if i.name == "activations") for p in (one, attribution)]
+    one, eight = (plan_on_paper("meta-llama/Meta-Llama-3-8B", score="attribution", batch=b, recompute=True)
+                  for b in (1, 8))
+    acts = [next(i.bytes for i in p.items if i.name == "activations") for p in (one, eight)]
     assert acts[1] > 6 * acts[0]
+    # micro-batches: the saved activations stop growing with --batch-size once a micro-batch is full
+    saved = {b: next(i.bytes for i in plan_on_paper("meta-llama/Meta-Llama-3-8B", score="attribution",
+                                                    batch=b).items if i.name == "saved activations")
+             for b in (1, 8, 16)}
+    assert saved[1] < saved[8] == saved[16]
 
 
 # --------------------------------------------------------------------------- the CLI
@@ -233,6 +252,31 @@ def test_analyze_api_returns_the_plan_with_plan_only(small):
 def test_help_names_the_plan_options():
     result = CliRunner().invoke(main, ["analyze", "--help"])
     assert result.exit_code == 0
-    for option in ("--plan", "--force", "--recompute / --no-recompute"):
+    for option in ("--plan", "--force", "--recompute / --no-recompute", "--gradient-batch-size"):
         assert option in result.output, option
     assert "memory plan" in " ".join(result.output.split())
+
+
+def test_micro_batches_shrink_to_the_free_memory_and_a_plan_that_cannot_names_recompute():
+    """Llama-3-8B in bf16 on meta: the micro-batch follows the device's free memory; one long row that
+    does not fit even alone is refused with the advice to recompute, which fits."""
+    from mergekit_transplant.analysis.paper import index_from_model
+
+    name = "meta-llama/Meta-Llama-3-8B"
+    model = plan_mod.meta_model(PUBLISHED[name])
+    index = index_from_model(model, name, "bfloat16")
+
+    def planner(lengths, free):
+        p = plan_mod.Planner(index, index, score="attribution", lengths=lengths, scored=[64] * len(lengths),
+                             dtype="bfloat16", device="cuda", model=model, measure=False)
+        p.free = int(free)
+        return p
+
+    roomy, tight = planner([512] * 8, 80e9).plan(8), planner([512] * 8, 24e9).plan(8)
+    assert roomy.gradient_batch_size > tight.gradient_batch_size >= 1
+    assert roomy.fits() and tight.fits() and tight.added_bytes < roomy.added_bytes
+    long = planner([4096], 24e9)
+    assert long.plan(1).gradient_batch_size == 1 and not long.plan(1).fits()
+    assert long.advice(1, 4096, 65).startswith("--recompute fits")
+    long.recompute = True
+    assert long.plan(1).fits()

@@ -100,10 +100,10 @@ def test_to_cli_round_trips_every_kind_of_field():
     settings = AnalyzeSettings(
         target="t", donor="d@rev", lm_eval_task="arith", include_path=["tasks dir"], score="local",
         also=["activation", "gain"], top_k=3, select="top", strength=0.5, modules=["*mlp*", "*o_proj*"],
-        include_embeddings=True, granularity="module", recompute=False, min_gain=0.25, output="r.yml",
+        include_embeddings=True, granularity="module", recompute=True, min_gain=0.25, output="r.yml",
         report_out="rep.json", device="cpu")
     command = settings.to_cli()
-    assert "--no-recompute" in command and "--report-out rep.json" in command
+    assert "--recompute" in command and "--no-recompute" not in command and "--report-out rep.json" in command
     assert _parse(command) == settings
 
 

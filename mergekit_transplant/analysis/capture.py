@@ -32,10 +32,13 @@ Statistics (per sample, averaged over its scored positions):
 
 The gradient scores (``attribution``, ``gain``) compute each module's term in
 a hook on its output's gradient, from a reference to the module's input, and
-free it at once; by default each decoder layer is recomputed in the backward
-pass (``recompute.Replay``), so a batch holds one layer's activations at a
-time, not every layer's. The probes see a recomputed layer twice and measure
-the forward statistics only in its first call.
+free it at once. Autograd still keeps every decoder layer's activations
+until the backward pass reaches it, so the gradient pass runs over
+micro-batches small enough for those to fit (``gradient_batch_size``, sized
+by the memory plan); or, with ``recompute``, over whole batches with each
+decoder layer recomputed in the backward pass (``recompute.Replay``), one
+layer's activations at a time. The probes see a recomputed layer twice and
+measure the forward statistics only in its first call.
 
 ``other`` names the checkpoint each pass compares its model with: the donor
 in the target's pass (``local``, ``gain``), the target in the donor's
@@ -234,7 +237,7 @@ def _input_device(model):
 def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequence], *, stats: Sequence[str],
              batch_size: int, pad_id: int, padding_side: str, other: Optional[TensorStreamer] = None,
              own_files: Optional[TensorStreamer] = None, attribution: bool = False, gain: bool = False,
-             recompute: bool = True,
+             recompute: bool = False, gradient_batch_size: Optional[int] = None,
              desc: str = "capture", progress: bool = True,
              sources: Sequence[tuple] = ()) -> PassResult:
     """One pass of ``model`` over ``seqs`` with every candidate probed.
@@ -244,6 +247,11 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
     for weights that a device map offloaded. ``attribution`` (on the donor)
     and ``gain`` (on the target) run a backward pass per batch; ``gain``
     expects every sequence to have a continuation (``tokens.likelihood_view``).
+    With either, the batches hold ``gradient_batch_size`` rows (default
+    ``batch_size``; ``plan.Planner.gradient_rows`` sizes them so that the
+    activations kept for the backward pass fit), and ``recompute`` recomputes
+    each decoder layer in the backward pass (``recompute.Replay``).
+    Per-sample values do not depend on how samples are batched.
 
     ``sources``: ``(role, TensorStreamer)`` pairs whose tensors are checked
     for NaN/Inf when a statistic comes out non-finite, so the error can name
@@ -272,7 +280,8 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
     start, tokens, n_batches = time.perf_counter(), 0, 0
     bar = tqdm(total=len(seqs), desc=desc, unit="sample", disable=not progress, leave=False)
     try:
-        for batch in batches(seqs, batch_size, pad_id=pad_id, padding_side=padding_side, device=device):
+        rows = (gradient_batch_size or batch_size) if gradients else batch_size
+        for batch in batches(seqs, rows, pad_id=pad_id, padding_side=padding_side, device=device):
             ctx.start(batch)
             kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                           position_ids=batch.position_ids, use_cache=False)

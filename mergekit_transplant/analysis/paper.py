@@ -72,7 +72,8 @@ def index_from_model(model, name: str, dtype: str = "bfloat16") -> ModelIndex:
 
 def plan_on_paper(name_or_config, *, score: str = "attribution", batch: int = 8, length: int = 512,
                   scored_per_row: int = 64, dtype: str = "bfloat16", also: Sequence[str] = (),
-                  modules: Optional[Sequence[str]] = None, recompute: bool = True) -> MemoryPlan:
+                  modules: Optional[Sequence[str]] = None, recompute: bool = False,
+                  gradient_batch_size: Optional[int] = None) -> MemoryPlan:
     """The plan of ``analyze --score SCORE`` on a published architecture, for a uniform batch.
 
     Every row holds ``length`` tokens, the last ``scored_per_row`` of them
@@ -85,5 +86,6 @@ def plan_on_paper(name_or_config, *, score: str = "attribution", batch: int = 8,
     index = index_from_model(model, name, dtype)
     planner = Planner(index, index, score=score, also=also, lengths=[length] * batch,
                       scored=[scored_per_row] * batch, modules=modules, dtype=dtype, device="cuda",
-                      model=model, measure=False, recompute=recompute)
+                      model=model, measure=False, recompute=recompute,
+                      gradient_batch_size=gradient_batch_size)
     return planner.plan(batch)

@@ -97,11 +97,14 @@ def analyze(
     estimated, handed to ``on_plan`` and stored in the report; when it
     exceeds the device's free memory the run stops with the largest batch
     size (or length) that fits, unless ``force``. With ``plan_only`` the
-    plan is returned and nothing loads (``plan_analysis``). ``recompute``
-    (the gradient scores): recompute each decoder layer in the backward
-    pass (memory bounded by one layer; ``recompute.py``). ``command`` is the
-    command line recorded in the recipe header and report (default:
-    ``settings.to_cli()``).
+    plan is returned and nothing loads (``plan_analysis``). The gradient
+    scores run forward + backward over micro-batches of ``gradient_batch_size``
+    rows (default: sized by the plan so that every layer's saved activations
+    fit in three quarters of the weights' size), or, with ``recompute``, over whole batches
+    with each decoder layer recomputed in the backward pass (memory bounded by
+    one layer, one more forward pass; ``recompute.py``).
+    ``command`` is the command line recorded in the recipe header and report
+    (default: ``settings.to_cli()``).
     """
     if isinstance(target, AnalyzeSettings):
         settings = dataclasses.replace(target, **settings_kw) if settings_kw else target
@@ -130,12 +133,14 @@ def _analyze(settings: AnalyzeSettings, workload: Union[Workload, str, Path], *,
         s.select, s.prefilter
     min_gain, holdout_fraction, controls, recompute, force = s.min_gain, s.holdout_fraction, s.controls, \
         s.recompute, s.force
+    gradient_batch_size = s.gradient_batch_size
     import torch
 
     t_start = time.perf_counter()
     if isinstance(modules, str):
         modules = [modules]
-    _validate(score, also, capture, granularity, padding_side, batch_size, max_length, max_new_tokens)
+    _validate(score, also, capture, granularity, padding_side, batch_size, max_length, max_new_tokens,
+              gradient_batch_size)
     validate(top_k=top_k, param_budget=param_budget, strength=strength, strength_mode=strength_mode)
     if select is None:  # greedy selects modules, with constant strength: top otherwise
         select = "top" if granularity == "layer" or strength_mode != "constant" else DEFAULT_SELECT
@@ -207,7 +212,8 @@ def _analyze(settings: AnalyzeSettings, workload: Union[Workload, str, Path], *,
     planner = _planner(target_index, donor_index, seqs, score=score, also=also, capture=capture,
                        max_new_tokens=max_new_tokens, max_len=limit_len, modules=modules,
                        include_embeddings=include_embeddings, dtype=dtype, device=device, device_map=device_map,
-                       trust_remote_code=trust_remote_code, recompute=recompute, greedy=select == "greedy")
+                       trust_remote_code=trust_remote_code, recompute=recompute, greedy=select == "greedy",
+                       gradient_batch_size=gradient_batch_size)
     plan = planner.plan(batch_size)
     if on_plan is not None:
         on_plan(plan)
@@ -266,7 +272,9 @@ def _analyze(settings: AnalyzeSettings, workload: Union[Workload, str, Path], *,
                 result = capture_mod.run_pass(
                     model, state["candidates"], fed, stats=p.stats, batch_size=batch_size, pad_id=state["pad_id"],
                     padding_side=padding_side, other=other, own_files=files[role], attribution=p.attribution,
-                    gain=p.gain, recompute=recompute, desc=p.desc, progress=progress,
+                    gain=p.gain, recompute=recompute,
+                    gradient_batch_size=plan.gradient_batch_size if (p.gain or p.attribution) else None,
+                    desc=p.desc, progress=progress,
                     sources=[(role, files[role])] + ([(p.other, other)] if other else []))
             stats.update(result.stats)
             seconds_key, tokens_key, streamed_key = p.timing
@@ -366,7 +374,7 @@ def plan_analysis(target: str, donor: str, workload: Union[Workload, str, Path],
 
 def _planner(target_index: ModelIndex, donor_index: ModelIndex, seqs: Sequence[TokenSequence], *, score, also,
              capture, max_new_tokens, max_len, modules, include_embeddings, dtype, device, device_map,
-             trust_remote_code, recompute=True, greedy=False) -> Planner:
+             trust_remote_code, recompute=False, greedy=False, gradient_batch_size=None) -> Planner:
     """The plan's view of the workload: tokens fed and positions scored per sample."""
     if capture == "generate":  # each prompt (cut to leave room) plus up to max_new_tokens generated
         room = max_len - max_new_tokens
@@ -378,7 +386,7 @@ def _planner(target_index: ModelIndex, donor_index: ModelIndex, seqs: Sequence[T
     return Planner(target_index, donor_index, score=score, also=also, lengths=lengths, scored=scored,
                    modules=modules, include_embeddings=include_embeddings, dtype=dtype, device=device,
                    device_map=device_map, trust_remote_code=trust_remote_code, recompute=recompute,
-                   greedy=greedy)
+                   greedy=greedy, gradient_batch_size=gradient_batch_size)
 
 
 def _check_continuations(tokenizer, workload: Workload, max_len: int) -> None:
@@ -413,7 +421,8 @@ def _refuse(plan: MemoryPlan, planner: Planner, batch_size: int, max_len: int, f
     raise TransplantError(f"memory plan: {need}; {advice} (or pass --force to run anyway)")
 
 
-def _validate(score, also, capture, granularity, padding_side, batch_size, max_length, max_new_tokens) -> None:
+def _validate(score, also, capture, granularity, padding_side, batch_size, max_length, max_new_tokens,
+              gradient_batch_size=None) -> None:
     for name in [score, *also]:
         if name not in SCORES:
             raise TransplantError(f"unknown score {name!r}; use one of {', '.join(SCORES)}")
@@ -425,6 +434,8 @@ def _validate(score, also, capture, granularity, padding_side, batch_size, max_l
         raise TransplantError(f"padding side must be left or right, got {padding_side!r}")
     if batch_size < 1:
         raise TransplantError(f"--batch-size must be at least 1, got {batch_size}")
+    if gradient_batch_size is not None and gradient_batch_size < 1:
+        raise TransplantError(f"--gradient-batch-size must be at least 1, got {gradient_batch_size}")
     if max_length < 2:
         raise TransplantError(f"--max-length must be at least 2, got {max_length}")
     if capture == "generate" and max_new_tokens < 1:

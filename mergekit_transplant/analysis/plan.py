@@ -11,10 +11,15 @@ will hold at its peak on the device:
   scratch that ``local`` and ``attribution`` keep per weight shape
   (``streaming.TensorStreamer``);
 - ``activations``: what the passes hold for the largest batch. A forward pass
-  without gradients holds one layer's working set at a time; ``attribution``
-  keeps each decoder layer's input for its backward pass and recomputes one
-  layer at a time (``recompute``), so it holds those inputs plus one layer's
-  saved activations and gradients, and the logits at the scored columns;
+  without gradients holds one layer's working set at a time. The gradient
+  scores (``attribution``, ``gain``) run forward + backward over micro-batches
+  of ``gradient_rows`` rows and hold every layer's saved activations for one
+  micro-batch (``saved activations``: at most ``GRADIENT_BUDGET`` x the
+  weights, and what the device has free), plus one layer's gradients and the
+  logits at the scored columns; with ``--recompute`` they keep each decoder
+  layer's input for the whole batch (``layer inputs``) and recompute one
+  layer at a time (``recompute``), holding one layer's saved activations and
+  gradients;
 - ``score buffers``: per-module values in flight: ``local``'s change at the
   scored positions, ``attribution``'s change, gathered input and gradient at
   every real position of one module (computed when its gradient arrives,
@@ -110,6 +115,7 @@ class MemoryPlan:
     free_bytes: Optional[int] = None  # the device's free memory, when known
     devices: int = 1  # devices a --device-map spreads the model over
     notes: List[str] = field(default_factory=list)
+    gradient_batch_size: Optional[int] = None  # rows per forward + backward micro-batch (gradient scores)
 
     @property
     def added_bytes(self) -> int:
@@ -135,7 +141,7 @@ class MemoryPlan:
             "schema": PLAN_SCHEMA, "score": self.score, "passes": list(self.passes), "device": self.device,
             "dtype": self.dtype, "batch_size": self.batch_size, "shape": asdict(self.shape),
             "items": [asdict(i) for i in self.items], "added_bytes": self.added_bytes, "devices": self.devices,
-            "notes": list(self.notes),
+            "notes": list(self.notes), "gradient_batch_size": self.gradient_batch_size,
         }
 
     @classmethod
@@ -145,7 +151,7 @@ class MemoryPlan:
         return cls(score=data["score"], passes=list(data["passes"]), device=data["device"], dtype=data["dtype"],
                    batch_size=data["batch_size"], shape=BatchShape(**data["shape"]),
                    items=[PlanItem(**i) for i in data["items"]], devices=data.get("devices", 1),
-                   notes=list(data.get("notes", [])))
+                   notes=list(data.get("notes", [])), gradient_batch_size=data.get("gradient_batch_size"))
 
     def format(self) -> str:
         s = self.shape
@@ -209,18 +215,26 @@ class Module:
 def estimate(dims: Dims, weight_bytes: int, modules: Sequence[Module], shape: BatchShape, *, score: str,
              also: Sequence[str] = (), dtype_bytes: int, dtype: str, device: str = "cpu", devices: int = 1,
              baseline_bytes: int = 0, free_bytes: Optional[int] = None, eager_attention: bool = False,
-             batch_size: Optional[int] = None, recompute: bool = True, greedy: bool = False) -> MemoryPlan:
-    """The plan for one run; see the module docstring for what each item holds."""
+             batch_size: Optional[int] = None, recompute: bool = False, greedy: bool = False,
+             gradient_shape: Optional[BatchShape] = None, gradient_rows: Optional[int] = None) -> MemoryPlan:
+    """The plan for one run; see the module docstring for what each item holds.
+
+    ``gradient_shape``: the largest micro-batch of the gradient pass (``gradient_rows`` rows;
+    default: the whole batch, ``shape``).
+    """
     wanted = {score, *also}
+    grad = gradient_shape or shape
     gradients = bool(wanted & {"attribution", "gain"})  # a backward pass (on the donor, or the target for gain)
     passes = []
     if "local" in wanted or "activation" in wanted:
         passes.append("target forward")
+    how = " (layers recomputed)" if recompute else ""
+    if gradients and grad.rows < shape.rows:
+        how += f" (in micro-batches of {grad.rows} row{'s' if grad.rows > 1 else ''})"
     if "gain" in wanted:
-        passes.append("target forward + backward" + (", layers recomputed" if recompute else ""))
+        passes.append("target forward + backward" + how)
     if "activation" in wanted or "attribution" in wanted:
-        passes.append(("donor forward + backward" + (", layers recomputed" if recompute else ""))
-                      if "attribution" in wanted else "donor forward")
+        passes.append(("donor forward + backward" + how) if "attribution" in wanted else "donor forward")
     b = dtype_bytes
     items = [PlanItem("weights", weight_bytes, f"one model resident at a time, {dtype}", spread=True)]
     streams = "local" in wanted or gradients
@@ -238,20 +252,17 @@ def estimate(dims: Dims, weight_bytes: int, modules: Sequence[Module], shape: Ba
         items.append(PlanItem("streamed tensors", streamed, what))
     forward = _forward_activations(dims, shape, b, eager_attention, keep_all_logits=any(m.head for m in modules))
     if gradients and recompute:
-        inputs = (dims.layers + 1) * shape.padded * dims.hidden * b
-        items.append(PlanItem("layer inputs", inputs, f"{dims.layers + 1} x {shape.rows} x {shape.width} x "
+        inputs = (dims.layers + 1) * grad.padded * dims.hidden * b
+        items.append(PlanItem("layer inputs", inputs, f"{dims.layers + 1} x {grad.rows} x {grad.width} x "
                               f"{dims.hidden}: each decoder layer's input, kept for its recomputation", spread=True))
-        acts, what = _attribution_activations(dims, shape, b, eager_attention, forward)
-    elif gradients:  # --no-recompute: every layer's graph, and the probed inputs, until backward
-        _, saved = _layer(dims, shape.padded, b)
-        q = dims.heads * dims.head_dim
-        held = saved + shape.padded * (2 * dims.hidden + q + dims.intermediate) * b
-        scores = _attention_scores(dims, shape, b, eager_attention)
-        items.append(PlanItem("saved activations", dims.layers * (held + scores),
-                              f"{dims.layers} layers' tensors saved for the backward pass, and the probed "
-                              "modules' inputs (--no-recompute)", spread=True))
-        acts, what = _attribution_activations(dims, shape, b, eager_attention, forward)
-        what = "one layer's gradients, logits at the scored columns"
+        acts, what = _attribution_activations(dims, grad, b, eager_attention, forward)
+    elif gradients:  # no recomputation: every layer's graph, and the probed inputs, until backward
+        items.append(PlanItem("saved activations", kept_activations(dims, grad, b, eager_attention),
+                              f"{grad.rows} x {grad.width} tokens: {dims.layers} layers' tensors saved for the "
+                              "backward pass, and the probed modules' inputs", spread=True))
+        acts, what = _attribution_activations(dims, grad, b, eager_attention, forward)
+        what = ("the larger of a forward pass's working set and, for a micro-batch of "
+                f"{grad.rows} x {grad.width} tokens, one layer's gradients; logits at the scored columns")
     else:
         acts, what = forward, "one layer's working set (no gradients)"
     if greedy:  # --select greedy: forward passes of the target, logits at the scored columns
@@ -267,19 +278,24 @@ def estimate(dims: Dims, weight_bytes: int, modules: Sequence[Module], shape: Ba
         buffers = max(buffers, local)
         detail.append("local: change at the scored positions of one module")
     if gradients and modules:
-        attr = max(shape.tokens * (2 * m.d_out + m.d_in) * 4 for m in modules)
+        attr = max(grad.tokens * (2 * m.d_out + m.d_in) * 4 for m in modules)
         buffers = max(buffers, attr)
         detail.append(f"{'/'.join(sorted(wanted & {'attribution', 'gain'}))}: change, input and gradient at every "
                       "real position of one module (float32)")
     items.append(PlanItem("score buffers", buffers, "; ".join(detail) or "per-batch statistics only"))
     plan = MemoryPlan(score=score, passes=passes, device=device, dtype=dtype,
                       batch_size=batch_size or shape.rows, shape=shape, items=items,
-                      baseline_bytes=baseline_bytes, free_bytes=free_bytes, devices=devices)
+                      baseline_bytes=baseline_bytes, free_bytes=free_bytes, devices=devices,
+                      gradient_batch_size=(gradient_rows or grad.rows) if gradients else None)
     if greedy:
         plan.notes.append("--select greedy also keeps CPU copies of the chosen units' target tensors "
                           "(not itemised: at most the selected parameters)")
     return plan
 
+
+#: without recomputation, the gradient pass runs over micro-batches whose saved activations
+#: (every layer's, until the backward pass) stay within this share of the model's weights
+GRADIENT_BUDGET = 0.75
 
 _DT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
 
@@ -308,6 +324,25 @@ def _forward_activations(dims: Dims, shape: BatchShape, b: int, eager: bool, *, 
     working, _ = _layer(dims, shape.padded, b)
     logits = (shape.padded if keep_all_logits else shape.rows) * dims.vocab * b
     return working + _attention_scores(dims, shape, b, eager) + logits
+
+
+def kept_activations(dims: Dims, shape: BatchShape, b: int, eager: bool) -> int:
+    """A gradient pass without recomputation: what every decoder layer keeps until the backward pass
+    reaches it (autograd's saved tensors, and the probed modules' inputs, which their gradient hooks use)."""
+    _, saved = _layer(dims, shape.padded, b)
+    q = dims.heads * dims.head_dim
+    held = saved + shape.padded * (2 * dims.hidden + q + dims.intermediate) * b
+    return dims.layers * (held + _attention_scores(dims, shape, b, eager))
+
+
+def gradient_rows(dims: Dims, lengths: Sequence[int], scored: Sequence[int], batch_size: int, *, b: int,
+                  eager: bool, budget: int) -> int:
+    """The most rows (at most ``batch_size``, at least 1) per gradient micro-batch whose
+    ``kept_activations`` stay within ``budget`` bytes."""
+    for rows in range(batch_size, 1, -1):
+        if kept_activations(dims, batch_shape(lengths, scored, rows), b, eager) <= budget:
+            return rows
+    return 1
 
 
 def _attribution_activations(dims: Dims, shape: BatchShape, b: int, eager: bool, forward: int):
@@ -360,11 +395,13 @@ class Planner:
     def __init__(self, target, donor, *, score: str, also: Sequence[str] = (), lengths: Sequence[int],
                  scored: Sequence[int], modules: Optional[Sequence[str]] = None, include_embeddings: bool = False,
                  dtype: Optional[str] = None, device: str = "cpu", device_map: Optional[str] = None,
-                 trust_remote_code: bool = False, model=None, measure: bool = True, recompute: bool = True,
-                 greedy: bool = False):
+                 trust_remote_code: bool = False, model=None, measure: bool = True, recompute: bool = False,
+                 greedy: bool = False, gradient_batch_size: Optional[int] = None):
         from mergekit_transplant.analysis.candidates import find_candidates
 
         self.score, self.also, self.recompute, self.greedy = score, list(also), recompute, greedy
+        self.gradient_batch_size = gradient_batch_size
+        self._rows: Dict[Optional[int], tuple] = {}  # max_length -> (batch size asked, gradient rows)
         self.lengths, self.scored = list(lengths), list(scored)
         self.device = device if not device_map else f"device map {device_map}"
         model = model if model is not None else meta_model(target.config, trust_remote_code=trust_remote_code,
@@ -388,17 +425,57 @@ class Planner:
 
     def plan(self, batch_size: int, max_length: Optional[int] = None) -> MemoryPlan:
         lengths = self.lengths if max_length is None else [min(n, max_length) for n in self.lengths]
-        shape = batch_shape(lengths, self.scored, batch_size)
-        plan = estimate(self.dims, self.weight_bytes, self.modules, shape, score=self.score, also=self.also,
-                        dtype_bytes=self.dtype_bytes, dtype=self.dtype, device=self.device, devices=self.devices,
-                        baseline_bytes=self.baseline, free_bytes=self.free, eager_attention=self.eager,
-                        batch_size=batch_size, recompute=self.recompute, greedy=self.greedy)
+        plan = self._estimate(batch_size, lengths, self.gradient_rows(batch_size, max_length, lengths))
         if self.devices > 1:
             plan.notes.append("spread over the devices by the device map; each holds its layers' share")
         return plan
 
+    def _estimate(self, batch_size: int, lengths: Sequence[int], rows: Optional[int]) -> MemoryPlan:
+        return estimate(self.dims, self.weight_bytes, self.modules, batch_shape(lengths, self.scored, batch_size),
+                        score=self.score, also=self.also, dtype_bytes=self.dtype_bytes, dtype=self.dtype,
+                        device=self.device, devices=self.devices, baseline_bytes=self.baseline,
+                        free_bytes=self.free, eager_attention=self.eager, batch_size=batch_size,
+                        recompute=self.recompute, greedy=self.greedy,
+                        gradient_shape=batch_shape(lengths, self.scored, rows) if rows else None, gradient_rows=rows)
+
+    def gradient_rows(self, batch_size: int, max_length: Optional[int] = None,
+                      lengths: Optional[Sequence[int]] = None) -> Optional[int]:
+        """Rows per forward + backward micro-batch of the gradient scores (None: no gradient pass).
+
+        ``--gradient-batch-size`` when given; with recomputation, the whole batch; else the most rows
+        whose saved activations (``kept_activations``) stay within ``GRADIENT_BUDGET`` x the weights,
+        and within what the device has free besides the plan's other items (when that is known).
+        """
+        if not {self.score, *self.also} & {"attribution", "gain"}:
+            return None
+        if self.gradient_batch_size:
+            return min(self.gradient_batch_size, batch_size)
+        if self.recompute:
+            return batch_size
+        asked, rows = self._rows.get(max_length, (0, 0))
+        if batch_size > asked:  # fewer rows never hold more, so the answer for a larger batch bounds a smaller one
+            if lengths is None:
+                lengths = self.lengths if max_length is None else [min(n, max_length) for n in self.lengths]
+            budget = int(GRADIENT_BUDGET * self.weight_bytes)
+            if self.free is not None:  # and what the device can hold besides everything else
+                one = self._estimate(batch_size, lengths, 1)
+                rest = one.added_bytes - sum(i.bytes for i in one.items if i.name == "saved activations")
+                budget = min(budget, max(self.free - rest, 0))
+            rows = gradient_rows(self.dims, lengths, self.scored, batch_size, b=self.dtype_bytes, eager=self.eager,
+                                 budget=budget)
+            self._rows[max_length] = (batch_size, rows)
+        return min(rows, batch_size)
+
     def advice(self, batch_size: int, max_length: int, min_length: int) -> Optional[str]:
-        """The largest ``--batch-size`` (else ``--max-length`` at batch 1) that fits, or None."""
+        """``--recompute`` (gradient scores), else the largest ``--batch-size`` (else ``--max-length`` at
+        batch 1) that fits, or None."""
+        if not self.recompute and self.gradient_rows(batch_size, max_length):
+            self.recompute = True
+            try:
+                if self.plan(batch_size, max_length).fits():
+                    return "--recompute fits (each decoder layer recomputed in the backward pass)"
+            finally:
+                self.recompute = False
         for b in range(batch_size - 1, 0, -1):
             if self.plan(b, max_length).fits():
                 return f"--batch-size {b} fits"

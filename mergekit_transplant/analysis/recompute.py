@@ -1,4 +1,9 @@
-"""Per-layer recomputation for ``attribution``'s backward pass (activation checkpointing).
+"""Per-layer recomputation for the gradient scores' backward pass (``--recompute``; activation checkpointing).
+
+By default the gradient pass keeps every layer's activations and runs over
+micro-batches small enough for them to fit (``plan.Planner.gradient_rows``);
+``--recompute`` runs whole batches this way instead: the least memory, one
+more forward pass of the decoder layers.
 
 A plain backward pass keeps every activation autograd saved in the forward
 pass until the backward pass reaches it: for a whole batch, every decoder

@@ -111,10 +111,17 @@ class AnalyzeSettings:
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
     allow_pickle: bool = field(default=False, metadata={
         "help": "Accept pickle (.bin/.pt) checkpoints (read weights-only, memory-mapped)."})
-    recompute: bool = field(default=True, metadata={
+    gradient_batch_size: Optional[int] = field(default=None, metadata={
+        "type": click.IntRange(min=1), "metavar": "ROWS",
+        "help": "attribution, gain: rows per forward + backward micro-batch (at most --batch-size). Default: "
+                "the most rows whose saved activations (every layer's, until the backward pass) fit in 3/4 "
+                "of the weights' size and in the device's free memory, from the memory plan; with "
+                "--recompute, --batch-size."})
+    recompute: bool = field(default=False, metadata={
         "flags": ("--recompute/--no-recompute",),
-        "help": "attribution: recompute each decoder layer in the backward pass (memory bounded by one "
-                "layer) instead of keeping every layer's activations (one forward pass faster, more memory)."})
+        "help": "attribution, gain: recompute each decoder layer in the backward pass and run whole batches "
+                "(memory bounded by one layer, but one more forward pass) instead of micro-batches that keep "
+                "every layer's activations."})
     force: bool = field(default=False, metadata={
         "record": False, "help": "Run even when the memory plan exceeds the device's free memory."})
     # outputs and console: where the results go, not what they are
