@@ -17,6 +17,8 @@ command built on a settings dataclass uses it. Field metadata:
 - list fields: ``multiple`` (the option repeats) or ``parse`` (one
   comma-separated value parsed by this function);
 - ``cli: False`` keeps a field out of the command line (Python API only).
+- ``pin: True``: ``to_cli`` writes the field even at its default (a default a
+  later release may change).
 
 A field without a default is a required option. The dataclass validates values
 itself (``TransplantError``), so a bad value reads the same from Python and the
@@ -209,6 +211,11 @@ def config_from(cls, opts: Dict[str, Any]):
 def to_cli(settings, command: Sequence[str], *, exclude: Iterable[str] = ()) -> str:
     """The command line that reproduces ``settings``: every CLI field that differs from its default.
 
+    A field whose metadata has ``pin: True`` is written even at its default:
+    a default that a later release may change (``analyze``'s score and
+    selection were chosen by a benchmark) must not change what an old
+    command reproduces.
+
     Arguments come first, in field order; options use their longest spelling.
     The one implementation behind every "command to reproduce this" (recipe
     header, report, model card).
@@ -224,7 +231,7 @@ def to_cli(settings, command: Sequence[str], *, exclude: Iterable[str] = ()) -> 
         if f.metadata.get("argument"):
             args.append(str(value))
             continue
-        if has_default(f) and value == default_of(f):
+        if has_default(f) and value == default_of(f) and not f.metadata.get("pin"):
             continue
         if value is None:
             continue

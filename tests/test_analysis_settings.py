@@ -157,3 +157,11 @@ def test_sweep_options_are_generated_from_sweep_settings():
     assert (settings.ks, settings.strengths, settings.whole_model) == ([1, 2], [0.5, 1.0], False)
     with pytest.raises(TransplantError, match="--k 'x'"):
         cmd.make_context("sweep", ["--k", "x"])
+
+
+def test_reproduce_command_names_the_score_even_at_its_default():
+    """The default score was changed by a benchmark once; an old command must keep reproducing its run."""
+    from mergekit_transplant.analysis import DEFAULT_SCORE
+
+    command = AnalyzeSettings(target="t", donor="d", workload="w.jsonl").to_cli()
+    assert f"--score {DEFAULT_SCORE}" in command

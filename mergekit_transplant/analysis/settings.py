@@ -70,7 +70,7 @@ class AnalyzeSettings:
     seed: int = field(default=0, metadata={
         "help": "Seed for --limit's subset, greedy's held-out part and the random controls."})
     score: str = field(default=DEFAULT_SCORE, metadata={
-        "choices": SCORES, "help": "Score that ranks modules (and, with --select greedy, pre-filters them)."})
+        "choices": SCORES, "pin": True, "help": "Score that ranks modules (and, with --select greedy, pre-filters them)."})
     also: List[str] = field(default_factory=list, metadata={
         "multiple": True, "choices": SCORES, "help": "Compute this score too, for the report (repeatable)."})
     capture: str = field(default="teacher-forced", metadata={
