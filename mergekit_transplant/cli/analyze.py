@@ -8,6 +8,7 @@ import click
 
 from mergekit_transplant.analysis.greedy import SelectConfig
 from mergekit_transplant.cli.options import config_from, options_from
+from mergekit_transplant.cli.verbosity import info, quiet
 
 SCORE_CHOICES = ("attribution", "local", "activation", "gain")
 
@@ -63,7 +64,6 @@ SCORE_CHOICES = ("attribution", "local", "activation", "gain")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the full report (JSON) here.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a layers x module heatmap (PNG) here.")
 @click.option("--rows", type=int, default=15, show_default=True, help="Rows of the console table.")
-@click.option("--quiet", is_flag=True, help="No progress bars or table.")
 def analyze(**opts) -> None:
     """Find the modules that carry the donor's advantage on a workload; write a recipe.
 
@@ -129,22 +129,21 @@ def analyze(**opts) -> None:
         device_map=opts["device_map"], batch_size=opts["batch_size"], max_length=opts["max_length"],
         padding_side=opts["padding_side"], limit=opts["limit"], seed=opts["seed"],
         trust_remote_code=opts["trust_remote_code"], allow_pickle=opts["allow_pickle"],
-        command=_command_line(click.get_current_context()), progress=not opts["quiet"],
+        command=_command_line(click.get_current_context()), progress=not quiet(),
         **vars(choosing), recompute=opts["recompute"], force=opts["force"], plan_only=opts["plan_only"],
-        on_plan=lambda plan: click.echo(plan.format(), err=True),
+        on_plan=lambda plan: click.echo(plan.format(), err=True) if opts["plan_only"] else info(plan.format()),
     )
     if opts["plan_only"]:
         return
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
-    if not opts["quiet"]:
-        click.echo(format_table(result.report, rows=opts["rows"]))
-        if "greedy" in result.report:
-            click.echo(format_greedy(result.report))
+    click.echo(format_table(result.report, rows=opts["rows"]))
+    if "greedy" in result.report:
+        click.echo(format_greedy(result.report))
     write_outputs(result, recipe=opts["output"], report=opts["report"], plot=opts["plot"])
     for label, path in (("recipe", opts["output"]), ("report", opts["report"]), ("heatmap", opts["plot"])):
         if path:
-            click.echo(f"wrote {label}: {path}", err=True)
+            info(f"wrote {label}: {path}")
 
 
 def _command_line(ctx: click.Context) -> str:

@@ -119,9 +119,11 @@ def evaluate(target, donor, merged, tasks, retain_tasks, include_path, metric, l
         cache_dir=cache_dir, use_cache=not no_cache, bootstrap_iters=bootstrap_iters, seed=seed,
         trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, prompt=prompt,
     )
-    report = evaluate_models(target, donor, merged, settings, progress=lambda m: click.echo(m, err=True))
+    from mergekit_transplant.cli.verbosity import info
+
+    report = evaluate_models(target, donor, merged, settings, progress=info)
     if output:
         report.write(output)
     click.echo(report.markdown(), nl=False)
     if output:
-        click.echo(f"wrote {output}", err=True)
+        info(f"wrote {output}")

@@ -9,6 +9,8 @@ import click
 from mergekit.options import MergeOptions, add_merge_options
 
 from mergekit_transplant.cli import debug_option
+from mergekit_transplant.cli.verbosity import merged_with
+from mergekit_transplant.cli.verbosity import quiet as output_quiet
 
 from mergekit_transplant.organ import apply_organ, extract_organ, verify_organ
 
@@ -112,7 +114,7 @@ def apply(merge_options: MergeOptions, organ_dir, out_path, target, at, overwrit
     """
     from mergekit_transplant.cli.check import print_report
 
-    verify_report, report = apply_organ(organ_dir, out_path, target=target, at=at, options=merge_options,
+    verify_report, report = apply_organ(organ_dir, out_path, target=target, at=at, options=merged_with(merge_options),
                                         overwrite=overwrite)
     _print_verify(verify_report)
     print_report(report)
@@ -145,8 +147,7 @@ def settings_options(f):
 @organ.command("train")
 @debug_option
 @settings_options
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(quiet, **options):
+def train(**options):
     """Train one block of decoder layers on a domain corpus; write it as an organ.
 
     Only the block learns (the NOT paper's trained organ, arXiv 2601.13580):
@@ -159,7 +160,8 @@ def train(quiet, **options):
     """
     from mergekit_transplant.organ.training import OrganTrainSettings, train_organ
 
-    result = train_organ(OrganTrainSettings(**options), progress=not quiet)
+    quiet = {"log": lambda message: None} if output_quiet() else {}  # the block and perplexities are info lines
+    result = train_organ(OrganTrainSettings(**options), progress=not output_quiet(), **quiet)
     if result.manifest is None:  # not the main process of a data-parallel run
         return
     r = result.record

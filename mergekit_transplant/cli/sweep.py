@@ -113,18 +113,20 @@ def sweep(report_path, target, donor, workload, score, ks, strengths, tasks, sel
         dtype=dtype, metric=metric, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
         model_args=model_args, prompt=prompt,
     )
-    result = run_sweep(ranking, settings)
+    from mergekit_transplant.cli.verbosity import info, quiet
+
+    result = run_sweep(ranking, settings, progress=not quiet())
     click.echo(markdown_table(result), nl=False)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     if output_recipe:
         write_recipe(result, output_recipe)
-        click.echo(f"wrote {output_recipe}", err=True)
+        info(f"wrote {output_recipe}")
     if output:
         csv_path = write_json(result, output)
-        click.echo(f"wrote {output} and {csv_path}", err=True)
+        info(f"wrote {output} and {csv_path}")
     if plot:
         from mergekit_transplant.sweep.plot import plot_sweep
 
         plot_sweep(result, plot)
-        click.echo(f"wrote {plot}", err=True)
+        info(f"wrote {plot}")
