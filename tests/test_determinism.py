@@ -18,7 +18,8 @@ from typing import Dict
 import pytest
 
 from mergekit_transplant.testing import linear_weight_names, perturbed_copy
-from tests.test_reliability import PICKED, leftovers, recipe, run_cli
+from mergekit_transplant.testing_cli import leftovers, recipe, run_cli
+from tests.conftest import PICKED
 
 HASH_SEEDS = ("1", "2")
 
