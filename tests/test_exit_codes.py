@@ -77,6 +77,7 @@ def test_debug_shows_the_bug_itself(zoo, tmp_path, monkeypatch, how):
     assert code == 1 and HINT in output
 
 
+@pytest.mark.slow
 def test_console_script_bug_is_exit_1_with_the_hint_and_traceback_on_debug(zoo, tmp_path):
     """The real console script: a bug planted through a sitecustomize that breaks the planner."""
     (tmp_path / "r.yml").write_text(recipe(zoo["t"], zoo["d"]))

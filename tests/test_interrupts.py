@@ -75,6 +75,7 @@ def interrupt_while_committing(args, pause_on: str, tmp_path: Path, sig=signal.S
     return out, err
 
 
+@pytest.mark.slow
 def test_sigterm_while_eval_writes_its_results(zoo, files, tmp_path):
     results = tmp_path / "results.json"
     results.write_text('{"previous": true}\n')
@@ -85,6 +86,7 @@ def test_sigterm_while_eval_writes_its_results(zoo, files, tmp_path):
     assert results.read_text() == '{"previous": true}\n' and leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_sigterm_while_sweep_writes_its_results(files, analysis_report, tmp_path):
     out = tmp_path / "sweep.json"
     out.write_text('{"previous": true}\n')
@@ -101,6 +103,7 @@ def test_sigterm_while_sweep_writes_its_results(files, analysis_report, tmp_path
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_sigterm_while_card_writes_the_readme(files, tmp_path):
     folder = tmp_path / "merged"
     shutil.copytree(files["merged"], folder)
@@ -110,6 +113,7 @@ def test_sigterm_while_card_writes_the_readme(files, tmp_path):
     assert tree(folder) == before and leftovers(folder) == []
 
 
+@pytest.mark.slow
 def test_sigterm_while_organ_extract_commits_the_folder(zoo, files, tmp_path):
     organ = tmp_path / "organ"
     organ.mkdir()

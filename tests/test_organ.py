@@ -105,6 +105,7 @@ def test_organ_holds_only_the_transplanted_tensors(work, organ):
         ["config.json", "generation_config.json", "model.safetensors", MANIFEST, "recipe.yml"])
 
 
+@pytest.mark.slow
 def test_mergekit_yaml_on_the_organ_recipe_is_bit_identical(work, organ, tmp_path):
     reference = tensor_sha256(merged_in_process(Path("recipe.yml"), tmp_path / "full"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
@@ -373,6 +374,7 @@ def test_names_never_become_paths(tmp_path):
 # --------------------------------------------------------------------------- recipe sharing
 
 
+@pytest.mark.slow
 def test_check_offline_lists_the_files_a_hub_recipe_needs(tmp_path):
     """Hub ids, HF_HUB_OFFLINE=1, an empty HF cache: `check` names what to download."""
     sha = "0123456789abcdef0123456789abcdef01234567"

@@ -147,6 +147,7 @@ def test_outputs_have_ordinary_permissions(zoo, tmp_path):
 # --------------------------------------------------------------------------- the real console script
 
 
+@pytest.mark.slow
 def test_console_script_exit_code_and_no_traceback(zoo, tmp_path):
     bad = tmp_path / "bad.yml"
     bad.write_text(recipe(zoo["t"], zoo["d"], [("model.layers.1", 1.0)]))
@@ -160,6 +161,7 @@ def test_console_script_exit_code_and_no_traceback(zoo, tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "malformed YAML" in proc.stderr
 
 
+@pytest.mark.slow
 def test_console_script_hub_id_offline_with_empty_cache(zoo, tmp_path):
     (tmp_path / "r.yml").write_text(recipe(zoo["t"], "someorg/somemodel@main"))
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
@@ -170,6 +172,7 @@ def test_console_script_hub_id_offline_with_empty_cache(zoo, tmp_path):
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_console_script_missing_model_for_merge(zoo, tmp_path):
     (tmp_path / "r.yml").write_text(recipe(zoo["t"], tmp_path / "gone"))
     proc = run_cli(["merge", tmp_path / "r.yml", tmp_path / "out"])

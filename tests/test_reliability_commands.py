@@ -70,7 +70,15 @@ def _resolve(zoo, files, tmp_path, kwargs):
     return out
 
 
-@pytest.mark.parametrize("case", list(ANALYZE_CASES))
+#: cases where lm-eval indexes its thousands of built-in task YAMLs looking for the name (tens of seconds)
+SLOW_CASES = {"unknown-lm-eval-task", "unknown-task"}
+
+
+def _cases(table):
+    return [pytest.param(case, marks=pytest.mark.slow) if case in SLOW_CASES else case for case in table]
+
+
+@pytest.mark.parametrize("case", _cases(ANALYZE_CASES))
 def test_analyze_rejects_bad_input(zoo, files, tmp_path, case):
     kwargs, extra, needles = ANALYZE_CASES[case]
     resolved = _resolve(zoo, files, tmp_path, kwargs)
@@ -163,7 +171,7 @@ EVAL_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(EVAL_CASES))
+@pytest.mark.parametrize("case", _cases(EVAL_CASES))
 def test_eval_rejects_bad_input(zoo, files, tmp_path, case):
     kwargs, needles = EVAL_CASES[case]
     kwargs = {k: (tmp_path / "missing" if v == "MISSING" else zoo.get(v, files.get(v, v))) for k, v in kwargs.items()}
@@ -253,6 +261,7 @@ def _sweep(files, tmp_path, report, *extra):
                    "--output", tmp_path / "sweep.json", *extra])
 
 
+@pytest.mark.slow
 def test_sweep_rejects_bad_reports_and_settings(zoo, files, analysis_report, tmp_path):
     bad = {"missing.json": None, "bad.json": "{not json", "list.json": "[]", "schema.json": '{"settings": 3}'}
     for name, text in bad.items():

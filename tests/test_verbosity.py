@@ -60,6 +60,7 @@ def test_default_shows_our_steps_and_hides_lm_evals_inner_bars_and_log_lines(def
     assert "| tiny_mc | acc" in default_eval.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_verbose_shows_lm_evals_bars_and_info_lines_wherever_given(trio, default_eval, where):
     args = eval_args(trio)
@@ -91,6 +92,7 @@ def test_quiet_and_verbose_together_are_refused(trio):
         assert proc.returncode == 2 and "--quiet and -v/--verbose contradict" in proc.stderr, (args, proc.stderr)
 
 
+@pytest.mark.slow
 def test_merge_hands_the_groups_quiet_to_mergekit(trio, tmp_path):
     """mergekit's own bars ("Executing graph") follow -q given before the command name, as its own --quiet."""
     (tmp_path / "r.yml").write_text(recipe(trio["target"], trio["donor"], filters=((CHANGED[0], 1.0),)))
@@ -105,6 +107,7 @@ def test_merge_hands_the_groups_quiet_to_mergekit(trio, tmp_path):
         assert proc.stdout.replace(str(out), "OUT") == loud.stdout.replace(str(tmp_path / "loud"), "OUT")
 
 
+@pytest.mark.slow
 def test_analyze_quiet_prints_the_table_but_not_the_plan(trio, tmp_path):
     work = tmp_path / "w.txt"
     work.write_text("the cat is red\none two three four\nthe dog and the bird\n")
