@@ -166,6 +166,7 @@ def _interrupt_merge(tmp_path: Path, t: Path, d: Path, sig: int):
     return proc.returncode, stdout, stderr, out, before, finished_first
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_mid_merge_keeps_previous_output(big_pair, tmp_path, sig):
     code, stdout, stderr, out, before, finished_first = _interrupt_merge(tmp_path, *big_pair, sig)
@@ -184,6 +185,7 @@ def test_signal_mid_merge_keeps_previous_output(big_pair, tmp_path, sig):
 # --------------------------------------------------------------------------- the analyze command
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "ctrl-c"])
 def test_signal_mid_analysis_exits_130_and_keeps_previous_recipe_and_report(model_factory, tmp_path, sig):
     import json
