@@ -144,6 +144,7 @@ def organ(work, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_mergekit_yaml_gives_the_adapted_model(work, organ, tmp_path):
     merged = tmp_path / "merged"
     proc = subprocess.run([str(BIN / "mergekit-yaml"), str(organ / "recipe.yml"), str(merged), "--quiet"],
@@ -275,6 +276,7 @@ def test_resume_refuses_other_settings(work, tmp_path, monkeypatch):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_interrupt_leaves_no_half_written_organ(work, tmp_path, sig):
     out = tmp_path / "organ"
