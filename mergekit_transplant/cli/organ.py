@@ -176,6 +176,13 @@ def settings_options(f):
     return f
 
 
+def _quiet_log(message: str) -> None:
+    """``organ train -q``: the trainer's notes (the block, perplexities) are informational lines and go; its
+    warnings and how to resume an interrupted run stay."""
+    if message.startswith(("warning:", "interrupted")):
+        click.echo(message, err=True)
+
+
 @organ.command("train")
 @debug_option
 @settings_options
@@ -192,7 +199,7 @@ def train(**options):
     """
     from mergekit_transplant.organ.training import OrganTrainSettings, train_organ
 
-    quiet = {"log": lambda message: None} if output_quiet() else {}  # the block and perplexities are info lines
+    quiet = {"log": _quiet_log} if output_quiet() else {}
     result = train_organ(OrganTrainSettings(**options), progress=not output_quiet(), **quiet)
     if result.manifest is None:  # not the main process of a data-parallel run
         return
