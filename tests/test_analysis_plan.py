@@ -83,6 +83,7 @@ def sized(tmp_path_factory):
     return pairs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("score", ["attribution", "local"])
 def test_plan_is_within_a_quarter_of_the_measured_peak_rss(sized, score):
     """Three model sizes, each run in its own process: estimate / measured peak RSS in [0.75, 1.25]."""
