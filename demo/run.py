@@ -92,8 +92,8 @@ def run(*args: str) -> None:
         sys.exit(f"demo: step {OUTPUT['step']} ({section}{name}) failed with exit code {proc.returncode}; "
                  f"full output in {log.relative_to(REPO)}")
     written = _written(args)
-    print(f"[{OUTPUT['step']:2d}] {section}{name:<14} {seconds:6.1f} s" + (f"  -> {written}" if written else ""),
-          flush=True)
+    label = f"{section}{name}"
+    print(f"[{OUTPUT['step']:2d}] {label:<26} {seconds:6.1f} s" + (f"  -> {written}" if written else ""), flush=True)
 
 
 def tool(*args: str) -> None:
@@ -156,6 +156,9 @@ def main() -> None:
 
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the speed measurement loads models in this process
     set_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
