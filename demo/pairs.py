@@ -58,7 +58,7 @@ def analyze_args(pair: Pair, report: str, plot: str) -> list:
         "analyze", "--target", pair.target_path, "--donor", pair.donor_path,
         "--lm-eval-task", SELECT, "--include-path", TASKS,
         "--score", DEFAULT_SCORE, "--top-k", str(pair.top_k),
-        "-o", pair.recipe, "--report-out", report, "--plot", plot, "--quiet",
+        "-o", pair.recipe, "--report-out", report, "--plot", plot,
     ]
     for score in SCORES[1:]:
         args += ["--also", score]

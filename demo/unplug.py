@@ -53,11 +53,11 @@ def demo_unplug(build: Path, figures: Path, tool: Callable[..., None]) -> None:
 def _run(tool: Callable[..., None], model: str, out: Path, figures: Path) -> None:
     tool("unplug", "sweep", "--model", model, "--lm-eval-task", SELECT, "--include-path", TASKS,
          "--workload-limit", str(WORKLOAD_LIMIT), "--keep", KEEPS, "--select-split", SELECT, "--report-split", TEST,
-         "--retain-tasks", ",".join(RETAIN), "--limit", str(EVAL_LIMIT), "--eval-batch-size", "50", "--quiet",
+         "--retain-tasks", ",".join(RETAIN), "--limit", str(EVAL_LIMIT), "--eval-batch-size", "50",
          "--output", str(out / "unplug-sweep.json"), "--plot", str(figures / "unplug-sweep.png"))
     best = json.loads((REPO / out / "unplug-sweep.json").read_text())["best"]
     tool("unplug", "--model", model, "--lm-eval-task", SELECT, "--include-path", TASKS, "--limit", str(WORKLOAD_LIMIT),
-         "--keep", f"{best['keep']:g}", "-o", str(out / "expert"), "--overwrite", "--quiet")
+         "--keep", f"{best['keep']:g}", "-o", str(out / "expert"), "--overwrite")
 
 
 def measure_speed(full: Path, expert: Path, reps: int = 7) -> dict:

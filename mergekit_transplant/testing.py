@@ -9,8 +9,9 @@ in known tensors only, which gives the analysis a ground truth.
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, List, Optional, Sequence
 
 ARCHITECTURES = ("llama", "qwen2", "gemma2", "phi3")
 WORDS = (
@@ -143,3 +144,60 @@ def write_task(folder: Path, name: str, rows: Iterable[dict], body: str = PERPLE
     yaml_file.write_text(f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
                          "test_split: test\n" + body)
     return yaml_file
+
+
+_NUMBERS = "one two three four five six seven eight nine ten".split()
+
+
+def write_tiny_tasks(root: Path) -> Path:
+    """Four tiny lm-eval tasks over local JSONL, 12 documents each, in ``root``.
+
+    ``tiny_gen`` (generate_until, exact_match), ``tiny_mc`` and ``tiny_retain``
+    (multiple_choice, acc) and ``tiny_ppl`` (loglikelihood_rolling,
+    word_perplexity: lower is better), all over number-word sums.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"q": f"the answer is {w} plus {_NUMBERS[(i + 1) % 10]} equals", "a": _NUMBERS[(i + 2) % 10],
+         "choices": ["red", "green", "blue"], "label": i % 3}
+        for i, w in enumerate(_NUMBERS + _NUMBERS[:2])
+    ]
+    write_task(root, "tiny_gen", rows,
+               body='output_type: generate_until\ndoc_to_text: "{{q}}"\ndoc_to_target: "{{a}}"\n'
+                    'generation_kwargs:\n  until: ["."]\n  max_gen_toks: 3\n  do_sample: false\n'
+                    "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n")
+    for name, text in (("tiny_mc", "{{q}}"), ("tiny_retain", "the {{a}} is")):
+        write_task(root, name, rows,
+                   body=f'output_type: multiple_choice\ndoc_to_text: "{text}"\ndoc_to_choice: "{{{{choices}}}}"\n'
+                        'doc_to_target: "{{label}}"\n'
+                        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
+    write_task(root, "tiny_ppl", rows,
+               body='output_type: loglikelihood_rolling\ndoc_to_text: "{{q}} {{a}}"\ndoc_to_target: "{{q}} {{a}}"\n'
+                    "metric_list:\n  - metric: word_perplexity\n")
+    return root
+
+
+#: the words of the tests' random workloads (all in ``make_tokenizer``'s vocabulary)
+SAMPLE_WORDS = "the a cat dog red blue one two three tree house car book".split()
+
+
+def workload_rows(n: int, seed: int, *, max_words: int, continuation_every: int = 3,
+                  words: Sequence[str] = SAMPLE_WORDS) -> List[dict]:
+    """``n`` seeded workload rows: a text of 2..``max_words`` words; every row whose index is not a multiple
+    of ``continuation_every`` also gets a continuation of 1..5 words (the scored part)."""
+    rnd = random.Random(seed)
+    rows = []
+    for i in range(n):
+        row = {"text": " ".join(rnd.choice(words) for _ in range(rnd.randint(2, max_words)))}
+        if i % continuation_every:
+            row["continuation"] = " " + " ".join(rnd.choice(words) for _ in range(rnd.randint(1, 5)))
+        rows.append(row)
+    return rows
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> Path:
+    """``rows`` as JSON lines (a workload file ``analyze --workload`` reads)."""
+    path = Path(path)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

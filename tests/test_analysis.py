@@ -8,7 +8,6 @@ which is the ground truth the scores must recover.
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import yaml
@@ -21,22 +20,9 @@ from mergekit_transplant.checkpoint import read_index  # noqa: E402
 from mergekit_transplant.errors import TransplantError  # noqa: E402
 from mergekit_transplant.preflight import run_check  # noqa: E402
 from mergekit_transplant.recipe import parse_recipe  # noqa: E402
-from mergekit_transplant.testing import make_model, perturbed_copy  # noqa: E402
+from mergekit_transplant.testing import make_model, perturbed_copy, workload_rows, write_jsonl  # noqa: E402
 
 KNOWN = ["model.layers.1.mlp.down_proj.weight", "model.layers.2.self_attn.v_proj.weight"]
-WORDS = "the a cat dog red blue one two three tree house car book".split()
-
-
-def _workload(path, n=12, seed=1, continuation_every=3):
-    rnd = random.Random(seed)
-    rows = []
-    for i in range(n):
-        row = {"text": " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(2, 14)))}
-        if i % continuation_every:
-            row["continuation"] = " " + " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(1, 5)))
-        rows.append(json.dumps(row))
-    path.write_text("\n".join(rows) + "\n")
-    return path
 
 
 def _ground_truth_pair(root, changed, scale):
@@ -44,7 +30,7 @@ def _ground_truth_pair(root, changed, scale):
     torch.set_num_threads(1)
     target = make_model(root / "target", "llama", layers=4)
     donor = perturbed_copy(target, root / "donor", changed, scale=scale)
-    return target, donor, _workload(root / "work.jsonl")
+    return target, donor, write_jsonl(root / "work.jsonl", workload_rows(12, seed=1, max_words=14))
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +60,7 @@ def test_local_is_exact_on_other_architectures(tmp_path, arch, tensors):
     torch.set_num_threads(1)
     target = make_model(tmp_path / "t", arch, layers=2)
     donor = perturbed_copy(target, tmp_path / "d", tensors)
-    work = _workload(tmp_path / "w.jsonl", n=4)
+    work = write_jsonl(tmp_path / "w.jsonl", workload_rows(4, seed=1, max_words=14))
     result = analyze(str(target), str(donor), load_workload(work), score="local", top_k=2, select="top", progress=False)
     assert sorted(result.ranking()[:2]) == sorted(tensors)
     scores = {c["tensor"]: c["scores"]["local"] for c in result.report["candidates"]}
@@ -86,7 +72,7 @@ def test_activation_ranks_a_change_first_when_nothing_downstream_inherits_it(tmp
     target = make_model(tmp_path / "t", "llama", layers=3)
     last = "model.layers.2.mlp.down_proj.weight"  # no candidate reads its output
     donor = perturbed_copy(target, tmp_path / "d", [last])
-    work = _workload(tmp_path / "w.jsonl", n=6)
+    work = write_jsonl(tmp_path / "w.jsonl", workload_rows(6, seed=1, max_words=14))
     result = analyze(str(target), str(donor), load_workload(work), score="activation", top_k=1, select="top", progress=False)
     assert result.ranking("activation")[0] == last
     assert sum(c["scores"]["activation"] > 0 for c in result.report["candidates"]) == 1
@@ -264,7 +250,7 @@ def test_bias_follows_its_weight_in_the_recipe(tmp_path):
     torch.set_num_threads(1)
     target = make_model(tmp_path / "t", "qwen2", layers=2)
     donor = perturbed_copy(target, tmp_path / "d", ["model.layers.1.self_attn.q_proj.weight"])
-    work = _workload(tmp_path / "w.jsonl", n=4)
+    work = write_jsonl(tmp_path / "w.jsonl", workload_rows(4, seed=1, max_words=14))
     result = analyze(str(target), str(donor), load_workload(work), top_k=1, select="top", progress=False)
     assert [s.tensor for s in result.selections] == [
         "model.layers.1.self_attn.q_proj.weight", "model.layers.1.self_attn.q_proj.bias"]
@@ -277,7 +263,7 @@ def test_embeddings_only_when_asked(tmp_path):
     torch.set_num_threads(1)
     target = make_model(tmp_path / "t", "llama", layers=1)
     donor = perturbed_copy(target, tmp_path / "d", ["model.embed_tokens.weight"])
-    work = _workload(tmp_path / "w.jsonl", n=4)
+    work = write_jsonl(tmp_path / "w.jsonl", workload_rows(4, seed=1, max_words=14))
     plain = analyze(str(target), str(donor), load_workload(work), top_k=1, score="activation", select="top", progress=False)
     names = {c["module"] for c in plain.report["candidates"]}
     assert "model.embed_tokens" not in names and "lm_head" not in names

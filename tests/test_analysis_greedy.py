@@ -26,27 +26,11 @@ from mergekit_transplant.analysis import analyze, load_workload  # noqa: E402
 from mergekit_transplant.analysis.greedy import GreedyResult, SelectConfig  # noqa: E402
 from mergekit_transplant.cli import main  # noqa: E402
 from mergekit_transplant.errors import TransplantError  # noqa: E402
-from mergekit_transplant.testing import load_state, make_model, perturbed_copy  # noqa: E402
+from mergekit_transplant.testing import (  # noqa: E402
+    SAMPLE_WORDS, load_state, make_model, perturbed_copy, workload_rows, write_jsonl)
 
-WORDS = "the a cat dog red blue one two three tree house car book".split()
 CHANGED = ["model.layers.0.mlp.down_proj.weight", "model.layers.1.self_attn.v_proj.weight",
            "model.layers.1.mlp.gate_proj.weight", "model.layers.0.self_attn.q_proj.weight"]
-
-
-def _rows(n, seed, continuation_every=3):
-    rnd = random.Random(seed)
-    rows = []
-    for i in range(n):
-        row = {"text": " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(2, 12)))}
-        if i % continuation_every:
-            row["continuation"] = " " + " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(1, 5)))
-        rows.append(row)
-    return rows
-
-
-def _write(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +39,7 @@ def noisy(tmp_path_factory):
     root = tmp_path_factory.mktemp("gain")
     target = make_model(root / "target", "llama", layers=2)
     donor = perturbed_copy(target, root / "donor", CHANGED, scale=0.3, seed=2)
-    return target, donor, _write(root / "work.jsonl", _rows(11, seed=4))
+    return target, donor, write_jsonl(root / "work.jsonl", workload_rows(11, seed=4, max_words=12))
 
 
 def _reference_gain(target, donor, rows):
@@ -146,9 +130,9 @@ def planted(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("planted")
     rnd = random.Random(3)
-    rows = [{"text": " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(2, 8))),
-             "continuation": " " + " ".join(rnd.choice(WORDS) for _ in range(3))} for _ in range(16)]
-    work = _write(root / "work.jsonl", rows)
+    rows = [{"text": " ".join(rnd.choice(SAMPLE_WORDS) for _ in range(rnd.randint(2, 8))),
+             "continuation": " " + " ".join(rnd.choice(SAMPLE_WORDS) for _ in range(3))} for _ in range(16)]
+    work = write_jsonl(root / "work.jsonl", rows)
     base = make_model(root / "base", "llama", layers=2)
     tok = AutoTokenizer.from_pretrained(base)
     state = load_file(base / "model.safetensors")
@@ -347,7 +331,7 @@ def test_bad_greedy_input_is_one_line_exit_2_and_nothing_written(noisy, tmp_path
     target, donor, work = noisy
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    short = _write(tmp_path / "short.jsonl", [{"text": "cat"}, {"text": "dog"}])
+    short = write_jsonl(tmp_path / "short.jsonl", [{"text": "cat"}, {"text": "dog"}])
     args = [a.format(empty=empty, short=short) for a in args]
     if "--workload" not in args:
         args += ["--workload", str(work)]

@@ -83,6 +83,7 @@ def sized(tmp_path_factory):
     return pairs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("score", ["attribution", "local"])
 def test_plan_is_within_a_quarter_of_the_measured_peak_rss(sized, score):
     """Three model sizes, each run in its own process: estimate / measured peak RSS in [0.75, 1.25]."""
@@ -181,7 +182,8 @@ def test_plan_flag_prints_the_itemised_plan_and_loads_nothing(small, tmp_path, m
 
 
 def test_every_run_prints_the_plan_and_stores_it_in_the_report(small, tmp_path):
-    result = _cli(small, tmp_path, "--quiet", "--select", "top", "-o", str(tmp_path / "r.yml"), "--report",
+    # not --quiet, which hides the plan (an informational line)
+    result = _cli(small, tmp_path, "--select", "top", "-o", str(tmp_path / "r.yml"), "--report",
                   str(tmp_path / "r.json"))
     assert result.exit_code == 0, result.output
     assert result.output.index("memory plan") < result.output.index("wrote recipe")

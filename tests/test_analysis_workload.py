@@ -110,6 +110,7 @@ def _task(tmp_path, name, output_type, extra):
                                                             extra=extra))
 
 
+@pytest.mark.slow
 def test_lm_eval_task_prompts_and_gold_continuations(tmp_path, monkeypatch):
     import lm_eval  # noqa: F401 - in the test extra
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 
 from mergekit_transplant import atomic
-from tests.test_reliability import CLI, leftovers, tree
+from mergekit_transplant.testing_cli import console_script, default_sigint, leftovers, tree
+
+CLI = console_script()
 
 
 # --------------------------------------------------------------------------- files
@@ -88,7 +90,7 @@ def test_swallowed_interrupt_still_blocks_the_commit(tmp_path, monkeypatch):
 
 def test_cli_in_process_restores_signal_handlers_and_flag(tmp_path, monkeypatch):
     """A command run from Python (tests, notebooks) must not change the caller's signal handling."""
-    from tests.test_reliability import invoke
+    from mergekit_transplant.testing_cli import invoke
 
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.unraisablehook
     code, output = invoke(["check", tmp_path / "missing.yml"])
@@ -118,7 +120,7 @@ def test_signal_mid_file_write_keeps_previous_file(tmp_path, sig):
     target = tmp_path / "report.json"
     target.write_text('{"previous": true}')
     proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(target)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     assert proc.stdout.readline().strip() == "writing"
     assert any(p.name.endswith(".tmp") for p in tmp_path.iterdir())  # really mid-write
     proc.send_signal(sig)
@@ -128,11 +130,6 @@ def test_signal_mid_file_write_keeps_previous_file(tmp_path, sig):
 
 
 # --------------------------------------------------------------------------- the merge command
-
-
-def _default_sigint():
-    # a shell's background job may start with SIGINT ignored; users' terminals do not
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +153,7 @@ def _interrupt_merge(tmp_path: Path, t: Path, d: Path, sig: int):
     before = tree(out)
     env = {**os.environ, "TQDM_DISABLE": "1"}
     proc = subprocess.Popen([str(CLI), "merge", "--overwrite", str(recipe), str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_default_sigint)
+                            stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_sigint)
     deadline = time.time() + 240
     while not [p for p in tmp_path.iterdir() if p.name.startswith(".out.") and p.name.endswith(".tmp")]:
         assert proc.poll() is None, proc.communicate()
@@ -169,6 +166,7 @@ def _interrupt_merge(tmp_path: Path, t: Path, d: Path, sig: int):
     return proc.returncode, stdout, stderr, out, before, finished_first
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_mid_merge_keeps_previous_output(big_pair, tmp_path, sig):
     code, stdout, stderr, out, before, finished_first = _interrupt_merge(tmp_path, *big_pair, sig)
@@ -187,6 +185,7 @@ def test_signal_mid_merge_keeps_previous_output(big_pair, tmp_path, sig):
 # --------------------------------------------------------------------------- the analyze command
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "ctrl-c"])
 def test_signal_mid_analysis_exits_130_and_keeps_previous_recipe_and_report(model_factory, tmp_path, sig):
     import json
@@ -205,7 +204,7 @@ def test_signal_mid_analysis_exits_130_and_keeps_previous_recipe_and_report(mode
     report.write_text('{"previous": true}\n')
     proc = subprocess.Popen([str(CLI), "analyze", "--target", str(t), "--donor", str(d), "--workload", str(work),
                              "--batch-size", "1", "-o", str(recipe), "--report", str(report)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_sigint,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint,
                             env={k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"})
     seen = bytearray()
 

@@ -80,6 +80,7 @@ def _html(markdown_body: str) -> str:
     return MarkdownIt("commonmark", {"html": True}).enable("table").render(markdown_body)
 
 
+@pytest.mark.slow
 def test_mergekit_yaml_writes_the_transplant_card_offline(work, tmp_path):
     """Plain mergekit-yaml, local paths with one '/', HF_HUB_OFFLINE=1: mergekit's own
     card writer would ask the Hub about `models/target` and crash after writing weights."""
@@ -106,6 +107,7 @@ def test_mergekit_yaml_writes_the_transplant_card_offline(work, tmp_path):
     assert "This is a merge of pre-trained language models" not in card.text  # not mergekit's card
 
 
+@pytest.mark.slow
 def test_other_merge_methods_keep_mergekits_card(work):
     """The wrapper only answers for `transplant`; other methods get mergekit's card unchanged."""
     code = (

@@ -145,19 +145,13 @@ def test_cli_exit_codes_and_merge_writes_nothing_on_error(pair, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
-def test_check_reads_headers_only_bytes_counted(tmp_path):
+def test_check_reads_headers_only_bytes_counted(cold_pair):
     """Counted in the page cache (tests/pagecache.py): after eviction, ``check`` brings in the
     header and at most the disk's read-ahead window after it -- no page of tensor data beyond."""
     from mergekit_transplant.checkpoint import read_index
-    from mergekit_transplant.testing import make_model
     from tests import pagecache
 
-    size = dict(hidden=256, intermediate=1024, layers=6)
-    t = make_model(tmp_path / "t", seed=0, tokenizer=False, **size)
-    d = make_model(tmp_path / "d", seed=1, tokenizer=False, **size)
-    files = [t / "model.safetensors", d / "model.safetensors"]
-    if not pagecache.eviction_works(files[0]):
-        pytest.skip(f"the page cache of {tmp_path} cannot be evicted here (tmpfs?), so reads cannot be counted")
+    t, d, files = cold_pair
     picked = ["model.layers.3.mlp.down_proj.weight", "model.layers.5.self_attn.o_proj.weight"]
     text = recipe_text(t, d, "".join(pick(n) for n in picked))
     window = pagecache.read_ahead_bytes(files[0])

@@ -18,7 +18,8 @@ from typing import Dict
 import pytest
 
 from mergekit_transplant.testing import linear_weight_names, perturbed_copy
-from tests.test_reliability import PICKED, leftovers, recipe, run_cli
+from mergekit_transplant.testing_cli import leftovers, recipe, run_cli
+from tests.conftest import PICKED
 
 HASH_SEEDS = ("1", "2")
 
@@ -43,6 +44,7 @@ def pair(model_factory, tmp_path_factory):
     return t, d, work
 
 
+@pytest.mark.slow
 def test_merge_is_byte_identical(pair, tmp_path):
     t, d, _ = pair
     (tmp_path / "r.yml").write_text(recipe(t, d, [("model.layers.1.mlp.down_proj.weight", 0.37),
@@ -57,6 +59,7 @@ def test_merge_is_byte_identical(pair, tmp_path):
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_analyze_recipe_bytes_and_report_except_timing(pair, tmp_path):
     t, d, work = pair
     args = ["analyze", "--target", t, "--donor", d, "--workload", work, "--top-k", "8", "--quiet",
@@ -74,6 +77,7 @@ def test_analyze_recipe_bytes_and_report_except_timing(pair, tmp_path):
     assert reports[0] == reports[1]
 
 
+@pytest.mark.slow
 def test_organ_is_byte_identical(pair, tmp_path):
     t, d, _ = pair
     (tmp_path / "r.yml").write_text(recipe(t, d, [("model.layers.1.mlp.down_proj.weight", 1.0),

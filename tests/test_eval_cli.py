@@ -14,34 +14,7 @@ from click.testing import CliRunner
 
 from mergekit_transplant.cli import main
 from mergekit_transplant.recipe import Selection, render_recipe
-from mergekit_transplant.testing import linear_weight_names, make_model, perturbed_copy, write_task
-
-WORDS = "one two three four five six seven eight nine ten".split()
-COLORS = ["red", "green", "blue"]
-
-
-def write_tasks(root: Path) -> Path:
-    """Four tiny lm-eval tasks over local JSONL (12 documents each)."""
-    root.mkdir(parents=True, exist_ok=True)
-    rows = [
-        {"q": f"the answer is {w} plus {WORDS[(i + 1) % 10]} equals", "a": WORDS[(i + 2) % 10],
-         "choices": COLORS, "label": i % 3}
-        for i, w in enumerate(WORDS + WORDS[:2])
-    ]
-    write_task(root, "tiny_gen", rows,
-               body='output_type: generate_until\ndoc_to_text: "{{q}}"\ndoc_to_target: "{{a}}"\n'
-                    'generation_kwargs:\n  until: ["."]\n  max_gen_toks: 3\n  do_sample: false\n'
-                    "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n")
-    for name, text in (("tiny_mc", "{{q}}"), ("tiny_retain", "the {{a}} is")):
-        write_task(root, name, rows,
-                   body=f'output_type: multiple_choice\ndoc_to_text: "{text}"\ndoc_to_choice: "{{{{choices}}}}"\n'
-                        'doc_to_target: "{{label}}"\n'
-                        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
-    write_task(root, "tiny_ppl", rows,
-               body='output_type: loglikelihood_rolling\ndoc_to_text: "{{q}} {{a}}"\ndoc_to_target: "{{q}} {{a}}"\n'
-                    "metric_list:\n  - metric: word_perplexity\n")
-    return root
-
+from mergekit_transplant.testing import linear_weight_names, make_model, perturbed_copy, write_tiny_tasks
 
 def merge(target: Path, donor: Path, tensors, strength: float, out: Path) -> Path:
     from mergekit_transplant.flows import run_transplant
@@ -60,7 +33,7 @@ def trio(tmp_path_factory):
     donor = perturbed_copy(target, root / "donor", changed, scale=2.0, seed=3)
     merged = merge(target, donor, changed[:2], 1.0, root / "merged")
     return {"root": root, "target": target, "donor": donor, "merged": merged, "changed": changed,
-            "tasks": write_tasks(root / "tasks")}
+            "tasks": write_tiny_tasks(root / "tasks")}
 
 
 def run_eval(trio, cache_dir, *extra, tasks="tiny_gen,tiny_mc,tiny_ppl", merged=None):

@@ -40,6 +40,7 @@ def _prompts(results, task="tiny_mc"):
             for s in results["samples"][task]]
 
 
+@pytest.mark.slow
 def test_chat_template_and_system_instruction_reach_the_prompts(instruct):
     from lm_eval.tasks import TaskManager
 

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from mergekit_transplant.cli import main
-from tests.test_reliability import DOWN0, invoke, leftovers, recipe, run_cli, zoo  # noqa: F401
+from mergekit_transplant.testing_cli import DOWN0, invoke, leftovers, recipe, run_cli
 
 HINT = "(run with --debug for the traceback)"
 
@@ -34,7 +34,7 @@ def plant_bug_in_planning(monkeypatch):
     monkeypatch.setattr(registration, "per_input_parameters", broken)
 
 
-def test_a_bug_exits_1_with_one_line_and_a_debug_hint(zoo, tmp_path, monkeypatch):  # noqa: F811
+def test_a_bug_exits_1_with_one_line_and_a_debug_hint(zoo, tmp_path, monkeypatch):
     (tmp_path / "r.yml").write_text(recipe(zoo["t"], zoo["d"]))
     plant_bug_in_planning(monkeypatch)
     for args in (["check", tmp_path / "r.yml"], ["merge", tmp_path / "r.yml", tmp_path / "out"]):
@@ -46,7 +46,7 @@ def test_a_bug_exits_1_with_one_line_and_a_debug_hint(zoo, tmp_path, monkeypatch
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
-def test_a_bug_while_validating_is_not_blamed_on_the_recipe(zoo, tmp_path, monkeypatch):  # noqa: F811
+def test_a_bug_while_validating_is_not_blamed_on_the_recipe(zoo, tmp_path, monkeypatch):
     from mergekit.config import MergeConfiguration
 
     (tmp_path / "r.yml").write_text(recipe(zoo["t"], zoo["d"]))
@@ -61,7 +61,7 @@ def test_a_bug_while_validating_is_not_blamed_on_the_recipe(zoo, tmp_path, monke
 
 
 @pytest.mark.parametrize("how", ["--debug", "MERGEKIT_TRANSPLANT_DEBUG"])
-def test_debug_shows_the_bug_itself(zoo, tmp_path, monkeypatch, how):  # noqa: F811
+def test_debug_shows_the_bug_itself(zoo, tmp_path, monkeypatch, how):
     (tmp_path / "r.yml").write_text(recipe(zoo["t"], zoo["d"]))
     plant_bug_in_planning(monkeypatch)
     args = ["check", str(tmp_path / "r.yml")]
@@ -77,7 +77,8 @@ def test_debug_shows_the_bug_itself(zoo, tmp_path, monkeypatch, how):  # noqa: F
     assert code == 1 and HINT in output
 
 
-def test_console_script_bug_is_exit_1_with_the_hint_and_traceback_on_debug(zoo, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_console_script_bug_is_exit_1_with_the_hint_and_traceback_on_debug(zoo, tmp_path):
     """The real console script: a bug planted through a sitecustomize that breaks the planner."""
     (tmp_path / "r.yml").write_text(recipe(zoo["t"], zoo["d"]))
     site = tmp_path / "site"
@@ -95,7 +96,7 @@ def test_console_script_bug_is_exit_1_with_the_hint_and_traceback_on_debug(zoo, 
 
 
 @pytest.mark.parametrize("case", ["ambiguous-filter", "missing-donor", "bad-yaml", "bad-strength"])
-def test_input_errors_print_exactly_one_error_line_and_exit_2(zoo, tmp_path, case):  # noqa: F811
+def test_input_errors_print_exactly_one_error_line_and_exit_2(zoo, tmp_path, case):
     texts = {
         "ambiguous-filter": recipe(zoo["t"], zoo["d"], [("model.layers.1", 1.0)]),
         "missing-donor": recipe(zoo["t"], tmp_path / "gone"),

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_reliability import leftovers, tree, zoo  # noqa: F401
-from tests.test_reliability_commands import analysis_report, files  # noqa: F401
+from mergekit_transplant.testing_cli import leftovers, tree
 
 PAUSING_CLI = r"""
 import contextlib, os, sys, time
@@ -76,7 +75,8 @@ def interrupt_while_committing(args, pause_on: str, tmp_path: Path, sig=signal.S
     return out, err
 
 
-def test_sigterm_while_eval_writes_its_results(zoo, files, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_sigterm_while_eval_writes_its_results(zoo, files, tmp_path):
     results = tmp_path / "results.json"
     results.write_text('{"previous": true}\n')
     interrupt_while_committing(
@@ -86,7 +86,8 @@ def test_sigterm_while_eval_writes_its_results(zoo, files, tmp_path):  # noqa: F
     assert results.read_text() == '{"previous": true}\n' and leftovers(tmp_path) == []
 
 
-def test_sigterm_while_sweep_writes_its_results(files, analysis_report, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_sigterm_while_sweep_writes_its_results(files, analysis_report, tmp_path):
     out = tmp_path / "sweep.json"
     out.write_text('{"previous": true}\n')
     interrupt_while_committing(
@@ -102,7 +103,8 @@ def test_sigterm_while_sweep_writes_its_results(files, analysis_report, tmp_path
     assert leftovers(tmp_path) == []
 
 
-def test_sigterm_while_card_writes_the_readme(files, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_sigterm_while_card_writes_the_readme(files, tmp_path):
     folder = tmp_path / "merged"
     shutil.copytree(files["merged"], folder)
     (folder / "README.md").write_text("the previous card\n")
@@ -111,7 +113,8 @@ def test_sigterm_while_card_writes_the_readme(files, tmp_path):  # noqa: F811
     assert tree(folder) == before and leftovers(folder) == []
 
 
-def test_sigterm_while_organ_extract_commits_the_folder(zoo, files, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_sigterm_while_organ_extract_commits_the_folder(zoo, files, tmp_path):
     organ = tmp_path / "organ"
     organ.mkdir()
     (organ / "organ.json").write_text("the previous organ\n")

@@ -105,6 +105,7 @@ def test_organ_holds_only_the_transplanted_tensors(work, organ):
         ["config.json", "generation_config.json", "model.safetensors", MANIFEST, "recipe.yml"])
 
 
+@pytest.mark.slow
 def test_mergekit_yaml_on_the_organ_recipe_is_bit_identical(work, organ, tmp_path):
     reference = tensor_sha256(merged_in_process(Path("recipe.yml"), tmp_path / "full"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
@@ -140,6 +141,63 @@ def test_layer_block_organ_sharded(work, tmp_path):
     for name, t in via.items():
         assert torch.equal(t, donor[name] if name.startswith(LAYER1) else target[name])
 
+
+
+def _shards(folder: Path) -> list:
+    """Tensor names per shard file, in file order."""
+    index = folder / "model.safetensors.index.json"
+    if not index.exists():
+        with safe_open(str(folder / "model.safetensors"), "pt") as fh:
+            return [sorted(fh.keys())]
+    weight_map = json.loads(index.read_text())["weight_map"]
+    return [sorted(n for n, f in weight_map.items() if f == name) for name in sorted(set(weight_map.values()))]
+
+
+def test_out_shard_size_counts_as_mergekits_own_writer(work, tmp_path):
+    """--out-shard-size 20K: mergekit's syntax and mergekit's count. The same tensors written by mergekit's
+    TensorWriter with the same limit, in the same order, land in the same shards. (mergekit 0.1.5 compares
+    bytes of tensor data although its --help says parameters; a count of parameters shards differently here.)"""
+    from mergekit.io.tensor_writer import TensorWriter
+
+    Path("block.yml").write_text(recipe_text("models/target", "models/donor", {LAYER1: 1.0}))
+    result = CliRunner().invoke(main, ["organ", "extract", "block.yml", "-o", str(tmp_path / "o"),
+                                       "--out-shard-size", "20K"])
+    assert result.exit_code == 0, result.output
+    ours = _shards(tmp_path / "o")
+    assert len(ours) > 1
+    order = [t["name"] for t in json.loads((tmp_path / "o" / MANIFEST).read_text())["donors"][0]["tensors"]]
+    donor = load_state("models/donor")
+    writer = TensorWriter(str(tmp_path / "mk"), max_shard_size=20_000)
+    for name in order:
+        writer.save_tensor(name, donor[name])
+    writer.finalize()
+    assert _shards(tmp_path / "mk") == ours
+
+    by_parameters, size = [[]], 0
+    for name in order:
+        if by_parameters[-1] and size + donor[name].numel() > 20_000:
+            by_parameters.append([])
+            size = 0
+        by_parameters[-1].append(name)
+        size += donor[name].numel()
+    assert sorted(map(sorted, by_parameters)) != sorted(ours)  # the test can tell the two counts apart
+
+
+def test_out_shard_size_syntax_and_the_old_spelling(work, tmp_path):
+    runner = CliRunner()
+    Path("block.yml").write_text(recipe_text("models/target", "models/donor", {LAYER1: 1.0}))
+    bad = runner.invoke(main, ["organ", "extract", "block.yml", "-o", str(tmp_path / "bad"), "--out-shard-size", "5G"])
+    assert bad.exit_code == 2 and "'5G' is not a size" in bad.output and "K, M or B" in bad.output, bad.output
+    assert not (tmp_path / "bad").exists()
+    big = runner.invoke(main, ["organ", "extract", "block.yml", "-o", str(tmp_path / "one"), "--out-shard-size", "5B"])
+    assert big.exit_code == 0 and _shards(tmp_path / "one") == [sorted(
+        n for n in read_index("models/target").tensors if n.startswith(LAYER1))], big.output  # 5B = 5e9, one file
+    old = runner.invoke(main, ["organ", "extract", "block.yml", "-o", str(tmp_path / "old"), "--max-shard-size", "20k"])
+    assert old.exit_code == 0, old.output
+    assert "warning: --max-shard-size is deprecated; use --out-shard-size" in old.output
+    new = runner.invoke(main, ["organ", "extract", "block.yml", "-o", str(tmp_path / "new"), "--out-shard-size", "20K"])
+    assert new.exit_code == 0 and _shards(tmp_path / "old") == _shards(tmp_path / "new"), new.output
+    assert "--max-shard-size" not in runner.invoke(main, ["organ", "extract", "--help"]).output
 
 def test_two_donors_get_one_folder_each(work, tmp_path):
     perturbed_copy(Path("models/target"), Path("models/donor2"), ["model.layers.0.mlp.down_proj.weight"], seed=7)
@@ -316,6 +374,7 @@ def test_names_never_become_paths(tmp_path):
 # --------------------------------------------------------------------------- recipe sharing
 
 
+@pytest.mark.slow
 def test_check_offline_lists_the_files_a_hub_recipe_needs(tmp_path):
     """Hub ids, HF_HUB_OFFLINE=1, an empty HF cache: `check` names what to download."""
     sha = "0123456789abcdef0123456789abcdef01234567"

@@ -19,8 +19,7 @@ import yaml
 from mergekit_transplant.organ.training import OrganTrainSettings, train_organ
 from mergekit_transplant.organ.training import trainer as trainer_module
 from mergekit_transplant.testing import WORDS, load_state, make_model, perturbed_copy
-from tests.test_atomic import _default_sigint
-from tests.test_reliability import assert_clean_error, invoke, leftovers
+from mergekit_transplant.testing_cli import assert_clean_error, default_sigint, invoke, leftovers
 
 BIN = Path(sys.executable).parent
 FAST = ["--steps", "3", "--batch-size", "2", "--max-length", "16", "--lr", "1e-2", "--quiet"]
@@ -145,6 +144,7 @@ def organ(work, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_mergekit_yaml_gives_the_adapted_model(work, organ, tmp_path):
     merged = tmp_path / "merged"
     proc = subprocess.run([str(BIN / "mergekit-yaml"), str(organ / "recipe.yml"), str(merged), "--quiet"],
@@ -276,6 +276,7 @@ def test_resume_refuses_other_settings(work, tmp_path, monkeypatch):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_interrupt_leaves_no_half_written_organ(work, tmp_path, sig):
     out = tmp_path / "organ"
@@ -284,7 +285,7 @@ def test_interrupt_leaves_no_half_written_organ(work, tmp_path, sig):
         [str(BIN / "mergekit-transplant"), "organ", "train", "--model", str(work / "llama"), "--corpus",
          str(work / "corpus.jsonl"), "-o", str(out), "--steps", "100000", "--save-every", "1", "--batch-size", "2",
          "--max-length", "16", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        preexec_fn=_default_sigint)
+        preexec_fn=default_sigint)
     try:
         deadline = time.time() + 300
         while not (tmp_path / "organ.partial" / "state.json").exists() and time.time() < deadline:

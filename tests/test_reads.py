@@ -212,6 +212,7 @@ def test_a_merged_tokenizer_still_gets_every_embedding(models, tmp_path, reads, 
 # --------------------------------------------------------------------------- through the real CLIs
 
 
+@pytest.mark.slow
 def test_mergekit_yaml_needs_only_the_transplanted_tensors(models, tmp_path):
     """The strongest check: the donor folder holds nothing but the transplanted tensors."""
     sels = [Selection(MLP_DOWN_1, str(models["donor"]), 1.0), Selection(Q_PROJ_0, str(models["donor"]), 0.5)]
@@ -236,6 +237,7 @@ def test_mergekit_yaml_needs_only_the_transplanted_tensors(models, tmp_path):
     assert "not present" in proc.stderr
 
 
+@pytest.mark.slow
 def test_organ_extract_then_merge_is_bit_identical(models, tmp_path):
     from mergekit_transplant import organ as organ_module
     sels = [Selection(MLP_DOWN_1, str(models["donor"]), 1.0), Selection(Q_PROJ_0, str(models["donor"]), 0.5)]
@@ -281,7 +283,8 @@ def cold_merge_donor_bytes(how: str, recipe: Path, out: Path, files, env=None) -
     return pagecache.resident_bytes(files[1])
 
 
-def test_cold_cache_merge_reads_only_the_transplanted_donor_bytes(tmp_path):
+@pytest.mark.slow
+def test_cold_cache_merge_reads_only_the_transplanted_donor_bytes(cold_pair, tmp_path):
     """Bytes read from the donor file, counted in the page cache (tests/pagecache.py says why and how).
 
     The budget: the transplanted tensors, each rounded out to whole pages
@@ -292,12 +295,7 @@ def test_cold_cache_merge_reads_only_the_transplanted_donor_bytes(tmp_path):
     hints stop doing -- reading an untransplanted tensor, or a page fault's
     read-around on the mapping -- costs megabytes more.
     """
-    size = dict(hidden=256, intermediate=1024, layers=6)
-    target = make_model(tmp_path / "t", seed=0, tokenizer=False, **size)
-    donor = make_model(tmp_path / "d", seed=1, tokenizer=False, **size)
-    files = [target / "model.safetensors", donor / "model.safetensors"]
-    if not pagecache.eviction_works(files[1]):
-        pytest.skip(f"the page cache of {tmp_path} cannot be evicted here (tmpfs?), so reads cannot be counted")
+    target, donor, files = cold_pair
     # far from the header and from each other: a read-around of one cannot cover the other
     transplanted = ["model.layers.3.mlp.down_proj.weight", "model.layers.5.self_attn.o_proj.weight"]
     header = read_index(str(donor)).tensors

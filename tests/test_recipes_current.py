@@ -15,6 +15,7 @@ from mergekit_transplant.cli import main
 from tests.conftest import REPO
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda p: p.name)
 def test_recipe_is_current(pair, tmp_path, monkeypatch):
     committed = REPO / pair.recipe

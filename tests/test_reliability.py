@@ -12,129 +12,13 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict
 
 import pytest
-from click.testing import CliRunner
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from mergekit_transplant.cli import main
-from mergekit_transplant.testing import perturbed_copy
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def console_script(name: str = "mergekit-transplant") -> str:
-    """An installed console script: beside the running interpreter (its venv), else on PATH.
-
-    Never a path inside the checkout: the suite runs the same from any venv,
-    any working folder, and outside ``make test``.
-    """
-    local = Path(sys.executable).with_name(name)
-    found = str(local) if local.exists() else shutil.which(name)
-    if found is None:
-        raise RuntimeError(f"{name} is not installed beside {sys.executable} nor on PATH; pip install -e . first")
-    return found
-
-
-CLI = console_script()
-DOWN0 = "model.layers.0.mlp.down_proj.weight"
-PICKED = [DOWN0, "model.layers.1.mlp.up_proj.weight", "model.layers.11.self_attn.q_proj.weight"]
-
-
-# --------------------------------------------------------------------------- helpers shared by the other reliability files
-
-
-def recipe(target, donor, filters=((DOWN0, 1.0),), *, extra: str = "", catch_all: float = 0.0) -> str:
-    lines = "".join(f"        - filter: {f}\n          value: {v}\n" for f, v in filters)
-    return (
-        f"merge_method: transplant\nbase_model: {target}\nmodels:\n  - model: {donor}\n"
-        f"    parameters:\n      strength:\n{lines}        - value: {catch_all}\n{extra}"
-    )
-
-
-def invoke(args: List[str], **kwargs):
-    """Run the CLI in process; return (exit code, stdout+stderr)."""
-    result = CliRunner().invoke(main, [str(a) for a in args], **kwargs)
-    return result.exit_code, result.output
-
-
-def run_cli(args: List[str], env: Dict[str, str] | None = None, timeout: float = 300, **kwargs):
-    """Run the real console script; return the CompletedProcess."""
-    full_env = {**os.environ, "TQDM_DISABLE": "1", **(env or {})}
-    return subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True, env=full_env,
-                          timeout=timeout, **kwargs)
-
-
-def leftovers(folder: Path) -> List[str]:
-    """Hidden temp files/folders the atomic writers would leave behind if they failed."""
-    return sorted(p.name for p in Path(folder).iterdir() if p.name.startswith(".") and p.name.endswith((".tmp", ".old")))
-
-
-def assert_clean_error(code: int, output: str, *needles: str) -> None:
-    assert code == 2, output
-    assert "error: " in output.lower(), output
-    assert "Traceback" not in output, output
-    message = output[output.lower().find("error:"):]  # not the paths printed before it
-    for needle in needles:
-        assert needle in message, f"{needle!r} not in:\n{output}"
-
-
-def tree(folder: Path) -> Dict[str, int]:
-    """Every file under ``folder`` with its size and mtime, to prove nothing changed."""
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
-
-
-# --------------------------------------------------------------------------- models
-
-
-@pytest.fixture(scope="module")
-def zoo(model_factory, tmp_path_factory):
-    """A 12-layer target and every kind of broken or mismatched donor."""
-    root = tmp_path_factory.mktemp("zoo")
-    small = dict(layers=12, hidden=32, intermediate=64)
-    t = model_factory("rel-t", seed=0, **small)
-    z = {"t": t, "d": perturbed_copy(t, root / "d", PICKED, seed=3)}
-    z["wide"] = model_factory("rel-wide", seed=1, layers=12, hidden=32, intermediate=96)
-    z["qwen"] = model_factory("rel-qwen", "qwen2", seed=2, **small)
-    z["vocab"] = model_factory("rel-vocab", seed=3, vocab_size=128, **small)
-
-    z["trunc"] = root / "trunc"
-    shutil.copytree(z["d"], z["trunc"])
-    f = z["trunc"] / "model.safetensors"
-    os.truncate(f, f.stat().st_size - 1000)
-
-    z["corrupt"] = root / "corrupt"
-    shutil.copytree(z["d"], z["corrupt"])
-    f = z["corrupt"] / "model.safetensors"
-    data = bytearray(f.read_bytes())
-    data[20:40] = b"#" * 20  # inside the JSON header
-    f.write_bytes(bytes(data))
-
-    z["garbage"] = root / "garbage"
-    shutil.copytree(z["d"], z["garbage"])
-    (z["garbage"] / "model.safetensors").write_bytes(os.urandom(4096))
-
-    z["nan"] = root / "nan"
-    shutil.copytree(z["d"], z["nan"])
-    state = load_file(z["nan"] / "model.safetensors")
-    state[DOWN0][0, 0] = math.nan
-    state["model.layers.1.mlp.up_proj.weight"][1, 1] = math.inf
-    save_file(state, z["nan"] / "model.safetensors", metadata={"format": "pt"})
-
-    z["nojson"] = root / "nojson"
-    shutil.copytree(z["d"], z["nojson"])
-    (z["nojson"] / "config.json").write_text("{not json")
-
-    z["noweights"] = root / "noweights"
-    z["noweights"].mkdir()
-    shutil.copy(z["d"] / "config.json", z["noweights"] / "config.json")
-    return z
+from mergekit_transplant.testing_cli import DOWN0, assert_clean_error, invoke, leftovers, recipe, run_cli
 
 
 # --------------------------------------------------------------------------- the table
@@ -263,6 +147,7 @@ def test_outputs_have_ordinary_permissions(zoo, tmp_path):
 # --------------------------------------------------------------------------- the real console script
 
 
+@pytest.mark.slow
 def test_console_script_exit_code_and_no_traceback(zoo, tmp_path):
     bad = tmp_path / "bad.yml"
     bad.write_text(recipe(zoo["t"], zoo["d"], [("model.layers.1", 1.0)]))
@@ -276,6 +161,7 @@ def test_console_script_exit_code_and_no_traceback(zoo, tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "malformed YAML" in proc.stderr
 
 
+@pytest.mark.slow
 def test_console_script_hub_id_offline_with_empty_cache(zoo, tmp_path):
     (tmp_path / "r.yml").write_text(recipe(zoo["t"], "someorg/somemodel@main"))
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
@@ -286,6 +172,7 @@ def test_console_script_hub_id_offline_with_empty_cache(zoo, tmp_path):
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_console_script_missing_model_for_merge(zoo, tmp_path):
     (tmp_path / "r.yml").write_text(recipe(zoo["t"], tmp_path / "gone"))
     proc = run_cli(["merge", tmp_path / "r.yml", tmp_path / "out"])

@@ -15,51 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_reliability import DOWN0, assert_clean_error, invoke, leftovers, recipe, zoo  # noqa: F401
-
-WORDS = "the a cat dog red blue one two three tree house car book".split()
-
-
-@pytest.fixture(scope="module")
-def files(zoo, tmp_path_factory):  # noqa: F811
-    root = tmp_path_factory.mktemp("cmd")
-    f = {"root": root}
-    f["work"] = root / "w.jsonl"
-    f["work"].write_text("".join(json.dumps({"text": " ".join(WORDS[i:i + 5])}) + "\n" for i in range(6)))
-    for name, text in {"empty.jsonl": "", "blank.jsonl": "\n \n\n", "notext.jsonl": '{"prompt": "a b"}\n',
-                       "badline.jsonl": '{"text": "a b"}\n{not json\n', "nonstr.jsonl": '{"text": 5}\n',
-                       "w.csv": "text\na b\n"}.items():
-        (root / name).write_text(text)
-        f[name] = root / name
-    f["long.txt"] = root / "long.txt"
-    f["long.txt"].write_text(" ".join(["the cat"] * 300) + "\na dog\n")  # 600 tokens; context is 256
-    from tests.test_eval_cli import write_tasks
-
-    f["tasks"] = write_tasks(root / "tasks")
-    (root / "tasks" / "empty_docs.jsonl").write_text("")
-    (root / "tasks" / "tiny_empty.yaml").write_text(
-        f"task: tiny_empty\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {root / 'tasks' / 'empty_docs.jsonl'}\n"
-        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: \"{{q}}\"\ndoc_to_choice: \"{{choices}}\"\n"
-        "doc_to_target: \"{{label}}\"\nmetric_list:\n  - metric: acc\n    higher_is_better: true\n")
-    pick = root / "pick"
-    pick.mkdir()
-    shutil.copy(zoo["d"] / "config.json", pick / "config.json")
-    from safetensors.torch import load_file
-
-    torch.save(load_file(zoo["d"] / "model.safetensors"), pick / "pytorch_model.bin")
-    f["pick"] = pick
-    # a clean merge with its card, for card/publish/eval
-    (root / "r.yml").write_text(recipe(zoo["t"], zoo["d"]))
-    code, output = invoke(["merge", root / "r.yml", root / "merged"])
-    assert code == 0, output
-    f["merged"] = root / "merged"
-    return f
-
+from mergekit_transplant.testing_cli import assert_clean_error, invoke, leftovers, recipe
 
 # --------------------------------------------------------------------------- analyze
 
 
-def _analyze(zoo, out: Path, *args, target=None, donor=None, workload=None):  # noqa: F811
+def _analyze(zoo, out: Path, *args, target=None, donor=None, workload=None):
     base = ["analyze", "--quiet", "--target", target or zoo["t"], "--donor", donor or zoo["d"], "-o", out / "recipe.yml"]
     if workload is not None:
         base += ["--workload", workload]
@@ -91,7 +52,7 @@ ANALYZE_CASES = {
 }
 
 
-def _resolve(zoo, files, tmp_path, kwargs):  # noqa: F811
+def _resolve(zoo, files, tmp_path, kwargs):
     out = {}
     for key, value in kwargs.items():
         if value == "MISSING":
@@ -109,8 +70,16 @@ def _resolve(zoo, files, tmp_path, kwargs):  # noqa: F811
     return out
 
 
-@pytest.mark.parametrize("case", list(ANALYZE_CASES))
-def test_analyze_rejects_bad_input(zoo, files, tmp_path, case):  # noqa: F811
+#: cases where lm-eval indexes its thousands of built-in task YAMLs looking for the name (tens of seconds)
+SLOW_CASES = {"unknown-lm-eval-task", "unknown-task"}
+
+
+def _cases(table):
+    return [pytest.param(case, marks=pytest.mark.slow) if case in SLOW_CASES else case for case in table]
+
+
+@pytest.mark.parametrize("case", _cases(ANALYZE_CASES))
+def test_analyze_rejects_bad_input(zoo, files, tmp_path, case):
     kwargs, extra, needles = ANALYZE_CASES[case]
     resolved = _resolve(zoo, files, tmp_path, kwargs)
     if case == "unknown-lm-eval-task":
@@ -122,31 +91,31 @@ def test_analyze_rejects_bad_input(zoo, files, tmp_path, case):  # noqa: F811
     assert leftovers(tmp_path) == []
 
 
-def test_analyze_truncates_long_lines_with_a_warning(zoo, files, tmp_path):  # noqa: F811
+def test_analyze_truncates_long_lines_with_a_warning(zoo, files, tmp_path):
     code, output = _analyze(zoo, tmp_path, "--top-k", "2", workload=files["long.txt"])
     assert code == 0, output
     assert "warning: 1 of 2 workload samples were longer than 256 tokens" in output
     assert (tmp_path / "recipe.yml").exists()
 
 
-def test_analyze_nonfinite_donor_is_refused(zoo, files, tmp_path):  # noqa: F811
+def test_analyze_nonfinite_donor_is_refused(zoo, files, tmp_path):
     code, output = _analyze(zoo, tmp_path, workload=files["work"], donor=zoo["nan"])
     assert_clean_error(code, output, "non-finite", "model.layers.0.mlp.down_proj")
     assert not (tmp_path / "recipe.yml").exists()
 
 
-def test_analyze_nonfinite_donor_message_names_the_donor(zoo, files, tmp_path):  # noqa: F811
+def test_analyze_nonfinite_donor_message_names_the_donor(zoo, files, tmp_path):
     code, output = _analyze(zoo, tmp_path, workload=files["work"], donor=zoo["nan"])
     assert_clean_error(code, output, f"donor {zoo['nan']}")
     assert "--dtype" not in output
 
 
-def test_analyze_refuses_vocab_mismatch(zoo, files, tmp_path):  # noqa: F811
+def test_analyze_refuses_vocab_mismatch(zoo, files, tmp_path):
     code, output = _analyze(zoo, tmp_path, workload=files["work"], donor=zoo["vocab"])
     assert_clean_error(code, output, "vocab")
 
 
-def test_analyze_says_when_shapes_differ(zoo, files, tmp_path):  # noqa: F811
+def test_analyze_says_when_shapes_differ(zoo, files, tmp_path):
     code, output = _analyze(zoo, tmp_path, workload=files["work"], donor=zoo["wide"])
     # every MLP module differs in shape; the attention modules still match, so the analysis runs on them
     assert code == 0, output
@@ -155,19 +124,19 @@ def test_analyze_says_when_shapes_differ(zoo, files, tmp_path):  # noqa: F811
     assert "error:" not in output and (tmp_path / "recipe.yml").exists()
 
 
-def test_analyze_plot_format_checked_up_front(zoo, files, tmp_path):  # noqa: F811
+def test_analyze_plot_format_checked_up_front(zoo, files, tmp_path):
     code, output = _analyze(zoo, tmp_path, "--plot", tmp_path / "heat.txt", workload=files["work"])
     assert_clean_error(code, output, "heat.txt")
     assert not (tmp_path / "recipe.yml").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_analyze_missing_gpu_named(zoo, files, tmp_path):  # noqa: F811
+def test_analyze_missing_gpu_named(zoo, files, tmp_path):
     code, output = _analyze(zoo, tmp_path, "--device", "cuda", workload=files["work"])
     assert_clean_error(code, output, "cuda")
 
 
-def test_analyze_allow_pickle_works(zoo, files, tmp_path):  # noqa: F811
+def test_analyze_allow_pickle_works(zoo, files, tmp_path):
     code, output = _analyze(zoo, tmp_path, "--allow-pickle", workload=files["work"], donor=files["pick"])
     assert code == 0, output
 
@@ -176,7 +145,7 @@ def test_analyze_allow_pickle_works(zoo, files, tmp_path):  # noqa: F811
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_merge_missing_gpu_named_before_anything_is_written(zoo, files, tmp_path):  # noqa: F811
+def test_merge_missing_gpu_named_before_anything_is_written(zoo, files, tmp_path):
     code, output = invoke(["merge", "--cuda", files["root"] / "r.yml", tmp_path / "out"])
     assert_clean_error(code, output, "no CUDA GPU")
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
@@ -185,7 +154,7 @@ def test_merge_missing_gpu_named_before_anything_is_written(zoo, files, tmp_path
 # --------------------------------------------------------------------------- eval
 
 
-def _eval(zoo, files, tmp_path, *extra, target=None, donor=None, merged=None, tasks="tiny_mc"):  # noqa: F811
+def _eval(zoo, files, tmp_path, *extra, target=None, donor=None, merged=None, tasks="tiny_mc"):
     return invoke(["eval", "--target", target or zoo["t"], "--donor", donor or zoo["d"],
                    "--merged", merged or files["merged"], "--tasks", tasks, "--include-path", files["tasks"],
                    "--limit", "2", "--batch-size", "4", "--no-cache", "-o", tmp_path / "results.json", *extra])
@@ -202,8 +171,8 @@ EVAL_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(EVAL_CASES))
-def test_eval_rejects_bad_input(zoo, files, tmp_path, case):  # noqa: F811
+@pytest.mark.parametrize("case", _cases(EVAL_CASES))
+def test_eval_rejects_bad_input(zoo, files, tmp_path, case):
     kwargs, needles = EVAL_CASES[case]
     kwargs = {k: (tmp_path / "missing" if v == "MISSING" else zoo.get(v, files.get(v, v))) for k, v in kwargs.items()}
     code, output = _eval(zoo, files, tmp_path, **kwargs)
@@ -211,7 +180,7 @@ def test_eval_rejects_bad_input(zoo, files, tmp_path, case):  # noqa: F811
     assert not (tmp_path / "results.json").exists() and leftovers(tmp_path) == []
 
 
-def test_eval_malformed_task_yaml_is_named(zoo, files, tmp_path):  # noqa: F811
+def test_eval_malformed_task_yaml_is_named(zoo, files, tmp_path):
     tasks = shutil.copytree(files["tasks"], tmp_path / "tasks")
     (tasks / "tiny_bad.yaml").write_text("task: tiny_bad\ndataset_path: json\ndoc_to_text: [\n")
     code, output = invoke(["eval", "--target", zoo["t"], "--donor", zoo["d"], "--merged", files["merged"],
@@ -220,7 +189,7 @@ def test_eval_malformed_task_yaml_is_named(zoo, files, tmp_path):  # noqa: F811
     assert "unknown" not in output
 
 
-def test_eval_tokenizer_that_loses_the_answer_is_named(zoo, files, tmp_path):  # noqa: F811
+def test_eval_tokenizer_that_loses_the_answer_is_named(zoo, files, tmp_path):
     """An lm-eval assertion is a clear error naming the failed check, the model and (here) the cause.
 
     transformers 5 loads the test's word-level tokenizer.json through Qwen2Tokenizer (chosen by the
@@ -233,13 +202,13 @@ def test_eval_tokenizer_that_loses_the_answer_is_named(zoo, files, tmp_path):  #
                        "lm_eval/models/huggingface.py", "tokenizer encodes a task's answer to zero tokens")
 
 
-def test_eval_unknown_include_path(zoo, files, tmp_path):  # noqa: F811
+def test_eval_unknown_include_path(zoo, files, tmp_path):
     code, output = invoke(["eval", "--target", zoo["t"], "--donor", zoo["d"], "--merged", files["merged"],
                            "--tasks", "tiny_mc", "--include-path", tmp_path / "nope"])
     assert code == 2 and "nope" in output and "Traceback" not in output
 
 
-def test_eval_checks_every_model_before_scoring(zoo, files, tmp_path, monkeypatch):  # noqa: F811
+def test_eval_checks_every_model_before_scoring(zoo, files, tmp_path, monkeypatch):
     import lm_eval
 
     calls = []
@@ -260,7 +229,7 @@ def test_eval_checks_every_model_before_scoring(zoo, files, tmp_path, monkeypatc
         assert "scoring" not in output and calls == []
 
 
-def test_eval_pickle_message_matches_its_options(zoo, files, tmp_path):  # noqa: F811
+def test_eval_pickle_message_matches_its_options(zoo, files, tmp_path):
     code, output = _eval(zoo, files, tmp_path, donor=files["pick"])
     assert_clean_error(code, output, "--donor", "pickle", "arbitrary code", "--allow-pickle")  # refused, and says how
     code, help_text = invoke(["eval", "--help"])
@@ -268,7 +237,7 @@ def test_eval_pickle_message_matches_its_options(zoo, files, tmp_path):  # noqa:
     assert not (tmp_path / "results.json").exists()
 
 
-def test_eval_allow_pickle_scores_the_pickled_weights(zoo, files, tmp_path):  # noqa: F811
+def test_eval_allow_pickle_scores_the_pickled_weights(zoo, files, tmp_path):
     pick = tmp_path / "pick"
     shutil.copytree(zoo["d"], pick, ignore=shutil.ignore_patterns("*.safetensors"))
     shutil.copy(files["pick"] / "pytorch_model.bin", pick)
@@ -286,23 +255,14 @@ def test_eval_allow_pickle_scores_the_pickled_weights(zoo, files, tmp_path):  # 
 # --------------------------------------------------------------------------- sweep
 
 
-@pytest.fixture(scope="module")
-def analysis_report(zoo, files):  # noqa: F811
-    out = files["root"] / "an"
-    out.mkdir()
-    code, output = invoke(["analyze", "--quiet", "--target", zoo["t"], "--donor", zoo["d"], "--workload",
-                           files["work"], "-o", out / "recipe.yml", "--report", out / "report.json"])
-    assert code == 0, output
-    return out / "report.json"
-
-
 def _sweep(files, tmp_path, report, *extra):
     return invoke(["sweep", "--report", report, "--tasks", "tiny_mc", "--include-path", files["tasks"],
                    "--limit", "2", "--random-controls", "1", "--no-whole-model", "--k", "1",
                    "--output", tmp_path / "sweep.json", *extra])
 
 
-def test_sweep_rejects_bad_reports_and_settings(zoo, files, analysis_report, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_sweep_rejects_bad_reports_and_settings(zoo, files, analysis_report, tmp_path):
     bad = {"missing.json": None, "bad.json": "{not json", "list.json": "[]", "schema.json": '{"settings": 3}'}
     for name, text in bad.items():
         if text is not None:
@@ -317,7 +277,7 @@ def test_sweep_rejects_bad_reports_and_settings(zoo, files, analysis_report, tmp
     assert not (tmp_path / "sweep.json").exists() and leftovers(tmp_path) == []
 
 
-def test_sweep_refuses_architecture_mismatch(zoo, files, analysis_report, tmp_path, monkeypatch):  # noqa: F811
+def test_sweep_refuses_architecture_mismatch(zoo, files, analysis_report, tmp_path, monkeypatch):
     _never_score(monkeypatch)
     code, output = _sweep(files, tmp_path, analysis_report, "--donor", zoo["qwen"])
     assert_clean_error(code, output, "Qwen2ForCausalLM", "LlamaForCausalLM")
@@ -334,7 +294,7 @@ def _never_score(monkeypatch):
     monkeypatch.setattr(mergekit_transplant.loading, "load_causal_lm", lambda *a, **k: pytest.fail("loaded"))
 
 
-def test_sweep_allow_pickle_reads_the_pickled_donor(zoo, files, analysis_report, tmp_path):  # noqa: F811
+def test_sweep_allow_pickle_reads_the_pickled_donor(zoo, files, analysis_report, tmp_path):
     code, output = _sweep(files, tmp_path, analysis_report, "--donor", files["pick"])
     assert_clean_error(code, output, "pickle", "--allow-pickle")
     scores = {}
@@ -350,7 +310,7 @@ def test_sweep_allow_pickle_reads_the_pickled_donor(zoo, files, analysis_report,
     assert references["donor"] != references["target"]
 
 
-def test_sweep_shape_mismatch_is_a_clean_error(zoo, files, analysis_report, tmp_path, monkeypatch):  # noqa: F811
+def test_sweep_shape_mismatch_is_a_clean_error(zoo, files, analysis_report, tmp_path, monkeypatch):
     _never_score(monkeypatch)
     code, output = _sweep(files, tmp_path, analysis_report, "--donor", zoo["wide"])
     assert_clean_error(code, output, "shape mismatch", "[32, 64] in the target", "[32, 96] in the donor")
@@ -413,14 +373,14 @@ def test_card_eval_file_must_be_eval_results(files, analysis_report, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def organ_dir(zoo, files):  # noqa: F811
+def organ_dir(zoo, files):
     out = files["root"] / "organ"
     code, output = invoke(["organ", "extract", files["root"] / "r.yml", "-o", out])
     assert code == 0, output
     return out
 
 
-def test_organ_extract_refuses_nonempty_output_and_bad_recipes(zoo, files, tmp_path):  # noqa: F811
+def test_organ_extract_refuses_nonempty_output_and_bad_recipes(zoo, files, tmp_path):
     out = tmp_path / "organ"
     out.mkdir()
     (out / "keep").write_text("x")
@@ -477,7 +437,7 @@ TAMPERING = {
 
 
 @pytest.mark.parametrize("how", list(TAMPERING))
-def test_tampered_organ_is_refused_and_nothing_is_merged(zoo, organ_dir, tmp_path, how):  # noqa: F811
+def test_tampered_organ_is_refused_and_nothing_is_merged(zoo, organ_dir, tmp_path, how):
     bad = _tampered(organ_dir, tmp_path, how)
     if how != "recipe-python-tag":
         code, output = invoke(["organ", "verify", bad, "--target", zoo["t"]])
@@ -488,7 +448,7 @@ def test_tampered_organ_is_refused_and_nothing_is_merged(zoo, organ_dir, tmp_pat
     assert not (tmp_path / "elsewhere").exists()
 
 
-def test_organ_recipe_cannot_pull_in_an_unverified_donor(zoo, organ_dir, tmp_path):  # noqa: F811
+def test_organ_recipe_cannot_pull_in_an_unverified_donor(zoo, organ_dir, tmp_path):
     import yaml
 
     bad = tmp_path / "organ"
@@ -502,7 +462,7 @@ def test_organ_recipe_cannot_pull_in_an_unverified_donor(zoo, organ_dir, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
-def test_organ_against_the_wrong_target(zoo, organ_dir, tmp_path):  # noqa: F811
+def test_organ_against_the_wrong_target(zoo, organ_dir, tmp_path):
     for target, needle in ((zoo["qwen"], "Qwen2ForCausalLM"), (zoo["wide"], "shape mismatch"),
                            (tmp_path / "missing", "no such folder")):
         code, output = invoke(["organ", "apply", organ_dir, tmp_path / "out", "--target", target])

@@ -18,11 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_reliability import DOWN0, assert_clean_error, invoke, leftovers, recipe, tree, zoo  # noqa: F401
-from tests.test_reliability_commands import analysis_report, files  # noqa: F401
-
-WORDS = "the a cat dog red blue one two three tree house car book".split()
-
+from mergekit_transplant.testing_cli import DOWN0, assert_clean_error, invoke, leftovers, recipe, tree
 
 # --------------------------------------------------------------------------- YAML
 
@@ -37,7 +33,7 @@ def yaml_payloads(marker: Path):
 
 
 @pytest.mark.parametrize("payload", ["top-level-apply", "nested-apply", "python-name", "object-new"])
-def test_yaml_tags_are_refused_and_run_nothing(zoo, tmp_path, payload):  # noqa: F811
+def test_yaml_tags_are_refused_and_run_nothing(zoo, tmp_path, payload):
     marker = tmp_path / "pwned"
     (tmp_path / "r.yml").write_text(yaml_payloads(marker)[payload])
     out = tmp_path / "out"
@@ -57,7 +53,7 @@ def test_yaml_tags_are_refused_and_run_nothing(zoo, tmp_path, payload):  # noqa:
 
 
 @pytest.fixture(scope="module")
-def remote_model(zoo, tmp_path_factory):  # noqa: F811
+def remote_model(zoo, tmp_path_factory):
     """A model whose config asks for custom code that creates a marker file when imported."""
     root = tmp_path_factory.mktemp("remote")
     model = root / "custom-model"
@@ -75,7 +71,7 @@ def remote_model(zoo, tmp_path_factory):  # noqa: F811
     return model, marker
 
 
-def test_no_remote_code_unless_asked(zoo, remote_model, tmp_path):  # noqa: F811
+def test_no_remote_code_unless_asked(zoo, remote_model, tmp_path):
     model, marker = remote_model
     (tmp_path / "w.jsonl").write_text('{"text": "the cat one two"}\n')
     self_recipe = tmp_path / "self.yml"
@@ -96,11 +92,11 @@ def test_no_remote_code_unless_asked(zoo, remote_model, tmp_path):  # noqa: F811
     marker.unlink()
 
 
-def test_eval_and_sweep_run_no_remote_code(zoo, remote_model, tmp_path):  # noqa: F811
-    from tests.test_eval_cli import write_tasks
+def test_eval_and_sweep_run_no_remote_code(zoo, remote_model, tmp_path):
+    from mergekit_transplant.testing import write_tiny_tasks
 
     model, marker = remote_model
-    tasks = write_tasks(tmp_path / "tasks")
+    tasks = write_tiny_tasks(tmp_path / "tasks")
     code, output = invoke(["eval", "--target", model, "--donor", zoo["d"], "--merged", zoo["d"], "--tasks", "tiny_mc",
                            "--include-path", tasks, "--limit", "2", "--no-cache"])
     assert_clean_error(code, output, "trust_remote_code")
@@ -127,7 +123,7 @@ class _Payload:
 
 
 @pytest.fixture(scope="module")
-def pickles(zoo, tmp_path_factory):  # noqa: F811
+def pickles(zoo, tmp_path_factory):
     import torch
     from safetensors.torch import load_file
 
@@ -143,7 +139,7 @@ def pickles(zoo, tmp_path_factory):  # noqa: F811
     return honest, evil, marker
 
 
-def test_pickle_refused_with_reason_by_every_command(zoo, pickles, tmp_path):  # noqa: F811
+def test_pickle_refused_with_reason_by_every_command(zoo, pickles, tmp_path):
     honest, evil, marker = pickles
     (tmp_path / "r.yml").write_text(recipe(zoo["t"], honest))
     (tmp_path / "w.jsonl").write_text('{"text": "the cat one two"}\n')
@@ -159,7 +155,7 @@ def test_pickle_refused_with_reason_by_every_command(zoo, pickles, tmp_path):  #
     assert not (tmp_path / "out").exists() and not (tmp_path / "organ").exists()
 
 
-def test_allow_pickle_merges_an_honest_pickle(zoo, pickles, tmp_path):  # noqa: F811
+def test_allow_pickle_merges_an_honest_pickle(zoo, pickles, tmp_path):
     from safetensors.torch import load_file
 
     honest, _, _ = pickles
@@ -172,7 +168,7 @@ def test_allow_pickle_merges_an_honest_pickle(zoo, pickles, tmp_path):  # noqa: 
     assert merged[DOWN0].equal(load_file(zoo["d"] / "model.safetensors")[DOWN0])
 
 
-def test_allow_pickle_still_runs_no_code(zoo, pickles, tmp_path):  # noqa: F811
+def test_allow_pickle_still_runs_no_code(zoo, pickles, tmp_path):
     _, evil, marker = pickles
     (tmp_path / "r.yml").write_text(recipe(zoo["t"], evil))
     for args in (["check", "--allow-pickle", tmp_path / "r.yml"],
@@ -192,7 +188,7 @@ def _with_tokenizer(evil: Path, zoo_donor: Path, dest: Path) -> Path:
 
 
 @pytest.mark.parametrize("command", ["analyze", "sweep", "eval"])
-def test_allow_pickle_runs_no_code_in_analyze_sweep_and_eval(zoo, pickles, files, analysis_report, tmp_path,  # noqa: F811
+def test_allow_pickle_runs_no_code_in_analyze_sweep_and_eval(zoo, pickles, files, analysis_report, tmp_path,
                                                              command):
     _, evil, marker = pickles
     evil = _with_tokenizer(evil, zoo["d"], tmp_path / "evil")
@@ -222,7 +218,7 @@ def test_allow_pickle_runs_no_code_in_analyze_sweep_and_eval(zoo, pickles, files
 # --------------------------------------------------------------------------- writes stay inside the output
 
 
-def test_merge_writes_only_its_output_folder(zoo, tmp_path):  # noqa: F811
+def test_merge_writes_only_its_output_folder(zoo, tmp_path):
     (tmp_path / "r.yml").write_text(recipe(zoo["t"], zoo["d"]))
     watched = [tmp_path, zoo["t"], zoo["d"]]
     before = {str(p): tree(p) for p in watched}
@@ -234,7 +230,7 @@ def test_merge_writes_only_its_output_folder(zoo, tmp_path):  # noqa: F811
     assert after[str(zoo["t"])] == before[str(zoo["t"])] and after[str(zoo["d"])] == before[str(zoo["d"])]
 
 
-def test_hostile_recipe_writes_nothing_outside_out(zoo, tmp_path, monkeypatch):  # noqa: F811
+def test_hostile_recipe_writes_nothing_outside_out(zoo, tmp_path, monkeypatch):
     """A recipe written to escape: '..' paths, a symlinked donor, path-like and markup-laden names and comments.
 
     The merge must still write only ``OUT/``: the working folder, the folders
@@ -266,7 +262,7 @@ def test_hostile_recipe_writes_nothing_outside_out(zoo, tmp_path, monkeypatch): 
     assert set(os.listdir(tempfile.gettempdir())) <= temp_before  # nothing left in the temp folder either
 
 
-def test_symlinked_output_is_replaced_not_followed(zoo, tmp_path):  # noqa: F811
+def test_symlinked_output_is_replaced_not_followed(zoo, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "important.txt").write_text("not yours")
@@ -280,7 +276,7 @@ def test_symlinked_output_is_replaced_not_followed(zoo, tmp_path):  # noqa: F811
     assert not (tmp_path / "out").is_symlink() and (tmp_path / "out" / "model.safetensors").exists()
 
 
-def test_organ_output_may_not_overlap_a_model(zoo, tmp_path):  # noqa: F811
+def test_organ_output_may_not_overlap_a_model(zoo, tmp_path):
     donor = tmp_path / "donor"
     shutil.copytree(zoo["d"], donor)
     (tmp_path / "r.yml").write_text(recipe(zoo["t"], donor))
@@ -291,7 +287,7 @@ def test_organ_output_may_not_overlap_a_model(zoo, tmp_path):  # noqa: F811
     assert tree(donor) == before
 
 
-def test_manifest_names_never_become_paths(zoo, tmp_path):  # noqa: F811
+def test_manifest_names_never_become_paths(zoo, tmp_path):
     (tmp_path / "r.yml").write_text(recipe(zoo["t"], zoo["d"]))
     organ = tmp_path / "organ"
     code, output = invoke(["organ", "extract", tmp_path / "r.yml", "-o", organ])
@@ -332,7 +328,7 @@ def _outside_code(markdown: str) -> str:
     return re.sub(r"(`+)(.+?)\1", "", text, flags=re.S)
 
 
-def test_card_escapes_untrusted_names_and_comments(zoo, tmp_path):  # noqa: F811
+def test_card_escapes_untrusted_names_and_comments(zoo, tmp_path):
     t, d = tmp_path / HOSTILE_TARGET, tmp_path / HOSTILE_DONOR
     shutil.copytree(zoo["t"], t)
     shutil.copytree(zoo["d"], d)

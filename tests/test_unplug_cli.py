@@ -18,7 +18,7 @@ import pytest
 from mergekit_transplant.options import default_of, flags_of
 from mergekit_transplant.testing import make_model, write_task
 from mergekit_transplant.unplug.config import UnplugSettings, UnplugSweepSettings
-from tests.test_reliability import assert_clean_error, invoke, leftovers
+from mergekit_transplant.testing_cli import assert_clean_error, invoke, leftovers
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_options_are_the_settings_fields(cls, command):
 
     group = main.get_command(None, "unplug")
     cmd = group if command == ["unplug"] else group.commands["sweep"]
-    params = {p.name: p for p in cmd.params if p.name not in ("debug", "quiet")}
+    params = {p.name: p for p in cmd.params if p.name not in ("debug", "verbose", "quiet")}  # the group adds these
     fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("help")}
     assert sorted(params) == sorted(fields)
     for name, f in fields.items():

@@ -134,7 +134,6 @@ class AnalyzeSettings:
         "flags": ("--plan",), "record": False,
         "help": "Print the memory plan (estimated peak memory, itemised) and stop; nothing is loaded."})
     rows: int = field(default=15, metadata={"record": False, "help": "Rows of the console table."})
-    quiet: bool = field(default=False, metadata={"record": False, "help": "No progress bars or table."})
 
     def __post_init__(self) -> None:
         for name in ("also", "modules", "include_path"):
@@ -212,7 +211,7 @@ class AnalyzeSettings:
         from mergekit_transplant.options import to_cli
 
         settings = dataclasses.replace(self, **replace) if replace else self
-        return to_cli(settings, ["mergekit-transplant", "analyze"], exclude=("quiet", "rows", "plan_only"))
+        return to_cli(settings, ["mergekit-transplant", "analyze"], exclude=("rows", "plan_only"))
 
 
 __all__ = ["AnalyzeSettings", "CAPTURE_MODES", "DEFAULT_SCORE", "DEFAULT_TOP_K", "GRANULARITIES"]

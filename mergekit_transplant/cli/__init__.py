@@ -1,8 +1,9 @@
 """``mergekit-transplant``: a thin click layer over the Python API.
 
 Commands are imported only when invoked, so ``--help`` stays fast and torch is
-loaded only by commands that need it. Every command accepts ``--debug``; a
-``TransplantError`` becomes ``error: ...`` on stderr with exit code 2.
+loaded only by commands that need it. Every command accepts ``--debug``,
+``-v/--verbose`` and ``-q/--quiet`` (cli/verbosity.py); a ``TransplantError``
+becomes ``error: ...`` on stderr with exit code 2.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 import click
 
 from mergekit_transplant import __version__
+from mergekit_transplant.cli import verbosity
 
 #: command name -> "module:attribute" (one module per command under cli/)
 COMMANDS = {
@@ -69,6 +71,7 @@ def _quiet_unraisable(unraisable) -> None:
 class LazyGroup(click.Group):
     def make_context(self, info_name, args, parent=None, **extra):
         _DEBUG["on"] = False  # per invocation: a --debug run must not leak into the next (tests, embedding)
+        verbosity.reset()
         return super().make_context(info_name, args, parent=parent, **extra)
 
     def list_commands(self, ctx):
@@ -82,7 +85,7 @@ class LazyGroup(click.Group):
         cmd = getattr(importlib.import_module(module), attr)
         if not any(p.name == "debug" for p in cmd.params):
             debug_option(cmd)
-        return cmd
+        return verbosity.attach(cmd)
 
     def format_commands(self, ctx, formatter):
         rows = [(name, HELP.get(name, "")) for name in self.list_commands(ctx)]
@@ -118,11 +121,14 @@ class LazyGroup(click.Group):
             ctx.exit(1)
         finally:
             sys.unraisablehook = previous_hook
+            verbosity.restore()
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mergekit-transplant")
 @debug_option
+@verbosity.verbose_option
+@verbosity.quiet_option
 def main():
     """Transplant task-relevant modules from a donor model into a target.
 
@@ -132,6 +138,11 @@ def main():
       mergekit-transplant check recipe.yml
       mergekit-yaml recipe.yml out/          (or: mergekit-transplant merge recipe.yml out/)
       mergekit-transplant eval --target T --donor D --merged out/ --tasks TASK
+
+    \b
+    -v shows lm-eval's and transformers' own progress bars and INFO lines
+    (hidden by default); -q/--quiet keeps only results, warnings and errors.
+    Both work before or after the command name.
     """
     if os.environ.get("MERGEKIT_TRANSPLANT_DEBUG"):
         _DEBUG["on"] = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from mergekit_transplant.analysis.settings import AnalyzeSettings
+from mergekit_transplant.cli.verbosity import info, quiet
 from mergekit_transplant.options import options_from, settings_from
 
 
@@ -62,17 +63,17 @@ def analyze(**opts) -> None:
 
         check_plot_path(settings.plot)  # before the analysis, not after the recipe is written
     settings.choosing.validate()  # before anything is read
-    result = run_analysis(settings, progress=not settings.quiet, plan_only=settings.plan_only,
-                          on_plan=lambda plan: click.echo(plan.format(), err=True))
+    result = run_analysis(settings, progress=not quiet(), plan_only=settings.plan_only,
+                          on_plan=lambda plan: click.echo(plan.format(), err=True) if settings.plan_only
+                          else info(plan.format()))
     if settings.plan_only:
         return
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
-    if not settings.quiet:
-        click.echo(format_table(result.report, rows=settings.rows))
-        if result.report.greedy is not None:
-            click.echo(format_greedy(result.report))
+    click.echo(format_table(result.report, rows=settings.rows))
+    if result.report.greedy is not None:
+        click.echo(format_greedy(result.report))
     write_outputs(result, recipe=settings.output, report=settings.report_out, plot=settings.plot)
     for label, path in (("recipe", settings.output), ("report", settings.report_out), ("heatmap", settings.plot)):
         if path:
-            click.echo(f"wrote {label}: {path}", err=True)
+            info(f"wrote {label}: {path}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import click
 
+from mergekit_transplant.cli.verbosity import info
 from mergekit_transplant.options import options_from, settings_from
 from mergekit_transplant.evaluation.compare import EvalSettings
 
@@ -95,9 +96,9 @@ def evaluate(target, donor, merged, output, prompt, **values):
     from mergekit_transplant.evaluation import evaluate_models
 
     settings = settings_from(EvalSettings, values, prompt=prompt)
-    report = evaluate_models(target, donor, merged, settings, progress=lambda m: click.echo(m, err=True))
+    report = evaluate_models(target, donor, merged, settings, progress=info)
     if output:
         report.write(output)
     click.echo(report.markdown(), nl=False)
     if output:
-        click.echo(f"wrote {output}", err=True)
+        info(f"wrote {output}")

@@ -6,6 +6,7 @@ import click
 from mergekit.options import MergeOptions, add_merge_options
 
 from mergekit_transplant.cli.check import print_report
+from mergekit_transplant.cli.verbosity import merged_with
 from mergekit_transplant.flows import run_transplant
 
 
@@ -25,7 +26,7 @@ def merge(merge_options: MergeOptions, recipe: str, out_path: str, overwrite: bo
     merge succeeds, with the plugin's model card unless --no-write-model-card.
     """
     report = run_transplant(
-        recipe, out_path, merge_options, overwrite=overwrite, allow_pickle=allow_pickle,
+        recipe, out_path, merged_with(merge_options), overwrite=overwrite, allow_pickle=allow_pickle,
         allow_nonfinite=allow_nonfinite,
     )
     print_report(report)

@@ -9,6 +9,8 @@ from mergekit.options import MergeOptions, add_merge_options
 from mergekit_transplant.cli import debug_option
 from mergekit_transplant.options import options_from
 from mergekit_transplant.organ.training.config import OrganTrainSettings
+from mergekit_transplant.cli.verbosity import merged_with
+from mergekit_transplant.cli.verbosity import quiet as output_quiet
 
 from mergekit_transplant.flows import apply_organ
 from mergekit_transplant.organ import extract_organ, verify_organ
@@ -26,15 +28,43 @@ def organ():
     """
 
 
+class ShardSize(click.ParamType):
+    """mergekit's shard-size syntax (``mergekit.common.parse_kmb``: ``5B``, ``500M``, ``100K``, ``1000``).
+
+    mergekit's own ``ShardSizeParamType`` lets a bad value escape as a
+    ValueError (a traceback); this one makes it a usage error (exit 2).
+    """
+
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        from mergekit.common import parse_kmb
+
+        if isinstance(value, int):
+            size = value
+        else:
+            try:
+                size = parse_kmb(str(value).strip())
+            except (ValueError, IndexError):
+                self.fail(f"{value!r} is not a size: a number, optionally followed by K, M or B "
+                          "(10^3, 10^6, 10^9), as mergekit-yaml's --out-shard-size", param, ctx)
+        if size <= 0:
+            self.fail("must be positive", param, ctx)
+        return size
+
+
 @organ.command("extract")
 @debug_option
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", "organ_dir", required=True, type=click.Path(file_okay=False),
               help="Organ folder to write (appears whole or not at all).")
 @click.option("--overwrite", is_flag=True, help="Replace ORGAN_DIR if it exists and is not empty.")
-@click.option("--max-shard-size", default="5G", show_default=True,
-              help="Largest safetensors shard: bytes, or 500M, 5G, 4GiB.")
-def extract(recipe, organ_dir, overwrite, max_shard_size):
+@click.option("--out-shard-size", type=ShardSize(), default="5B", show_default=True,
+              help="Largest shard, written and counted as mergekit-yaml's --out-shard-size: 5B, 500M, 100K "
+                   "(10^9, 10^6, 10^3) of tensor data (mergekit's help says parameters; its writer counts bytes).")
+@click.option("--max-shard-size", hidden=True, default=None,
+              help="Old spelling (bytes, or 500M, 5G, 4GiB); use --out-shard-size.")
+def extract(recipe, organ_dir, overwrite, out_shard_size, max_shard_size):
     """Write the donor tensors RECIPE transplants (nonzero strength) to ORGAN_DIR.
 
     ORGAN_DIR gets the tensors as safetensors (copied byte for byte), the
@@ -44,8 +74,12 @@ def extract(recipe, organ_dir, overwrite, max_shard_size):
     `mergekit-yaml ORGAN_DIR/recipe.yml OUT` from the folder you ran this in
     (its paths are written as you gave them), or `organ apply` from anywhere.
     """
-    result = extract_organ(recipe, organ_dir, overwrite=overwrite,
-                           max_shard_bytes=_size(max_shard_size), progress=True)
+    if max_shard_size is not None:
+        click.echo("warning: --max-shard-size is deprecated; use --out-shard-size (same unit, mergekit's spelling: "
+                   "5B, not 5G)", err=True)
+        out_shard_size = _size(max_shard_size)
+    result = extract_organ(recipe, organ_dir, overwrite=overwrite, max_shard_bytes=out_shard_size,
+                           progress=not output_quiet())
     m = result.manifest
     share = 100 * m.parameters / max(m.target_parameters, 1)
     for d in m.donors:
@@ -56,7 +90,7 @@ def extract(recipe, organ_dir, overwrite, max_shard_size):
 
 
 def _size(text) -> int:
-    """``5G``, ``500M``, ``2GiB``, ``1000000``: K/M/G are powers of 1000, KiB/MiB/GiB of 1024."""
+    """The old ``--max-shard-size`` syntax: ``5G``, ``500M``, ``2GiB``, ``1000000`` (K/M/G powers of 1000)."""
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMG]?)(I?B?)\s*", str(text).upper())
     if not m or (m.group(3) == "IB" and not m.group(2)):
         raise click.BadParameter(f"{text!r} is not a size", param_hint="--max-shard-size")
@@ -113,18 +147,24 @@ def apply(merge_options: MergeOptions, organ_dir, out_path, target, at, overwrit
     """
     from mergekit_transplant.cli.check import print_report
 
-    verify_report, report = apply_organ(organ_dir, out_path, target=target, at=at, options=merge_options,
+    verify_report, report = apply_organ(organ_dir, out_path, target=target, at=at, options=merged_with(merge_options),
                                         overwrite=overwrite)
     _print_verify(verify_report)
     print_report(report)
     click.echo(f"wrote {out_path}")
 
 
+def _quiet_log(message: str) -> None:
+    """``organ train -q``: the trainer's notes (the block, perplexities) are informational lines and go; its
+    warnings and how to resume an interrupted run stay."""
+    if message.startswith(("warning:", "interrupted")):
+        click.echo(message, err=True)
+
+
 @organ.command("train")
 @debug_option
 @options_from(OrganTrainSettings)
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(quiet, **options):
+def train(**options):
     """Train one block of decoder layers on a domain corpus; write it as an organ.
 
     Only the block learns (the NOT paper's trained organ, arXiv 2601.13580):
@@ -137,7 +177,8 @@ def train(quiet, **options):
     """
     from mergekit_transplant.organ.training import train_organ
 
-    result = train_organ(OrganTrainSettings(**options), progress=not quiet)
+    quiet = {"log": _quiet_log} if output_quiet() else {}
+    result = train_organ(OrganTrainSettings(**options), progress=not output_quiet(), **quiet)
     if result.manifest is None:  # not the main process of a data-parallel run
         return
     r = result.record

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from mergekit_transplant.cli.verbosity import info, quiet
 from mergekit_transplant.cli.evaluate import batch_size_type, limit_type, prompt_options
 from mergekit_transplant.options import options_from, settings_from
 from mergekit_transplant.errors import TransplantError
@@ -80,18 +81,18 @@ def sweep(report_path, target, donor, workload, score, tasks, select_split, repo
 
     settings = settings_from(SweepSettings, values, select_tasks=select_tasks, report_tasks=report_tasks,
                              prompt=prompt)
-    result = run_sweep(ranking, settings)
+    result = run_sweep(ranking, settings, progress=not quiet())
     click.echo(markdown_table(result), nl=False)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     if output_recipe:
         write_recipe(result, output_recipe)
-        click.echo(f"wrote {output_recipe}", err=True)
+        info(f"wrote {output_recipe}")
     if output:
         csv_path = write_json(result, output)
-        click.echo(f"wrote {output} and {csv_path}", err=True)
+        info(f"wrote {output} and {csv_path}")
     if plot:
         from mergekit_transplant.sweep.plot import plot_sweep
 
         plot_sweep(result, plot)
-        click.echo(f"wrote {plot}", err=True)
+        info(f"wrote {plot}")

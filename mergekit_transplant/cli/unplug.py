@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import click
 
+from mergekit_transplant.cli.verbosity import info, quiet
 from mergekit_transplant.options import options_from, settings_from, to_cli
 from mergekit_transplant.unplug.config import UnplugSettings, UnplugSweepSettings
 
 
 @click.group("unplug", invoke_without_command=True)
 @options_from(UnplugSettings)
-@click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
-def unplug(ctx: click.Context, quiet: bool, **params) -> None:
+def unplug(ctx: click.Context, **params) -> None:
     """Unplug the MLP neurons a task does not use: a smaller, faster, stock transformers model.
 
     \b
@@ -34,20 +34,18 @@ def unplug(ctx: click.Context, quiet: bool, **params) -> None:
     from mergekit_transplant.unplug.pipeline import unplug as run_unplug
 
     settings = settings_from(UnplugSettings, params)
-    result = run_unplug(settings, command=to_cli(settings, ["mergekit-transplant", "unplug"]), progress=not quiet)
+    result = run_unplug(settings, command=to_cli(settings, ["mergekit-transplant", "unplug"]), progress=not quiet())
     for note in result.notes:
         click.echo(f"warning: {note}", err=True)
     r = result.report
-    click.echo(
-        f"kept {r.kept_size} of {r.intermediate_size} MLP neurons in each of {r.num_layers} layers "
-        f"(score {r.score}); {r.parameters['expert']:,} of {r.parameters['base']:,} parameters", err=True)
-    click.echo(f"wrote {result.output}" + (f" and {settings.report}" if settings.report else ""), err=True)
+    info(f"kept {r.kept_size} of {r.intermediate_size} MLP neurons in each of {r.num_layers} layers "
+         f"(score {r.score}); {r.parameters['expert']:,} of {r.parameters['base']:,} parameters")
+    info(f"wrote {result.output}" + (f" and {settings.report}" if settings.report else ""))
 
 
 @unplug.command("sweep")
 @options_from(UnplugSweepSettings)
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def sweep(quiet: bool, **params) -> None:
+def sweep(**params) -> None:
     """Every score at every keep ratio, in memory, scored by lm-eval against random controls.
 
     \b
@@ -65,15 +63,15 @@ def sweep(quiet: bool, **params) -> None:
         from mergekit_transplant.analysis.heatmap import check_plot_path
 
         check_plot_path(settings.plot)
-    result = run_unplug_sweep(settings, progress=not quiet)
+    result = run_unplug_sweep(settings, progress=not quiet())
     click.echo(markdown_table(result), nl=False)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     if settings.output:
         write_sweep_json(result, settings.output)
-        click.echo(f"wrote {settings.output}", err=True)
+        info(f"wrote {settings.output}")
     if settings.plot:
         from mergekit_transplant.unplug.plot import plot_unplug_sweep
 
         plot_unplug_sweep(result, settings.plot)
-        click.echo(f"wrote {settings.plot}", err=True)
+        info(f"wrote {settings.plot}")

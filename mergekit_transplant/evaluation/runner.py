@@ -166,6 +166,93 @@ def assertion_message(error: AssertionError, model_name: Optional[str] = None) -
 
 _ENV_INFO: Dict[str, Any] = {}
 
+#: the logger whose level says how much to show (the CLI's -v/--quiet set it; cli/verbosity.py)
+LOGGER = "mergekit_transplant"
+_LM_EVAL_LEVEL: Dict[str, int] = {}
+
+
+def quiet_lm_eval() -> None:
+    """lm-eval's log lines below ERROR, and the datasets bars it causes while loading tasks, are its own
+    CLI's: show them only when our logger is at INFO (``-v``).
+
+    A level someone else set on the ``lm_eval`` logger, and datasets bars
+    someone else turned off, are left alone.
+    """
+    import logging
+
+    import datasets
+
+    ours = logging.getLogger(LOGGER)
+    verbose = ours.isEnabledFor(logging.INFO)
+    lm = logging.getLogger("lm_eval")
+    if lm.level in (logging.NOTSET, _LM_EVAL_LEVEL.get("set", logging.NOTSET)):
+        level = ours.getEffectiveLevel() if verbose else logging.ERROR
+        lm.setLevel(level)
+        _LM_EVAL_LEVEL["set"] = level
+    if not verbose and datasets.is_progress_bar_enabled():
+        datasets.disable_progress_bars()
+        _LM_EVAL_LEVEL["datasets_bars_off"] = 1
+    elif verbose and _LM_EVAL_LEVEL.pop("datasets_bars_off", 0):
+        datasets.enable_progress_bars()
+
+
+def _called_from_lm_eval() -> bool:
+    """Whether the innermost caller outside tqdm itself is lm-eval's code."""
+    import sys
+
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "tqdm":
+        frame = frame.f_back
+    return frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "lm_eval"
+
+
+def _git_hash_quietly():
+    """lm-eval's ``get_git_commit_hash`` without git's ``fatal: not a git repository`` on stderr."""
+    import os
+    import subprocess
+
+    try:
+        return subprocess.check_output(["git", "describe", "--always"], stderr=subprocess.DEVNULL).strip().decode()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        from lm_eval.loggers.utils import get_commit_from_path
+
+        return get_commit_from_path(os.getcwd())
+
+
+@contextlib.contextmanager
+def lm_eval_output() -> Iterator[None]:
+    """Inside: lm-eval's per-request progress bars hidden unless our logger is at INFO (``-v``).
+
+    lm-eval draws them with ``from tqdm import tqdm`` in modules it imports
+    lazily (the model class is loaded during the call) and passes
+    ``disable=False`` explicitly, so no tqdm setting reaches them: for the
+    duration, tqdm's ``__init__`` disables a bar whose caller is lm-eval's
+    code (ours keep theirs). git's "fatal: not a git repository", printed
+    when lm-eval records the working folder's commit, is dropped too.
+    """
+    import logging
+
+    quiet_lm_eval()
+    if logging.getLogger(LOGGER).isEnabledFor(logging.INFO):
+        yield
+        return
+    import lm_eval.evaluator as evaluator
+    from tqdm.std import tqdm
+
+    raw_init = vars(tqdm)["__init__"]
+
+    def __init__(self, *args, **kwargs):
+        if _called_from_lm_eval():
+            kwargs["disable"] = True
+        raw_init.__get__(self, type(self))(*args, **kwargs)
+
+    git_hash = evaluator.get_git_commit_hash
+    tqdm.__init__, evaluator.get_git_commit_hash = __init__, _git_hash_quietly
+    try:
+        yield
+    finally:
+        tqdm.__init__, evaluator.get_git_commit_hash = raw_init, git_hash
+
 
 @contextlib.contextmanager
 def env_info_once() -> Iterator[None]:
@@ -264,7 +351,7 @@ def run_lm_eval(
         kwargs.update(prompt.kwargs())
     if isinstance(model, str):
         kwargs["model_args"] = model_args or ""
-    with env_info_once():
+    with env_info_once(), lm_eval_output():
         try:
             results = lm_eval.simple_evaluate(model, **kwargs)
         except TransplantError:

@@ -45,15 +45,6 @@ def _include_paths(include_path) -> List[str]:
     return [str(Path(p).resolve()) for p in paths]
 
 
-def _quiet_lm_eval() -> None:
-    import logging
-
-    for name in ("lm_eval", "lm-eval"):
-        logger = logging.getLogger(name)
-        if logger.level in (logging.NOTSET, logging.INFO, logging.DEBUG):
-            logger.setLevel(logging.WARNING)
-
-
 @dataclass
 class TaskSet:
     """Requested lm-eval tasks: the manager that knows them and their loaded objects."""
@@ -273,7 +264,9 @@ def find_tasks(names: Sequence[str], include_path=None) -> TaskSet:
     """
     from lm_eval.tasks import TaskManager
 
-    _quiet_lm_eval()
+    from mergekit_transplant.evaluation.runner import quiet_lm_eval
+
+    quiet_lm_eval()
     names = split_names(names)
     if not names:
         raise TransplantError("no lm-eval task given (--tasks)")
