@@ -401,3 +401,13 @@ def test_organ_needs_the_read_planning_hook(organ, tmp_path, monkeypatch):
     with pytest.raises(TransplantError, match="unset it"):
         run_transplant("organs/math/recipe.yml", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [["merge", "block.yml"], ["organ", "apply", "organ-dir"]])
+def test_a_bad_mergekit_shard_size_is_a_usage_error_not_a_bug(work, tmp_path, command):
+    """mergekit's own --out-shard-size type raises ValueError on '5G' (exit 1, 'a bug'); ours exits 2."""
+    Path("block.yml").write_text(recipe_text("models/target", "models/donor", {LAYER1: 1.0}))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, command + [str(out), "--out-shard-size", "5G"])
+    assert result.exit_code == 2 and "'5G' is not a size" in result.output, result.output
+    assert not out.exists()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import click
-from mergekit.options import MergeOptions, add_merge_options
+from mergekit.options import MergeOptions
 
 from mergekit_transplant.cli.check import print_report
+from mergekit_transplant.cli.mergekit_options import mergekit_options
 from mergekit_transplant.cli.verbosity import merged_with
 from mergekit_transplant.flows import run_transplant
 
@@ -16,7 +17,7 @@ from mergekit_transplant.flows import run_transplant
 @click.option("--overwrite", is_flag=True, help="Replace OUT_PATH if it exists and is not empty.")
 @click.option("--allow-pickle", is_flag=True, help="Accept pickle (.bin/.pt) checkpoints.")
 @click.option("--allow-nonfinite", is_flag=True, help="Transplant donor tensors containing NaN/Inf.")
-@add_merge_options
+@mergekit_options
 def merge(merge_options: MergeOptions, recipe: str, out_path: str, overwrite: bool,
           allow_pickle: bool, allow_nonfinite: bool) -> None:
     """Run the pre-flight check on RECIPE, then merge into OUT_PATH with mergekit.

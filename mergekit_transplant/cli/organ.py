@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 import click
-from mergekit.options import MergeOptions, add_merge_options
+from mergekit.options import MergeOptions
 
 from mergekit_transplant.cli import debug_option
+from mergekit_transplant.cli.mergekit_options import ShardSize, mergekit_options
 from mergekit_transplant.options import options_from
 from mergekit_transplant.organ.training.config import OrganTrainSettings
 from mergekit_transplant.cli.verbosity import merged_with
@@ -26,31 +27,6 @@ def organ():
       organ apply ORGAN_DIR OUT [--target T] [--at S]  verify, then merge into T
       organ train --model M --corpus FILE -o ORGAN_DIR  train a layer block (NOT)
     """
-
-
-class ShardSize(click.ParamType):
-    """mergekit's shard-size syntax (``mergekit.common.parse_kmb``: ``5B``, ``500M``, ``100K``, ``1000``).
-
-    mergekit's own ``ShardSizeParamType`` lets a bad value escape as a
-    ValueError (a traceback); this one makes it a usage error (exit 2).
-    """
-
-    name = "size"
-
-    def convert(self, value, param, ctx):
-        from mergekit.common import parse_kmb
-
-        if isinstance(value, int):
-            size = value
-        else:
-            try:
-                size = parse_kmb(str(value).strip())
-            except (ValueError, IndexError):
-                self.fail(f"{value!r} is not a size: a number, optionally followed by K, M or B "
-                          "(10^3, 10^6, 10^9), as mergekit-yaml's --out-shard-size", param, ctx)
-        if size <= 0:
-            self.fail("must be positive", param, ctx)
-        return size
 
 
 @organ.command("extract")
@@ -137,7 +113,7 @@ def verify(organ_dir, target):
               help="Insert the organ's layer block starting at this decoder layer instead of where it was "
                    "trained (tensor names are rewritten in a temporary view; the organ is not changed).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_PATH if it exists and is not empty.")
-@add_merge_options
+@mergekit_options
 def apply(merge_options: MergeOptions, organ_dir, out_path, target, at, overwrite):
     """Verify ORGAN_DIR, then merge it into TARGET, writing OUT_PATH.
 
