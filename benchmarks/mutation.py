@@ -50,6 +50,7 @@ GOAL_OVERALL = 0.85
 
 _REG, _HINTS = "mergekit_transplant.registration", "mergekit_transplant.read_hints"
 _RECIPE, _SWEEP = "mergekit_transplant.recipe", "mergekit_transplant.sweep.result"
+_PREFLIGHT = "mergekit_transplant.preflight"
 #: the planner hook: the wrapper's body and the decision of which inputs mergekit reads
 PLANNER_HOOK = ("_hooked_plan_tensor", "reads_needed", "per_input_parameters", "_is_zero", "_present",
                 "read_all_requested")
@@ -59,6 +60,9 @@ READ_PLANNING = ("note_donor_reads", "tensor_ranges", "prefetch_range", "_shard_
 #: recipe strength resolution: the strength checks on the recipe's numbers and mergekit's planner run dry
 STRENGTH_RESOLUTION = ("x__check_strength_values", "x__numbers", "x_resolve_strengths", "x_plan_config",
                        "xǁPlannedTensorǁdonor_strengths")
+#: the pre-flight check: every finding of ``check`` (not ``CheckReport.format_table``, the table's layout)
+PREFLIGHT = ("x_run_check", "x_check_filters", "x_is_clean_match", "x_suggest_exact", "x_filter_matches", "x__find",
+             "xǁCheckReportǁok", "xǁCheckReportǁtransplanted_parameters")
 #: the sweep's selection rule
 SELECTION_RULE = ("x_oriented", "x_choose_best", "xǁSweepResultǁbest", "xǁSweepResultǁoriented")
 
@@ -93,7 +97,8 @@ GROUPS = [
     Group("sweep selection and reporting", ["mergekit_transplant/sweep/result.py"],
           ["tests/test_sweep_selection.py"],
           [("the sweep's selection rule", f"{_SWEEP}.{name}__") for name in SELECTION_RULE]),
-    Group("pre-flight check", ["mergekit_transplant/preflight.py"], ["tests/test_check.py"]),
+    Group("pre-flight check", ["mergekit_transplant/preflight.py"], ["tests/test_check.py"],
+          functions=[f"{_PREFLIGHT}.{name}*" for name in PREFLIGHT]),
 ]
 
 
