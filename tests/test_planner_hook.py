@@ -12,7 +12,9 @@ against every mutant of the hook and of read planning (docs/testing.md).
 from __future__ import annotations
 
 import json
+import logging
 import struct
+import types
 from pathlib import Path
 
 import pytest
@@ -387,3 +389,155 @@ def test_note_donor_reads_accumulates_names_and_partial():
     other = Loader()
     read_hints.note_donor_reads(other, ["c"], partial=False)
     assert (sorted(read_hints._PLANS[other].names), read_hints._PLANS[other].partial) == (["c"], False)
+
+
+# --------------------------------------------------------------------------- edges the merges above cannot tell apart
+
+
+@pytest.fixture
+def tied_calls(tmp_path):
+    """{case: {tensor: a real planner's arguments}} for the three tied/untied lm_head cases."""
+    found = {}
+    for case, tie_t, tie_d in (("both-tied", True, True), ("target-tied-donor-not", True, False),
+                               ("donor-tied-target-not", False, True)):
+        target = make_model(tmp_path / case / "t", seed=0, tie=tie_t, tokenizer=False)
+        donor = make_model(tmp_path / case / "d", seed=1, tie=tie_d, tokenizer=False)
+        record = Recording()
+        plan(transplant_recipe(target, [Selection(MLP_DOWN_1, str(donor), 1.0)]), record)
+        found[case] = {c[1].name: c for c in record.calls}
+    return found
+
+
+def test_reads_needed_on_an_optional_lm_head_returns_the_kept_inputs_or_none(tied_calls):
+    """Called directly: which inputs survive, not only what mergekit makes of them (it skips a missing lm_head)."""
+    planner, weight, weights_in, models_, cfg = tied_calls["both-tied"][LM_HEAD]
+    kept_w, kept_m = registration.reads_needed(planner, weight, weights_in, models_, cfg)
+    assert kept_m == [cfg.base_model] and [w.name for w in kept_w] == [LM_HEAD]
+    # only the dropped donor has it: every input kept, as mergekit would plan it
+    assert registration.reads_needed(*tied_calls["target-tied-donor-not"][LM_HEAD]) is None
+    planner, weight, weights_in, models_, cfg = tied_calls["donor-tied-target-not"][LM_HEAD]
+    kept_w, kept_m = registration.reads_needed(planner, weight, weights_in, models_, cfg)
+    assert kept_m == [cfg.base_model]
+
+
+def test_a_planner_without_a_tokenizer_task_attribute_is_still_planned(real_call):
+    """An older or leaner planner object that lacks ``_tokenizer_task``: no merged tokenizer, so drop as usual."""
+    planner, weight, weights_in, models_, cfg = real_call[EMBED]
+    assert weight.vocabulary_axis is not None
+    lean = types.SimpleNamespace(_method=planner._method)
+    kept_w, kept_m = registration.reads_needed(lean, weight, weights_in, models_, cfg)
+    assert kept_m == [cfg.base_model]
+
+
+def test_a_call_the_hook_cannot_bind_reaches_the_original_unchanged(real_call):
+    planner = object()
+    seen = []
+
+    def original(*args, **kwargs):
+        seen.append((args, kwargs))
+        return "planned"
+
+    import inspect
+
+    def shape(self, weight, weights_in, models, cfg_reader):
+        pass
+
+    out = registration._hooked_plan_tensor(original, inspect.signature(shape), planner, ("w",), {"surprise": 1})
+    assert out == "planned" and seen == [((planner, "w"), {"surprise": 1})]
+
+
+def test_keyword_only_arguments_reach_the_original(real_call):
+    """A newer mergekit's keyword-only argument survives the hook's rebinding."""
+    import inspect
+
+    planner, weight, weights_in, models_, cfg = real_call[UP_PROJ_0]
+    seen = []
+
+    def original(self, weight, weights_in, models, cfg_reader, *, extra=None):
+        seen.append((len(weights_in), extra))
+
+    registration._hooked_plan_tensor(original, inspect.signature(original), planner,
+                                     (weight, weights_in, models_, cfg), {"extra": 7})
+    assert seen == [(1, 7)]
+
+
+def test_why_the_hook_stepped_aside_is_logged_for_debug(models, monkeypatch, caplog):
+    def per_input_parameters(*args, **kwargs):
+        raise RuntimeError("a resolver the hook was not written for")
+
+    monkeypatch.setattr(registration, "per_input_parameters", per_input_parameters)
+    with caplog.at_level(logging.DEBUG, logger=registration.LOG.name):
+        planned = plan(transplant_recipe(models["target"], [Selection(MLP_DOWN_1, str(models["donor"]), 1.0)]))
+    assert all(gathered == ["donor", "target"] for gathered in planned.values())  # stepped aside everywhere
+    messages = {r.getMessage() for r in caplog.records if r.name == registration.LOG.name}
+    assert messages == {
+        "transplant read planning skipped for a tensor: RuntimeError('a resolver the hook was not written for')"}
+
+
+def test_why_a_read_hint_was_not_recorded_is_logged_for_debug(caplog, monkeypatch):
+    from mergekit.io.tasks import LoaderCache
+
+    def broken(self, model):
+        raise OSError("no loader")
+
+    monkeypatch.setattr(LoaderCache, "get", broken)
+    with caplog.at_level(logging.DEBUG, logger=registration.LOG.name):
+        registration._note_donor_reads(["t", "d"], [None, None], [True, False], "t")
+    assert [r.getMessage() for r in caplog.records] == ["read hints not recorded: OSError('no loader')"]
+
+
+def test_why_a_read_hint_was_skipped_is_logged_for_debug(caplog):
+    class Broken:
+        pass
+
+    broken = Broken()
+    read_hints.note_donor_reads(broken, ["w"], partial=True)  # planned, but it has no index to find the file
+    with caplog.at_level(logging.DEBUG, logger=read_hints.LOG.name):
+        read_hints._hint_tensor(broken, "w")
+    assert [r.getMessage() for r in caplog.records] == [
+        "read hint skipped for w: AttributeError(\"'Broken' object has no attribute 'index'\")"]
+
+
+def test_a_loader_with_no_plan_or_a_full_plan_gets_no_hint(models, caplog):
+    path = models["donor"] / "model.safetensors"
+    require_eviction(path)
+    text = yaml.safe_dump({"merge_method": "transplant", "base_model": str(models["target"]),
+                           "models": [{"model": str(models["target"])},
+                                      {"model": str(models["donor"]), "parameters": {"strength": 0.25}}]})
+    plan(text)
+    pagecache.evict([path])
+    with caplog.at_level(logging.DEBUG, logger=read_hints.LOG.name):
+        assert read_hints._before_get_tensor(loader(models["donor"]), MLP_DOWN_1) is None
+        assert read_hints._before_get_tensor(loader(models["target"]), MLP_DOWN_1) is None  # no plan at all
+    assert pagecache.resident_bytes(path) == 0 and caplog.records == []
+
+
+def test_only_safetensors_shards_are_prefetched(models):
+    def fake(shard):
+        return types.SimpleNamespace(index=types.SimpleNamespace(tensor_paths={"w": shard}, base_path="/m"))
+
+    assert read_hints._shard_path(fake("pytorch_model.bin"), "w") is None
+    assert read_hints._shard_path(fake("model-00001.safetensors"), "w") == "/m/model-00001.safetensors"
+    assert read_hints._shard_path(fake("model.safetensors"), "missing") is None
+
+
+def test_prefetch_stops_at_the_end_of_the_file_and_reads_byte_by_byte(tmp_path, monkeypatch):
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(range(256)) * 40)
+    assert read_hints.prefetch_range(str(path), 10_000, 10_500) == 240  # the file ends at 10,240
+    monkeypatch.setattr(read_hints, "PREFETCH_CHUNK", 1)
+    assert read_hints.prefetch_range(str(path), 5, 15) == 10
+
+
+def test_tensor_ranges_follow_the_file_not_a_stale_cache(tmp_path):
+    from safetensors.torch import save_file
+    import torch
+
+    path = tmp_path / "model.safetensors"
+    save_file({"a": torch.zeros(4)}, path)
+    first = read_hints.tensor_ranges(str(path))
+    other = tmp_path / "other.safetensors"
+    save_file({"b": torch.zeros(8), "c": torch.zeros(2)}, other)
+    assert read_hints.tensor_ranges(str(other)) == independent_ranges(other) != first
+    save_file({"a": torch.zeros(16), "d": torch.zeros(1)}, path)  # rewritten in place: new size
+    assert read_hints.tensor_ranges(str(path)) == independent_ranges(path) != first

@@ -188,8 +188,8 @@ def test_donor_strengths_leave_out_the_target_and_read_none_as_zero():
         == {"d": 1.0}
 
 
-def test_resolution_reads_no_remote_code_unless_asked(models, tmp_path):
-    """A model asking for custom code: refused as an input error, and the code never runs."""
+def remote_model(models, tmp_path):
+    """A copy of the target whose config asks for custom code that creates a marker file when imported."""
     import shutil
 
     model = tmp_path / "custom"
@@ -202,6 +202,14 @@ def test_resolution_reads_no_remote_code_unless_asked(models, tmp_path):
     (model / "configuration_evil.py").write_text(
         f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
         "from transformers import LlamaConfig\n\nclass EvilConfig(LlamaConfig):\n    model_type = 'evil_custom'\n")
+    return model, marker
+
+
+def test_resolution_reads_no_remote_code_unless_asked(models, tmp_path):
+    """A model asking for custom code: refused as an input error, and the code never runs."""
+    from mergekit_transplant.recipe import plan_config
+
+    model, marker = remote_model(models, tmp_path)
     recipe = parse_recipe(render_recipe(str(model), [Selection(MLP_DOWN_1, str(model), 1.0)]))
     with pytest.raises(TransplantError) as error:
         resolve_strengths(recipe)
@@ -209,7 +217,20 @@ def test_resolution_reads_no_remote_code_unless_asked(models, tmp_path):
     assert "trust_remote_code" in str(error.value) and not marker.exists()
     with pytest.raises(TransplantError):
         resolve_strengths(recipe, trust_remote_code=False)
+    with pytest.raises(TransplantError):  # the download hook's entry point: the same default
+        plan_config(recipe.config)
     assert not marker.exists()
+
+
+def test_trust_remote_code_reaches_mergekit(models, tmp_path):
+    """Positive control: asked to, resolution loads the model's own code (the payload is real)."""
+    model, marker = remote_model(models, tmp_path)
+    recipe = parse_recipe(render_recipe(str(model), [Selection(MLP_DOWN_1, str(model), 1.0)]))
+    try:
+        resolve_strengths(recipe, trust_remote_code=True)
+    except TransplantError as error:  # mergekit may still not know the architecture; it got past the config
+        assert "trust_remote_code" not in str(error)
+    assert marker.exists()
 
 
 def test_a_bug_in_resolution_is_not_blamed_on_the_recipe(models, monkeypatch):
