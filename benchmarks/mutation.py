@@ -97,7 +97,7 @@ GROUPS = [
     Group("sweep selection and reporting", ["mergekit_transplant/sweep/result.py"],
           ["tests/test_sweep_selection.py"],
           [("the sweep's selection rule", f"{_SWEEP}.{name}__") for name in SELECTION_RULE]),
-    Group("pre-flight check", ["mergekit_transplant/preflight.py"], ["tests/test_preflight.py", "tests/test_check.py"],
+    Group("pre-flight check", ["mergekit_transplant/preflight.py"], ["tests/test_preflight.py", "tests/test_check.py::test_clean_match_rule"],
           functions=[f"{_PREFLIGHT}.{name}*" for name in PREFLIGHT]),
 ]
 

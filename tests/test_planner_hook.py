@@ -19,6 +19,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mergekit.architecture import get_architecture_info
+from mergekit.config import MergeConfiguration
+from mergekit.io.tasks import LoaderCache
+from mergekit.options import MergeOptions
+from mergekit.plan import MergePlanner
+from transformers import LlamaForCausalLM  # noqa: F401  (imported once here, not in every mutant's process)
 
 from mergekit_transplant import read_hints, registration
 from mergekit_transplant.recipe import Selection, render_recipe
@@ -34,12 +40,19 @@ LM_HEAD = "lm_head.weight"
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
+    """No tokenizers (building one costs seconds; only the merged-tokenizer test needs them)."""
     root = tmp_path_factory.mktemp("hook")
     return {
-        "target": make_model(root / "target", seed=0),
-        "donor": make_model(root / "donor", seed=1),
-        "donor2": make_model(root / "donor2", seed=2),
+        "target": make_model(root / "target", seed=0, tokenizer=False),
+        "donor": make_model(root / "donor", seed=1, tokenizer=False),
+        "donor2": make_model(root / "donor2", seed=2, tokenizer=False),
     }
+
+
+@pytest.fixture(scope="module")
+def with_tokenizers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hook-tok")
+    return {"target": make_model(root / "target", seed=0), "donor": make_model(root / "donor", seed=1)}
 
 
 def transplant_recipe(target, sels, **extra) -> str:
@@ -57,12 +70,6 @@ class Recording:
 
 def plan(recipe_text: str, record: Recording = None):
     """mergekit's planner, hook installed, run on ``recipe_text``: {output tensor: [models it gathers]}."""
-    from mergekit.architecture import get_architecture_info
-    from mergekit.config import MergeConfiguration
-    from mergekit.io.tasks import LoaderCache
-    from mergekit.options import MergeOptions
-    from mergekit.plan import MergePlanner
-
     import mergekit_transplant
 
     mergekit_transplant.register()
@@ -208,8 +215,9 @@ def test_optional_lm_head_is_written_exactly_as_mergekit_would(tmp_path, monkeyp
     assert sorted(plan(text)) == sorted(hooked)  # the same output tensors as mergekit's own plan
 
 
-def test_a_merged_tokenizer_still_gathers_every_embedding(models):
+def test_a_merged_tokenizer_still_gathers_every_embedding(with_tokenizers):
     """tokenizer_source builds the vocabulary from every model: embeddings are not dropped."""
+    models = with_tokenizers
     text = transplant_recipe(models["target"], [Selection(MLP_DOWN_1, str(models["donor"]), 1.0)],
                              tokenizer_source="union")
     planned = plan(text)

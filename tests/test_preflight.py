@@ -14,7 +14,10 @@ import shutil
 
 import pytest
 import torch
+from mergekit.architecture import get_architecture_info  # noqa: F401  (loaded once, not per mutant's process)
+from mergekit.plan import MergePlanner  # noqa: F401
 from safetensors.torch import load_file, save_file
+from transformers import LlamaForCausalLM, Qwen2ForCausalLM  # noqa: F401
 
 from mergekit_transplant.preflight import PlanRow, run_check, suggest_exact
 from mergekit_transplant.recipe import parse_recipe
@@ -228,3 +231,20 @@ def test_suggestion_lists_at_most_three_and_says_when_there_are_more():
     assert suggest_exact("a.0", ["x.a.0.w"]) == "a.0."
     assert suggest_exact("a.0.w", ["a.0.w"]) == "a.0.w"
     assert suggest_exact("a.0.", ["a.0.w", "a.0.v"]) == "a.0.w, a.0.v"
+
+
+def test_an_ambiguous_filter_names_what_else_it_hits_and_the_exact_form(model_factory):
+    t = model_factory("pf-t12", layers=12, seed=0, tokenizer=False)
+    d = model_factory("pf-d12", layers=12, seed=1, tokenizer=False)
+    also = sorted(n for n in load_file(t / "model.safetensors") if n.startswith(("model.layers.10.", "model.layers.11.")))
+    report = run_check(recipe(t, (d, {"model.layers.1": 1.0})))
+    assert report.errors == [f"filter 'model.layers.1' (donor {d}) is ambiguous: it also matches {also[0]} and "
+                             f"{len(also) - 1} more; use model.layers.1."]
+    report = run_check(recipe(t, (d, {"model.layers.10.mlp.up_pro": 1.0})))
+    assert report.errors == [f"filter 'model.layers.10.mlp.up_pro' (donor {d}) is ambiguous: it also matches "
+                             "model.layers.10.mlp.up_proj.weight; use an exact tensor name"]
+    report = run_check(recipe(t, (d, {"model.layers.1.mlp.dwn_proj": 1.0, "model.layers.2.mlp.dwn": 1.0})))
+    assert report.errors == [
+        f"filter 'model.layers.1.mlp.dwn_proj' (donor {d}) matches no tensor of the target {t}",
+        f"filter 'model.layers.2.mlp.dwn' (donor {d}) matches no tensor of the target {t}"]
+    assert run_check(recipe(t, (d, {"model.layers.1.": 1.0}))).ok
