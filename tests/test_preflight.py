@@ -248,3 +248,11 @@ def test_an_ambiguous_filter_names_what_else_it_hits_and_the_exact_form(model_fa
         f"filter 'model.layers.1.mlp.dwn_proj' (donor {d}) matches no tensor of the target {t}",
         f"filter 'model.layers.2.mlp.dwn' (donor {d}) matches no tensor of the target {t}"]
     assert run_check(recipe(t, (d, {"model.layers.1.": 1.0}))).ok
+
+
+def test_an_ambiguous_filter_with_exactly_two_other_matches_says_one_more(model_factory):
+    t = model_factory("pf-t2", layers=2, seed=0, tokenizer=False)
+    d = model_factory("pf-d2l", layers=2, seed=1, tokenizer=False)
+    report = run_check(recipe(t, (d, {"mlp.up_pro": 1.0})))
+    assert report.errors == [f"filter 'mlp.up_pro' (donor {d}) is ambiguous: it also matches "
+                             "model.layers.0.mlp.up_proj.weight and 1 more; use an exact tensor name"]
