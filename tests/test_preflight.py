@@ -115,13 +115,18 @@ def test_vocab_and_shape_mismatches_are_told_apart(zoo):
     assert report.errors == [] and report.rows == []
 
 
+def without(model, tensors, out):
+    """A copy of ``model`` whose safetensors lack ``tensors``."""
+    shutil.copytree(model, out)
+    state = load_file(out / "model.safetensors")
+    save_file({k: v for k, v in state.items() if k not in tensors}, out / "model.safetensors",
+              metadata={"format": "pt"})
+    return out
+
+
 def test_every_missing_donor_tensor_is_reported(zoo, tmp_path):
     t, d = zoo["t"], zoo["d"]
-    holed = tmp_path / "holed"
-    shutil.copytree(d, holed)
-    state = load_file(holed / "model.safetensors")
-    del state[UP2], state[DOWN1]
-    save_file(state, holed / "model.safetensors", metadata={"format": "pt"})
+    holed = without(d, {UP2, DOWN1}, tmp_path / "holed")
     q0 = "model.layers.0.self_attn.q_proj.weight"
     report = run_check(recipe(t, (holed, {UP2: 1.0, DOWN1: 0.25, q0: 1.0})))
     assert sorted(report.errors) == sorted([
@@ -135,11 +140,7 @@ def test_a_tensor_missing_from_the_target_is_an_error_unless_optional(zoo, tmp_p
     # a tied target has no lm_head: optional, so not an error; the donor's lm_head is not read
     report = run_check(recipe(tied, (d, {UP2: 1.0})))
     assert report.errors == [] and [row.tensor for row in report.rows] == [UP2]
-    holed = tmp_path / "holed-target"
-    shutil.copytree(t, holed)
-    state = load_file(holed / "model.safetensors")
-    del state[DOWN1], state[UP2]
-    save_file(state, holed / "model.safetensors", metadata={"format": "pt"})
+    holed = without(t, {DOWN1, UP2}, tmp_path / "holed-target")
     q0 = "model.layers.0.self_attn.q_proj.weight"
     report = run_check(recipe(holed, (d, {q0: 1.0})))
     assert sorted(report.errors) == sorted([f"tensor {DOWN1} is missing from the target {holed}",
@@ -256,3 +257,24 @@ def test_an_ambiguous_filter_with_exactly_two_other_matches_says_one_more(model_
     report = run_check(recipe(t, (d, {"mlp.up_pro": 1.0})))
     assert report.errors == [f"filter 'mlp.up_pro' (donor {d}) is ambiguous: it also matches "
                              "model.layers.0.mlp.up_proj.weight and 1 more; use an exact tensor name"]
+
+
+def test_a_zero_strength_donor_listed_first_does_not_hide_the_next_one(zoo):
+    """Each tensor's inputs are all looked at: a donor at 0 first, then the transplanted one, then the target."""
+    t, d, d2 = zoo["t"], zoo["d"], zoo["d2"]
+    report = run_check(recipe(t, (d2, {}), (d, {UP2: 1.0})))
+    assert [(row.tensor, row.donor) for row in report.rows] == [(UP2, str(d))]
+    assert report.warnings == [f"donor {d2} contributes nothing: every strength resolves to 0"]
+
+
+@pytest.mark.parametrize("filt,name,clean", [
+    (".mlp.", "model.layers.0.mlp.up_proj.weight", True),  # a filter's own dots are boundaries
+    ("mlp.", "model.layers.0.xmlp.mlp.w", False),  # the first occurrence is mid-word, the second clean
+    ("1", "a.1.11.b", False),
+    ("11", "a.111.b", False),
+    ("11", "a.11.b.11", True),
+])
+def test_clean_match_checks_every_occurrence(filt, name, clean):
+    from mergekit_transplant.preflight import is_clean_match
+
+    assert is_clean_match(filt, name) is clean
