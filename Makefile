@@ -41,7 +41,7 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
 
-# Mutation testing (a benchmark of the suite, not a CI step; ~30-60 min on 2 cores): docs/testing.md
+# Mutation testing (a benchmark of the suite, not a CI step; ~30 min on a loaded 2-core machine): docs/testing.md
 mutation: $(STAMP)
 	$(BIN)/python -c "import mutmut" 2>/dev/null || $(BIN)/pip install -q -e ".[mutation]"
 	nice -n 10 $(BIN)/python benchmarks/mutation.py

@@ -25,6 +25,7 @@ verdict printed at the end is computed from the figures, not typed.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import re
@@ -47,6 +48,28 @@ NOT_RUN = {"not checked"}
 GOAL_OVERALL = 0.85
 
 
+_REG, _HINTS = "mergekit_transplant.adapter.registration", "mergekit_transplant.adapter.read_hints"
+_POLICY, _PLANNING = "mergekit_transplant.adapter.policy", "mergekit_transplant.adapter.planning"
+_RECIPE, _SWEEP = "mergekit_transplant.recipe", "mergekit_transplant.sweep.result"
+_PREFLIGHT = "mergekit_transplant.preflight"
+#: the planner hook: the wrapper's body and the decision of which inputs mergekit reads
+#: (``read_all_requested``, the switch that turns read planning off, lives in the adapter's policy module)
+PLANNER_HOOK = ("_hooked_plan_tensor", "reads_needed", "per_input_parameters", "_is_zero", "_present")
+POLICY = ("read_all_requested",)
+#: read planning: which donor bytes the hints prefetch, and how
+READ_PLANNING = ("note_donor_reads", "tensor_ranges", "prefetch_range", "_shard_path", "_before_get_tensor",
+                 "_hint_tensor", "_enabled")
+#: recipe strength resolution: the strength checks on the recipe's numbers (recipe.py) and mergekit's planner
+#: run dry (adapter/planning.py)
+STRENGTH_RESOLUTION = ("x__check_strength_values", "x__numbers", "xǁPlannedTensorǁdonor_strengths")
+STRENGTH_PLANNING = ("x_resolve_strengths", "x_plan_config")
+#: the pre-flight check: every finding of ``check`` (not ``CheckReport.format_table``, the table's layout)
+PREFLIGHT = ("x_run_check", "x_check_filters", "x_is_clean_match", "x_suggest_exact", "x_filter_matches", "x__find",
+             "xǁCheckReportǁok", "xǁCheckReportǁtransplanted_parameters")
+#: the sweep's selection rule
+SELECTION_RULE = ("x_oriented", "x_choose_best", "xǁSweepResultǁbest", "xǁSweepResultǁoriented")
+
+
 @dataclass(frozen=True)
 class Group:
     name: str
@@ -56,6 +79,9 @@ class Group:
     zero_survivors: Sequence[tuple] = ()
     #: a pytest -k expression leaving out tests that run only in subprocesses (they cannot kill a mutant)
     deselect: str = ""
+    #: fnmatch patterns of the mutant names in scope (module.x_function*); empty: every function of the modules.
+    #: docs/testing.md says what each group leaves out and why.
+    functions: Sequence[str] = ()
 
 
 GROUPS = [
@@ -63,18 +89,23 @@ GROUPS = [
           ["tests/test_blend.py", "tests/test_method.py"],
           [("the blend", "mergekit_transplant.method.x_blend__")]),
     Group("planner hook and read planning",
-          ["mergekit_transplant/adapter/registration.py", "mergekit_transplant/adapter/read_hints.py"],
-          ["tests/test_reads.py"],
-          [("the planner hook", "mergekit_transplant.adapter.registration.x__hooked_plan_tensor__"),
-           ("the planner hook", "mergekit_transplant.adapter.registration.x_reads_needed__")],
-          deselect="not cold_cache and not mergekit_yaml_needs and not organ_extract_then_merge"),
+          ["mergekit_transplant/adapter/registration.py", "mergekit_transplant/adapter/read_hints.py",
+           "mergekit_transplant/adapter/policy.py"],
+          ["tests/test_planner_hook.py"],
+          [("the planner hook", f"{_REG}.x_{name}__") for name in PLANNER_HOOK]
+          + [("the planner hook", f"{_POLICY}.x_{name}__") for name in POLICY],
+          functions=[f"{_REG}.x_{name}*" for name in PLANNER_HOOK + ("_note_donor_reads",)]
+          + [f"{_POLICY}.x_{name}*" for name in POLICY]
+          + [f"{_HINTS}.x_{name}*" for name in READ_PLANNING]),
     Group("recipe strength resolution", ["mergekit_transplant/recipe.py", "mergekit_transplant/adapter/planning.py"],
-          ["tests/test_check.py", "tests/test_properties.py"]),
+          ["tests/test_strength_resolution.py", "tests/test_check.py", "tests/test_properties.py"],
+          functions=[f"{_RECIPE}.{name}*" for name in STRENGTH_RESOLUTION]
+          + [f"{_PLANNING}.{name}*" for name in STRENGTH_PLANNING]),
     Group("sweep selection and reporting", ["mergekit_transplant/sweep/result.py"],
           ["tests/test_sweep_selection.py"],
-          [("the sweep's selection rule", "mergekit_transplant.sweep.result.xǁSweepResultǁbest__"),
-           ("the sweep's selection rule", "mergekit_transplant.sweep.result.xǁSweepResultǁoriented__")]),
-    Group("pre-flight check", ["mergekit_transplant/preflight.py"], ["tests/test_check.py"]),
+          [("the sweep's selection rule", f"{_SWEEP}.{name}__") for name in SELECTION_RULE]),
+    Group("pre-flight check", ["mergekit_transplant/preflight.py"], ["tests/test_preflight.py", "tests/test_check.py::test_clean_match_rule"],
+          functions=[f"{_PREFLIGHT}.{name}*" for name in PREFLIGHT]),
 ]
 
 
@@ -135,9 +166,15 @@ def run_group(group: Group, root: Path, max_children: int, report_only: bool = F
         scratch_copy(work)
         (work / "setup.cfg").write_text(setup_cfg(group))
         with open(root / f"{slug(group.name)}.log", "w") as log:
-            proc = mutmut(["run", "--max-children", str(max_children)], work, log)
+            mutmut(["run", "--max-children", str(max_children), *group.functions], work, log)
     wall = time.perf_counter() - start
+    if not report_only:
+        (root / f"{slug(group.name)}.wall_s").write_text(f"{wall:.1f}\n")
+    elif (root / f"{slug(group.name)}.wall_s").exists():  # the run that left these results
+        wall = float((root / f"{slug(group.name)}.wall_s").read_text())
     found = statuses(work) if work.exists() else {}
+    if group.functions:  # the rest of the module is out of this group's scope (never run)
+        found = {n: s for n, s in found.items() if any(fnmatch.fnmatchcase(n, p) for p in group.functions)}
     if not found:
         raise SystemExit(f"no mutmut results for {group.name}; see {root / (slug(group.name) + '.log')}")
     counts: Dict[str, int] = {}
@@ -153,9 +190,10 @@ def run_group(group: Group, root: Path, max_children: int, report_only: bool = F
         zero[label] += [n for n in survivors if n.startswith(prefix)]
     return {
         "group": group.name, "modules": list(group.modules), "tests": list(group.tests),
+        "functions": list(group.functions) or ["every function of the modules"],
         "mutants": len(found), "checked": checked, "not_run": not_run, "killed": killed,
         "score": killed / checked if checked else None,
-        "statuses": counts, "wall_s": None if report_only else round(wall, 1),
+        "statuses": counts, "wall_s": round(wall, 1) if wall >= 1 else None,
         "survivors": [{"name": n, "status": found[n], "diff": diff_of(work, n)} for n in survivors],
         "must_have_no_survivors": zero,
     }
@@ -181,7 +219,7 @@ def main(argv=None) -> int:
     for group in groups:
         print(f"mutating {', '.join(group.modules)} against {', '.join(group.tests)} ...", flush=True)
         r = run_group(group, root, args.max_children, args.report_only)
-        if args.report_only and group.name in previous:
+        if r["wall_s"] is None and group.name in previous:
             r["wall_s"] = previous[group.name].get("wall_s")
         results[group.name] = r
         print(f"  {r['killed']}/{r['checked']} checked mutants killed ({100 * r['score']:.1f}%; {r['not_run']} not run) "

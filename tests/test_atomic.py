@@ -70,6 +70,32 @@ def test_failed_folder_leaves_previous_folder(tmp_path):
     assert (out / "model.safetensors").read_text() == "new" and leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_an_interrupt_inside_the_write_reaches_the_caller_and_commits_nothing(tmp_path, monkeypatch, kind):
+    """Ctrl-C under Python's own handler (no flag set): the writer must let it through, not commit half a file.
+
+    The flag check below is the second defence; this one needs none: the
+    interrupt itself must unwind the ``with`` and leave the previous output.
+    """
+    monkeypatch.setitem(atomic._INTERRUPTED, "signal", None)
+    target = tmp_path / ("recipe.yml" if kind == "file" else "out")
+    if kind == "file":
+        target.write_text("previous")
+    else:
+        target.mkdir()
+        (target / "x").write_text("previous")
+    before = tree(target) if kind == "folder" else target.read_text()
+    after_interrupt = []
+    with pytest.raises(KeyboardInterrupt):
+        with (atomic.replacing(target) if kind == "file" else atomic.replacing_dir(target, overwrite=True)) as tmp:
+            (tmp if kind == "file" else tmp / "x").write_text("half")
+            raise KeyboardInterrupt
+        after_interrupt.append("the with block completed")  # reached only if the writer swallowed it
+    assert after_interrupt == []
+    assert (tree(target) if kind == "folder" else target.read_text()) == before
+    assert leftovers(tmp_path) == []
+
+
 def test_swallowed_interrupt_still_blocks_the_commit(tmp_path, monkeypatch):
     """A KeyboardInterrupt that lands in a ``__del__`` is swallowed; the rename must not happen anyway."""
     monkeypatch.setitem(atomic._INTERRUPTED, "signal", None)

@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -315,6 +316,64 @@ def test_cold_cache_merge_reads_only_the_transplanted_donor_bytes(cold_pair, tmp
         read = cold_merge_donor_bytes(how, recipe, tmp_path / how, files)
         assert transplanted_bytes <= read <= budget, (how, read, budget, transplanted_bytes, window)
         assert_bit_identical(load_state(tmp_path / how), load_state(tmp_path / "all"))
+
+
+def test_read_hints_bring_in_a_planned_tensor_without_read_around(tmp_path, monkeypatch):
+    """The read hints at work, in process: mergekit's own loader reads one transplanted tensor from a cold donor.
+
+    A page fault on mergekit's memory map of the donor makes the kernel read a
+    whole read-ahead window around the faulting page (megabytes here); the
+    hints prefetch the planned tensor's exact bytes first, so the fault finds
+    them cached and nothing around them is read. Counted in the page cache
+    (tests/pagecache.py), outside the first read-ahead window (the header,
+    which mergekit maps and reads itself). The same read with the hints off
+    (``MERGEKIT_TRANSPLANT_READ_ALL=1``) is the test's own proof that the
+    read-around shows. Catches the hints not installed, which the cold-cache
+    merge above cannot tell on a disk with a large read-ahead.
+    """
+    import shutil
+
+    from mergekit_transplant.adapter import read_hints
+    from tests.test_planner_hook import loader, plan, transplant_recipe
+
+    size = dict(hidden=256, intermediate=1024, layers=6)
+    target = make_model(tmp_path / "t", seed=0, tokenizer=False, **size)
+    donor = make_model(tmp_path / "d", seed=1, tokenizer=False, **size)
+    path = donor / "model.safetensors"
+    if not pagecache.eviction_works(path):
+        pytest.skip(f"the page cache of {tmp_path} cannot be evicted here (tmpfs?), so reads cannot be counted")
+    window = pagecache.read_ahead_bytes(path)
+    slack = 8  # pages: the hinted read shows up to 4 pages just before the tensor on our 8 MiB disk
+    if window < 4 * slack * pagecache.PAGE:
+        pytest.skip(f"read-ahead of {window} bytes: a read-around cannot be told from {slack} pages of slack")
+    name = "model.layers.5.mlp.down_proj.weight"  # 4 MiB past the header's read-ahead, 1 MiB
+    begin, end = read_hints.tensor_ranges(str(path))[name]
+    header_region = (min(b for b, _ in read_hints.tensor_ranges(str(path)).values()) + window) // pagecache.PAGE + 1
+    assert begin // pagecache.PAGE > header_region + slack, "the tensor must lie beyond the header's read-ahead"
+
+    def read_cold(donor: Path) -> int:
+        """Plan, evict, let mergekit's loader read the tensor; pages read outside it and the header region."""
+        path = donor / "model.safetensors"
+        plan(transplant_recipe(target, [Selection(name, str(donor), 1.0)]))
+        for _ in range(50):  # the header read's read-ahead may still be landing: evict until nothing is left
+            pagecache.evict([path])
+            if pagecache.resident_bytes(path) == 0:
+                break
+            time.sleep(0.1)
+        assert pagecache.resident_bytes(path) == 0
+        read.append(loader(donor).get_tensor(name).clone())
+        first, last = begin // pagecache.PAGE, (end + pagecache.PAGE - 1) // pagecache.PAGE
+        return sum(r for i, r in enumerate(pagecache.resident_pages(path)) if i >= header_region and not first <= i < last)
+
+    read = []
+    hinted = read_cold(donor)
+    monkeypatch.setenv(registration.READ_ALL_ENV, "1")
+    # the same bytes in another file (mergekit's mapping of the first keeps its pages in the cache)
+    unhinted = read_cold(Path(shutil.copytree(donor, tmp_path / "d-copy")))
+    assert unhinted > 4 * slack, f"no read-around seen without the hints ({unhinted} pages): the test cannot tell"
+    assert hinted <= slack, f"{hinted} pages read around the planned tensor (without the hints: {unhinted})"
+    expected = load_state(donor)[name]  # loaded last: its own mapping would keep pages cached
+    assert all(torch.equal(t, expected) for t in read)
 
 
 # --------------------------------------------------------------------------- fallbacks

@@ -206,3 +206,12 @@ def test_one_split_is_flagged_optimistic_and_reported_once():
     assert {b["split"] for b in data["random_bands"]} == {SEL}
     assert len(data["random_bands"]) == 4
     assert len(data["points"]) == 2 and {row["split"] for row in data["points"]} == {SEL}
+
+
+def test_choosing_from_no_scored_point_is_one_clear_error():
+    """``choose_best`` (shared by ``sweep`` and ``unplug sweep``) on nothing: an input error naming why."""
+    from mergekit_transplant.sweep.result import choose_best
+
+    with pytest.raises(TransplantError) as info:
+        choose_best([], "select", True, size=lambda p: ())
+    assert str(info.value) == "the sweep scored no point to choose from"
