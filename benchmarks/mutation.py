@@ -85,8 +85,8 @@ class Group:
 
 
 GROUPS = [
-    Group("blend and strength checks", ["mergekit_transplant/method.py"],
-          ["tests/test_blend.py", "tests/test_method.py"],
+    Group("blend and strength checks", ["mergekit_transplant/method.py", "mergekit_transplant/strength.py"],
+          ["tests/test_blend.py", "tests/test_method.py", "tests/test_checkpoint_layer.py"],
           [("the blend", "mergekit_transplant.method.x_blend__")]),
     Group("planner hook and read planning",
           ["mergekit_transplant/adapter/registration.py", "mergekit_transplant/adapter/read_hints.py",
