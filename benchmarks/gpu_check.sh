@@ -298,7 +298,7 @@ print("OK: device outputs match the CPU run")
 PYEOF
 fi
 
-# ---------------------------------------------------------------------- 4. memory plan vs measured peak
+# ---------------------------------------------------------------------- 5. memory plan vs measured peak
 if [[ $MERGE_ONLY == 0 ]]; then
 "$PY" - "$WORK" "$DEVICE" <<'PYEOF' || RC=$?
 import json

@@ -132,8 +132,9 @@ def test_out_of_range_strengths_name_tensor_and_donor(strengths, message):
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_non_finite_strength_is_refused_even_with_extrapolation(bad):
     for allow in (False, True):
-        with pytest.raises(StrengthError, match=f"t.w: strength {bad} for donor b is not finite"):
+        with pytest.raises(StrengthError) as info:
             check_strengths([("a", 0.5), ("b", bad)], "t.w", allow_extrapolation=allow)
+        assert str(info.value) == f"t.w: strength {bad} for donor b is not finite"  # no extrapolation hint
 
 
 def test_extrapolation_is_off_by_default():

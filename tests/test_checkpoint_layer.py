@@ -86,6 +86,9 @@ def test_analyze_accepts_device_auto(tmp_path):
     (1.5, {}, "is outside [0, 1]"), (1.5, {"allow_extrapolation": True}, None), (-0.1, {}, "is outside [0, 1]"),
     (float("nan"), {"allow_extrapolation": True}, "is not finite"), (True, {}, "is not a number"),
     ("1", {}, "is not a number"), (2**60, {"allow_extrapolation": True}, "is out of range"),
+    # the largest integer a float holds exactly is still a number; one more is not
+    (2**53, {"allow_extrapolation": True}, None), (2**53 + 1, {"allow_extrapolation": True}, "is out of range"),
+    (107, {"allow_extrapolation": True}, None), (1.5, {"allow_zero": False}, "is outside (0, 1]"),
 ])
 def test_one_strength_rule(value, kwargs, problem):
     assert strength_problem(value, **kwargs) == problem

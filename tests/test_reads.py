@@ -12,7 +12,6 @@ aside, never break the merge.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
