@@ -59,6 +59,19 @@ def debug_option(f):
     )(f)
 
 
+def _close_progress_bars() -> None:
+    """Close the bars an interrupt left open, so that the last line is ours, not half a bar."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # a bar's own failure must not hide the interrupt
+            pass
+
+
 def _quiet_unraisable(unraisable) -> None:
     """Drop the 'Exception ignored in __del__' traceback an interrupt can cause.
 
@@ -108,6 +121,7 @@ class LazyGroup(click.Group):
         except KeyboardInterrupt:
             if _DEBUG["on"]:
                 raise
+            _close_progress_bars()
             click.echo("interrupted: nothing was half-written", err=True)
             ctx.exit(130)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
