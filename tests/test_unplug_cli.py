@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mergekit_transplant.options import default_of, flags_of
-from mergekit_transplant.testing import make_model, write_task
+from mergekit_transplant.testing import write_task
 from mergekit_transplant.unplug.config import UnplugSettings, UnplugSweepSettings
 from mergekit_transplant.testing_cli import assert_clean_error, invoke, leftovers
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mergekit_transplant.testing import ARCHITECTURES, load_state, make_model
+from mergekit_transplant.testing import ARCHITECTURES, load_state
 from mergekit_transplant.unplug import UnplugReport, UnplugSettings, unplug
 
 WORKLOAD = [
