@@ -117,12 +117,30 @@ def interrupts_unwind() -> Iterator[None]:
     interrupt_on_sigterm()
     try:
         yield
+    except Exception as error:
+        received = _INTERRUPTED["signal"]
+        if received is None or _is_control_flow(error):
+            raise
+        # A signal arrived and the command then failed with another error: a
+        # library wrapped the KeyboardInterrupt, or swallowed it and failed on
+        # its own half-done state. Either way the cause is the interrupt, not a
+        # bug or the user's input, and the caller must see it as one.
+        raise KeyboardInterrupt(f"signal {received} (surfaced as {type(error).__name__}: {error})") from error
     finally:
         _INTERRUPTED["signal"] = None
         with contextlib.suppress(ValueError, TypeError):  # not in the main thread / not a Python handler
             for sig, handler in previous.items():
                 if handler is not None:
                     signal.signal(sig, handler)
+
+
+def _is_control_flow(error: Exception) -> bool:
+    """click's ``Exit`` is how a finished command returns its code; it is not a failure."""
+    try:
+        from click.exceptions import Exit
+    except ImportError:  # pragma: no cover - click is a dependency
+        return False
+    return isinstance(error, Exit)
 
 
 def interrupt_on_sigterm() -> None:

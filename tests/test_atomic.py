@@ -114,6 +114,41 @@ def test_swallowed_interrupt_still_blocks_the_commit(tmp_path, monkeypatch):
     assert leftovers(tmp_path) == []
 
 
+def test_an_interrupt_a_library_wraps_in_another_error_still_reads_as_an_interrupt(tmp_path, monkeypatch):
+    """A signal that a library turns into its own exception (or swallows, then fails on its half-done state)
+    is reported as the interrupt: exit 130 and the interrupted line, never exit 1 and "run with --debug"."""
+    import mergekit_transplant.cli.check as check_cli
+    from mergekit_transplant.testing_cli import invoke
+
+    def wrapping_library(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # the CLI's handler raises KeyboardInterrupt here
+            time.sleep(5)
+        except KeyboardInterrupt as error:
+            raise RuntimeError("worker failed") from error
+        raise AssertionError("the signal did not arrive")
+
+    monkeypatch.setattr(check_cli, "load_recipe", wrapping_library)
+    code, output = invoke(["check", tmp_path / "recipe.yml"])
+    assert code == 130, output
+    assert output.strip().splitlines()[-1] == "interrupted: nothing was half-written", output
+    assert "run with --debug" not in output
+    assert atomic._INTERRUPTED["signal"] is None
+
+
+def test_an_error_with_no_signal_is_still_a_bug_report(tmp_path, monkeypatch):
+    """The rule above needs a received signal: an ordinary unexpected error stays exit 1."""
+    import mergekit_transplant.cli.check as check_cli
+    from mergekit_transplant.testing_cli import invoke
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("worker failed")
+
+    monkeypatch.setattr(check_cli, "load_recipe", failing)
+    code, output = invoke(["check", tmp_path / "recipe.yml"])
+    assert code == 1 and "error: RuntimeError: worker failed (run with --debug" in output, output
+
+
 def test_cli_in_process_restores_signal_handlers_and_flag(tmp_path, monkeypatch):
     """A command run from Python (tests, notebooks) must not change the caller's signal handling."""
     from mergekit_transplant.testing_cli import invoke
@@ -207,7 +242,7 @@ def test_signal_mid_merge_keeps_previous_output(big_pair, tmp_path, sig):
     assert tree(out) == before, "previous output was changed"
     assert "Traceback" not in stderr, stderr
     if code > 0:  # handled by the CLI (a signal landing during interpreter teardown kills instead)
-        assert code == 130 and "interrupted: nothing was half-written" in stderr
+        assert code == 130 and "interrupted: nothing was half-written" in stderr, (code, stderr[-2000:])
 
 
 # --------------------------------------------------------------------------- the analyze command
