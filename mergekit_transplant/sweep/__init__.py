@@ -13,7 +13,8 @@ Public API:
 
 from mergekit_transplant.sweep.controls import random_units, whole_model_tensors
 from mergekit_transplant.sweep.ranking import Ranking, ranking_from_analysis, ranking_from_dict, ranking_from_report
-from mergekit_transplant.sweep.runner import SweepResult, SweepSettings, run_sweep
+from mergekit_transplant.sweep.runner import SweepResult, run_sweep
+from mergekit_transplant.sweep.settings import SweepSettings
 
 __all__ = [
     "random_units", "whole_model_tensors", "Ranking", "ranking_from_analysis", "ranking_from_dict",
