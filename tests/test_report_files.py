@@ -95,6 +95,9 @@ def test_a_newer_schema_2_file_is_checked_too():
     with pytest.raises(TransplantError, match=r"s.json: not the sweep.json .*points\[0\] has unknown field\(s\) colour"):
         SweepResult.from_json(data, "s.json")
     data = SweepResult.load(OLD / "sweep.v1.json").to_json()
+    del data["ranking"]["pool"]
+    with pytest.raises(TransplantError, match="'ranking.pool' is missing, not a list"):
+        SweepResult.from_json(data, "s.json")
     del data["ranking"]
     with pytest.raises(TransplantError, match="'ranking' is missing, not an object"):
         SweepResult.from_json(data, "s.json")

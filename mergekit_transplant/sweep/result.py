@@ -296,6 +296,9 @@ def _common(data: Dict[str, Any], source: str) -> Dict[str, Any]:
 def _from_v2(data: Dict[str, Any], source: str) -> "SweepResult":
     common = _common(data, source)
     ranking = _need(data, "ranking", dict, source)
+    for key, kind in (("target", str), ("donor", str), ("score", str), ("source", str), ("order", list),
+                      ("pool", list), ("parameters", dict)):
+        _need(ranking, key, kind, source, "ranking.")
     points = _need(data, "points", list, source)
     references = _need(data, "references", dict, source)
     return SweepResult(
