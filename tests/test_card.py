@@ -298,6 +298,12 @@ def test_card_from_a_sweep_json(merged, tmp_path, work):
         assert json.loads((out / SIDECAR).read_text())["sweep"]["schema"] == 2
         write_card(out, eval_results=_results(tmp_path))  # another section: the sweep's is kept
         assert "## Against random modules (sweep)" in (out / "README.md").read_text()
+        kept = json.loads((out / SIDECAR).read_text())
+        kept["sweep"]["schema"] = 3  # a later version's card data: the section is left out, and the card says so
+        (out / SIDECAR).write_text(json.dumps(kept))
+        assert (f"the sweep section kept from the previous card is left out: {SIDECAR} sweep: sweep schema 3 is "
+                "not one this version reads (1, 2); upgrade mergekit-transplant") in write_card(out).warnings
+        assert "## Against random modules (sweep)" not in (out / "README.md").read_text()
         newer = tmp_path / "newer.json"
         newer.write_text(json.dumps({**json.loads(old.read_text()), "schema": 3}))
         result = CliRunner().invoke(main, ["card", str(out), "--sweep", str(newer)])

@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Tuple
 
 from mergekit_transplant import atomic
 from mergekit_transplant._version import __version__
@@ -96,11 +96,15 @@ def _split_existing(text: str) -> Tuple[dict, str, str]:
     return meta, "", body.strip()
 
 
-def _previous(sidecar: dict, key: str, check) -> Any:
-    """A section kept from the previous card run, or None when it is missing or no longer valid."""
+def _previous(sidecar: dict, key: str, check, warnings: List[str]) -> Any:
+    """A section kept from the previous card run, or None when it is missing or no longer valid (a newer
+    schema, a hand edit): then the card says so in a warning rather than silently dropping the section."""
+    if not isinstance(sidecar.get(key), dict):
+        return None
     try:
-        return check(sidecar[key], key) if isinstance(sidecar.get(key), dict) else None
-    except TransplantError:
+        return check(sidecar[key], f"{SIDECAR} {key}")
+    except TransplantError as error:
+        warnings.append(f"the {key} section kept from the previous card is left out: {error}")
         return None
 
 
@@ -164,12 +168,13 @@ def write_card(
         sweep = SweepResult.load(sweep)
     elif sweep is not None:
         sweep = check_sweep_results(sweep, "sweep results")
+    kept_warnings: List[str] = []
     if report is None:
-        report = _previous(previous, "analysis", check_analysis_report)
+        report = _previous(previous, "analysis", check_analysis_report, kept_warnings)
     if eval_results is None:
-        eval_results = _previous(previous, "evaluation", check_eval_results)
+        eval_results = _previous(previous, "evaluation", check_eval_results, kept_warnings)
     if sweep is None:
-        sweep = _previous(previous, "sweep", check_sweep_results)
+        sweep = _previous(previous, "sweep", check_sweep_results, kept_warnings)
     mapping = {str(k): str(v) for k, v in (previous.get("hub_ids") or {}).items()} if isinstance(
         previous.get("hub_ids"), dict) else {}
     mapping.update(hub_ids or {})
@@ -200,7 +205,7 @@ def write_card(
         hub_ids=mapping, name=name or _display_name(out_dir), heatmap=heatmap_name, extra_metadata=meta,
     )
     result = build_card(inputs)
-    result.warnings += warnings
+    result.warnings += kept_warnings + warnings
     text = result.text
     if before or after:
         head, _, generated = text.partition(f"\n---\n\n{BEGIN}")
