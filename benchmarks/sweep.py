@@ -124,9 +124,12 @@ def main() -> None:
         analyze_s = run([BIN / "mergekit-transplant", "analyze", "--target", pair["target"], "--donor",
                          pair["donor"], *pair["workload"], "--report-out", report, "-o", root / "analysis.yml",
                          "--select", "top", "--quiet"], env)
-        ranking = json.loads(report.read_text())
-        score = ranking["settings"]["score"]
-        order = ranking["ranking"][score]
+        from mergekit_transplant.analysis.report import AnalysisReport
+        from mergekit_transplant.sweep.result import SweepResult
+
+        analysis = AnalysisReport.load(report)
+        score = analysis.score
+        order = analysis.ranking[score]
 
         from mergekit_transplant.recipe import Selection, render_recipe
 
@@ -153,8 +156,8 @@ def main() -> None:
                        "--strength", args.strength, "--select-split", pair["select"], "--report-split",
                        pair["report"], "--include-path", pair["tasks"], "--random-controls",
                        str(args.random_controls), "--batch-size", args.batch_size, "--output", sweep_json], env)
-        swept = json.loads(sweep_json.read_text())
-        n_points = swept["timing"]["points"]
+        swept = SweepResult.load(sweep_json)
+        n_points = swept.timing["points"]
         print(f"sweep: {n_points} points in {sweep_s:.1f} s", file=sys.stderr)
 
         picks = [ks[round(i * (len(ks) - 1) / max(1, args.naive_points - 1))] for i in range(args.naive_points)]
@@ -169,8 +172,8 @@ def main() -> None:
             "pair": pair["name"], "parameters": params, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "threads": args.threads, "ks": args.k, "strengths": args.strength,
             "random_controls": args.random_controls, "points": n_points,
-            "evaluations": swept["timing"]["evaluations"], "analyze_s": round(analyze_s, 2),
-            "sweep_wall_s": round(sweep_s, 2), "sweep_timing": swept["timing"],
+            "evaluations": swept.timing["evaluations"], "analyze_s": round(analyze_s, 2),
+            "sweep_wall_s": round(sweep_s, 2), "sweep_timing": swept.timing,
             "naive_points": naive, "naive_warmup": args.warmup, "naive_per_point_s": round(per_point, 2),
             "naive_total_estimate_s": round(naive_total, 1), "ratio": round(sweep_s / naive_total, 4),
             "goal_ratio": 0.35,

@@ -17,6 +17,9 @@ from typing import Dict, List, Optional, Sequence
 from demo.organs import section as organs_section
 from demo.pairs import DEFAULT_SCORE, SCORES, TEST, Pair
 from demo.unplug import unplug_section
+from mergekit_transplant.analysis.report import AnalysisReport
+from mergekit_transplant.evaluation.results import EvalReport
+from mergekit_transplant.sweep.result import SweepResult
 
 SMALL_K = 8  # "a few modules": the regime the seed paper reports on
 
@@ -27,8 +30,23 @@ SCORE_NOTES = {
 }
 
 
-def load(path: Path) -> Optional[dict]:
-    return json.loads(path.read_text()) if path.exists() else None
+# each file through its own reader (typed, schema-checked: an old or malformed file is one clear error);
+# None where the run did not write it
+
+
+def load_report(path: Path) -> Optional[AnalysisReport]:
+    """report.json of `analyze` (reads like its JSON object: ``report["ranking"]``)."""
+    return AnalysisReport.load(path) if path.exists() else None
+
+
+def load_results(path: Path) -> Optional[dict]:
+    """results.json of `eval`, as its JSON object."""
+    return EvalReport.load(path).to_json() if path.exists() else None
+
+
+def load_sweep(path: Path) -> Optional[dict]:
+    """sweep.json, as ``SweepResult``'s flat view: one row per point and split (``SweepResult.to_dict``)."""
+    return SweepResult.load(path).to_dict() if path.exists() else None
 
 
 def pct(x: Optional[float]) -> str:
@@ -94,8 +112,8 @@ def summary_rows(pairs: Sequence[Pair], build: Path) -> List[str]:
     rows = ["| pair | transplant | target | donor | merged | Recovery | TIR | retention (worst change) |",
             "|---|---|---|---|---|---|---|---|"]
     for pair in pairs:
-        res = load(build / pair.name / "results.json")
-        report = load(build / pair.name / "report.json")
+        res = load_results(build / pair.name / "results.json")
+        report = load_report(build / pair.name / "report.json")
         if not res:
             continue
         t = res["tasks"][TEST]
@@ -119,7 +137,7 @@ def _how(report, k) -> str:
 
 def ground_truth_section(pair: Pair, build: Path) -> List[str]:
     truth_file = Path(pair.donor_path) / "TRAINED_MODULES.json"
-    report = load(build / pair.name / "report.json")
+    report = load_report(build / pair.name / "report.json")
     if not truth_file.exists() or not report:
         return []
     truth = json.loads(truth_file.read_text())
@@ -170,7 +188,7 @@ def recovery(score: float, t: float, d: float) -> Optional[float]:
 
 
 def score_comparison(pair: Pair, build: Path) -> List[str]:
-    sweeps = {s: load(build / pair.name / f"sweep-{s}.json") for s in SCORES}
+    sweeps = {s: load_sweep(build / pair.name / f"sweep-{s}.json") for s in SCORES}
     sweeps = {s: v for s, v in sweeps.items() if v}
     if len(sweeps) < 2:
         return []
@@ -251,7 +269,7 @@ def write_results(pairs: Sequence[Pair], build: Path, out: Path, figures: Path, 
     for pair in pairs:
         lines += [f"## Pair `{pair.name}`: {pair.target} ← {pair.donor}", "", pair.story[0].upper() + pair.story[1:] + ".", ""]
         lines += ground_truth_section(pair, build) + [""]
-        sweep = load(build / pair.name / f"sweep-{DEFAULT_SCORE}.json")
+        sweep = load_sweep(build / pair.name / f"sweep-{DEFAULT_SCORE}.json")
         if sweep:
             lines += [f"### Sweep against controls (`{DEFAULT_SCORE}` ranking)", ""] + limit_note(sweep)
             lines += sweep_table(sweep) + [""]
@@ -304,8 +322,8 @@ def versus_random(sweep: dict, strength: float) -> Dict[str, List[int]]:
 def conclusions(pairs: Sequence[Pair], build: Path, evidence: Dict[str, dict]) -> List[str]:
     lines = ["## What works and what does not", ""]
     for pair in pairs:
-        sweep = load(build / pair.name / f"sweep-{DEFAULT_SCORE}.json")
-        res = load(build / pair.name / "results.json")
+        sweep = load_sweep(build / pair.name / f"sweep-{DEFAULT_SCORE}.json")
+        res = load_results(build / pair.name / "results.json")
         if not sweep or not res:
             continue
         best = sweep.get("best") or {}
@@ -327,7 +345,7 @@ def conclusions(pairs: Sequence[Pair], build: Path, evidence: Dict[str, dict]) -
         else:
             verdict = "partly works"
         c = evidence[pair.name]["cumulative"]
-        report = load(build / pair.name / "report.json")
+        report = load_report(build / pair.name / "report.json")
         how = _how(report, len(report["selection"]) if report else pair.top_k)
         lines.append(
             f"- **{pair.name}**: {verdict}. The analysis recipe ({how}) recovers {pct(rec)} of the gap "
@@ -346,13 +364,13 @@ def score_summary(pairs: Sequence[Pair], build: Path) -> List[str]:
     """Which scores beat the random controls with a few modules, pair by pair."""
     lines = [f"Scores that beat every random control with at most {SMALL_K} modules (at the highest strength):", ""]
     for pair in pairs:
-        controls = load(build / pair.name / f"sweep-{DEFAULT_SCORE}.json")
+        controls = load_sweep(build / pair.name / f"sweep-{DEFAULT_SCORE}.json")
         if not controls:
             continue
         s_max = max(controls["settings"]["strengths"])
         winners = []
         for score in SCORES:
-            sw = load(build / pair.name / f"sweep-{score}.json")
+            sw = load_sweep(build / pair.name / f"sweep-{score}.json")
             if not sw:
                 continue
             view = dict(controls, points=[p for p in sw["points"] if p["selection"] == "analysis"]
@@ -367,7 +385,7 @@ def score_summary(pairs: Sequence[Pair], build: Path) -> List[str]:
 def why_section(pairs: Sequence[Pair], build: Path, evidence: Dict[str, dict]) -> List[str]:
     lines = ["### Why module transplantation recovers less on the fully trained pairs", ""]
     for pair in pairs:
-        sweep = load(build / pair.name / f"sweep-{DEFAULT_SCORE}.json")
+        sweep = load_sweep(build / pair.name / f"sweep-{DEFAULT_SCORE}.json")
         if not sweep or pair.name == "local":
             continue
         s_max = max(sweep["settings"]["strengths"])

@@ -55,7 +55,9 @@ def _run(tool: Callable[..., None], model: str, out: Path, figures: Path) -> Non
          "--workload-limit", str(WORKLOAD_LIMIT), "--keep", KEEPS, "--select-split", SELECT, "--report-split", TEST,
          "--retain-tasks", ",".join(RETAIN), "--limit", str(EVAL_LIMIT), "--eval-batch-size", "50",
          "--output", str(out / "unplug-sweep.json"), "--plot", str(figures / "unplug-sweep.png"))
-    best = json.loads((REPO / out / "unplug-sweep.json").read_text())["best"]
+    from mergekit_transplant.unplug.sweep import UnplugSweepResult
+
+    best = UnplugSweepResult.load(REPO / out / "unplug-sweep.json").summary()
     tool("unplug", "--model", model, "--lm-eval-task", SELECT, "--include-path", TASKS, "--limit", str(WORKLOAD_LIMIT),
          "--keep", f"{best['keep']:g}", "-o", str(out / "expert"), "--overwrite")
 
@@ -94,7 +96,7 @@ def unplug_section(build: Path) -> List[str]:
         return []
     from mergekit_transplant.unplug.sweep import UnplugSweepResult
 
-    result = UnplugSweepResult.from_json(path.read_text(), str(path))
+    result = UnplugSweepResult.load(path)
     speed_path = build / "unplug" / "speed.json"
     speed = json.loads(speed_path.read_text()) if speed_path.exists() else None
     best = result.summary()

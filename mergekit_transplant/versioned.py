@@ -1,4 +1,4 @@
-"""Reading versioned JSON files (analysis reports, eval results): text to object, schema check, file read.
+"""Reading versioned JSON files (reports, results, manifests): text to object, schema check, file read.
 
 Every reader of a file this package writes goes through these, so a malformed
 file, a newer schema or a missing path is the same one-line ``TransplantError``
@@ -26,11 +26,14 @@ def parsed(data: Any, source: str) -> Any:
         raise TransplantError(f"{source}: not valid JSON ({error})") from None
 
 
-def schema_of(data: dict, readable: Sequence[int], source: str, what: str) -> int:
-    """The file's schema (a file without one predates it: 1), if this version reads it."""
-    schema = data.get("schema", 1)
-    if schema not in readable:
-        raise TransplantError(f"{source}: {what} schema {schema!r} is not one this version reads "
+def schema_of(data: dict, readable: Sequence[int], source: str, what: str, *, key: str = "schema",
+              missing: Any = 1) -> int:
+    """The file's schema, if this version reads it. A file without the ``key`` predates it and is read as
+    ``missing`` (1); formats that always recorded theirs (organ.json's ``format_version``) pass ``missing=None``."""
+    schema = data.get(key, missing)
+    if isinstance(schema, bool) or schema not in readable:
+        word = "schema" if key == "schema" else "version"
+        raise TransplantError(f"{source}: {what} {word} {schema!r} is not one this version reads "
                               f"({', '.join(map(str, readable))}); upgrade mergekit-transplant")
     return schema
 

@@ -269,6 +269,51 @@ def test_card_update_keeps_other_sections_and_user_text(merged, tmp_path, work):
     assert json.loads((out / SIDECAR).read_text())["hub_ids"] == {"models/target": "acme/t"}
 
 
+def test_card_from_a_sweep_json(merged, tmp_path, work):
+    """``card --sweep``: the section is built from the ``SweepResult`` (here a schema-1 file, read by
+    ``SweepResult.load``), kept in the sidecar in today's schema, and kept when another section is updated."""
+    import shutil
+
+    from mergekit_transplant.sweep.result import SweepResult
+
+    old = Path(__file__).parent / "data" / "old_reports" / "sweep.v1.json"
+    best = SweepResult.load(old).summary()
+    out = tmp_path / "m"
+    shutil.copytree(merged, out)
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        result = CliRunner().invoke(main, ["card", str(out), "--sweep", str(old)])
+        assert result.exit_code == 0, result.output
+        assert "warning: the sweep ran on /tmp/s5json/run/target <- /tmp/s5json/run/donor, not on this" in result.output
+        text = (out / "README.md").read_text()
+        assert "## Against random modules (sweep)" in text
+        assert (f"| **best: K = {best['k']}, strength {best['strength']:g}** ({best['parameters']:,} parameters) | "
+                f"{best['report_score']:.4g} | {best['tir']:.3f} | {best['recovery']:.3f} |") in text
+        rc = best["random_controls"]
+        assert f"| random modules, same K and strength (2): mean [min, max] | {rc['mean']:.4g} [{rc['min']:.4g}, " in text
+        assert "chosen on `sel_ppl` and is reported on `test_ppl` (lower is better)" in text
+        assert "Beats every random control of the same size: " + ("yes" if best["beats_every_random_control"]
+                                                                  else "**no**") in text
+        assert json.loads((out / SIDECAR).read_text())["sweep"]["schema"] == 2
+        write_card(out, eval_results=_results(tmp_path))  # another section: the sweep's is kept
+        assert "## Against random modules (sweep)" in (out / "README.md").read_text()
+        kept = json.loads((out / SIDECAR).read_text())
+        kept["sweep"]["schema"] = 3  # a later version's card data: the section is left out, and the card says so
+        (out / SIDECAR).write_text(json.dumps(kept))
+        assert (f"the sweep section kept from the previous card is left out: {SIDECAR} sweep: sweep schema 3 is "
+                "not one this version reads (1, 2); upgrade mergekit-transplant") in write_card(out).warnings
+        assert "## Against random modules (sweep)" not in (out / "README.md").read_text()
+        newer = tmp_path / "newer.json"
+        newer.write_text(json.dumps({**json.loads(old.read_text()), "schema": 3}))
+        result = CliRunner().invoke(main, ["card", str(out), "--sweep", str(newer)])
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"error: {newer}: sweep schema 3 is not one this version reads (1, 2); "
+                                     "upgrade mergekit-transplant")
+
+
 HOSTILE = "evil</details><script>alert(1)</script>"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -271,6 +272,7 @@ def test_tampered_tensor_is_refused_everywhere(work, copy, tmp_path):
     ("missing", "is missing"),
     ("config", "config.json was modified"),
     ("manifest-folder", "is not allowed"),
+    ("manifest-version", "organ format version 2 is not one this version reads (1); upgrade mergekit-transplant"),
 ])
 def test_mismatched_organ_is_refused(copy, tamper, message):
     if tamper == "shape":
@@ -288,8 +290,15 @@ def test_mismatched_organ_is_refused(copy, tamper, message):
         data = json.loads((copy / MANIFEST).read_text())
         data["donors"][0]["folder"] = "../../elsewhere"
         (copy / MANIFEST).write_text(json.dumps(data))
-    if tamper == "manifest-folder":
-        with pytest.raises(TransplantError, match=message):
+    elif tamper == "manifest-version":  # a newer organ format: one line, exit 2
+        data = json.loads((copy / MANIFEST).read_text())
+        data["format_version"] = 2
+        (copy / MANIFEST).write_text(json.dumps(data))
+        result = CliRunner().invoke(main, ["organ", "verify", str(copy)])
+        assert result.exit_code == 2 and result.output.strip().count("\n") == 0, result.output
+        assert result.output.startswith("error: ") and message in result.output
+    if tamper.startswith("manifest-"):
+        with pytest.raises(TransplantError, match=re.escape(message)):
             verify_organ(copy)
         return
     report = verify_organ(copy)

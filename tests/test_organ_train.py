@@ -127,9 +127,15 @@ def test_organ_json_records_the_training(work, tmp_path):
     assert [s for s, _ in t["evals"]] == [0, 2, 3]
     assert t["perplexity_after"] < t["perplexity_before"]
     assert t["wall_time_s"] > 0 and t["trainable_parameters"] == data["parameters"]
+    import re
+
+    from mergekit_transplant.errors import TransplantError
     from mergekit_transplant.organ.training import TrainRecord
 
     assert TrainRecord.from_json(t).to_json() == t
+    with pytest.raises(TransplantError, match=re.escape(
+            "organ.json: training record version 2 is not one this version reads (1); upgrade mergekit-transplant")):
+        TrainRecord.from_json({**t, "record_version": 2})
     recipe = yaml.safe_load((out / "recipe.yml").read_text())
     assert recipe["base_model"] == str(work / "llama")
     assert [c.get("filter") for c in recipe["models"][0]["parameters"]["strength"]] == [

@@ -295,6 +295,8 @@ def _never_score(monkeypatch):
 
 
 def test_sweep_allow_pickle_reads_the_pickled_donor(zoo, files, analysis_report, tmp_path):
+    from mergekit_transplant.sweep.result import SweepResult
+
     code, output = _sweep(files, tmp_path, analysis_report, "--donor", files["pick"])
     assert_clean_error(code, output, "pickle", "--allow-pickle")
     scores = {}
@@ -303,7 +305,7 @@ def test_sweep_allow_pickle_reads_the_pickled_donor(zoo, files, analysis_report,
         code, output = _sweep(files, tmp_path, analysis_report, "--donor", donor, "--allow-pickle",
                               "--tasks", "tiny_ppl")
         assert code == 0, output
-        data = json.loads((tmp_path / "sweep.json").read_text())
+        data = SweepResult.load(tmp_path / "sweep.json").to_dict()
         scores[name] = (data["references"], [(p["selection"], p["score"]) for p in data["points"]])
     assert scores["pickle"] == scores["safetensors"]
     references = scores["pickle"][0]

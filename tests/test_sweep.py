@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from mergekit_transplant.cli import main
 from mergekit_transplant.errors import TransplantError
 from mergekit_transplant.sweep.controls import random_units
+from mergekit_transplant.sweep.result import SweepResult
 from mergekit_transplant.testing import linear_weight_names, make_model, perturbed_copy, write_task
 
 WORDS = "one two three four five six seven eight nine ten".split()
@@ -161,7 +162,8 @@ def swept(pair):
     ])
     assert result.exit_code == 0, result.output
     new_files = {p for p in root.rglob("*") if p.is_file()} - files_before
-    return result, json.loads(out["json"].read_text()), out, new_files
+    # every test below reads the written file back through its reader (the flat view: one row per point and split)
+    return result, SweepResult.load(out["json"]).to_dict(), out, new_files
 
 
 def test_sweep_writes_json_csv_plot_and_recipe_but_no_models(swept):
@@ -172,6 +174,22 @@ def test_sweep_writes_json_csv_plot_and_recipe_but_no_models(swept):
     lines = csv.read_text().splitlines()
     assert lines[0].startswith("k,strength,selection,seed,split,score")
     assert len(lines) == 1 + len(data["points"])
+
+
+def test_sweep_json_is_the_result_and_reads_back_exactly(pair, swept):
+    """sweep.json is ``SweepResult.to_json()``: read back, it is the same result, with every point's tensors
+    and task scores and the ranking's pool, and writing it again gives the same file."""
+    _, data, out, _ = swept
+    written = json.loads(out["json"].read_text())
+    assert written["schema"] == 2
+    result = SweepResult.load(out["json"])
+    assert result.to_json() == written
+    assert SweepResult.from_json(json.dumps(result.to_json())) == result
+    assert result.ranking.order == pair["order"] and result.ranking.pool == sorted(pair["names"])
+    (point,) = result.of("analysis", 4, 1.0)
+    assert point.tensors == pair["changed"] and set(point.task_scores) == {"sel_ppl", "test_ppl"}
+    assert result.references["donor"].tensors == result.of("whole-model", strength=1.0)[0].tensors
+    assert result.summary() == data["best"] == written["best"]
 
 
 def _margins_are_blank(png: Path, width: int = 3) -> bool:
@@ -307,7 +325,7 @@ def test_single_split_warns_that_the_figure_is_optimistic(pair, tmp_path):
     assert result.exit_code == 0, result.output
     assert "warning: selection and report split are the same task(s)" in result.stderr
     assert "optimistic" in result.stderr
-    data = json.loads((tmp_path / "s.json").read_text())
+    data = SweepResult.load(tmp_path / "s.json").to_dict()
     assert data["optimistic"] is True and data["best"]["optimistic"] is True
     assert not [r for r in data["points"] if r["selection"] == "whole-model"]
 
@@ -337,7 +355,7 @@ def test_sweep_runs_the_analysis_when_given_a_workload(pair, tmp_path):
         "--random-controls", "1", "--no-whole-model", "--output", str(tmp_path / "s.json"),
     ])
     assert result.exit_code == 0, result.output
-    data = json.loads((tmp_path / "s.json").read_text())
+    data = SweepResult.load(tmp_path / "s.json").to_dict()
     analysis = [r for r in data["points"] if r["selection"] == "analysis"]
     assert sorted(analysis[0]["units"]) == sorted(pair["changed"])  # the analysis finds the ground truth
     assert analysis[0]["score"] == data["references"]["donor"]["test_ppl"]

@@ -122,5 +122,5 @@ def test_a_report_for_another_model_changes_nothing(setup, model_factory, tmp_pa
         UnplugReport.load(bad)
     data["schema"] = 99
     bad.write_text(json.dumps(data))
-    with pytest.raises(TransplantError, match="unknown schema"):
+    with pytest.raises(TransplantError, match="unplug report schema 99 is not one this version reads"):
         UnplugReport.load(bad)

@@ -13,6 +13,7 @@ from mergekit_transplant.card.hub_ids import hub_id_for
 if TYPE_CHECKING:  # pragma: no cover
     from mergekit_transplant.analysis.report import AnalysisReport
     from mergekit_transplant.evaluation.results import EvalReport
+    from mergekit_transplant.sweep.result import SweepResult
 from mergekit_transplant.card.markdown import (
     CONTROL_CHARS,
     md_code,
@@ -37,6 +38,7 @@ class CardInputs:
     check_report: Any = None  # preflight.CheckReport
     analysis: Optional["AnalysisReport"] = None  # report.json of `analyze`
     evaluation: Optional["EvalReport"] = None  # results.json of `eval`
+    sweep: Optional["SweepResult"] = None  # sweep.json of `sweep`
     hub_ids: Dict[str, str] = field(default_factory=dict)
     name: str = "transplant-merge"
     heatmap: Optional[str] = None  # file name inside the output folder
@@ -51,6 +53,10 @@ class CardInputs:
             from mergekit_transplant.evaluation.results import EvalReport
 
             self.evaluation = EvalReport.from_json(self.evaluation)
+        if isinstance(self.sweep, dict):  # a sweep.json's object, likewise
+            from mergekit_transplant.sweep.result import SweepResult
+
+            self.sweep = SweepResult.from_json(self.sweep)
 
 
 @dataclass
@@ -256,6 +262,44 @@ def _section_eval(inp: CardInputs) -> Optional[str]:
     return "\n".join(lines)
 
 
+def _section_sweep(inp: CardInputs) -> Optional[str]:
+    """The sweep's honest headline: the best analysis point, chosen on the selection split and reported on the
+    held-out one, next to random modules of the same size and whole-model interpolation."""
+    sweep = inp.sweep
+    if sweep is None:
+        return None
+    best = sweep.summary()
+    settings, labels = sweep.settings, sweep.split_labels
+    rc = best["random_controls"]
+    ks = ", ".join(str(k) for k in settings.ks)
+    strengths = ", ".join(f"{s:g}" for s in settings.strengths)
+    direction = "higher" if sweep.higher_is_better else "lower"
+    lines = [
+        "## Against random modules (sweep)", "",
+        f"`mergekit-transplant sweep` scored the top K modules of the {md_code(sweep.ranking.score)} ranking "
+        f"(K = {ks}; strength {strengths}) against {settings.random_controls} random module set(s) of the same "
+        f"size per point{' and against whole-model interpolation' if settings.whole_model else ''}. "
+        f"The best point was chosen on "
+        f"{md_code(labels['select'])} and is reported on {md_code(labels['report'])} ({direction} is better):", "",
+        "| | Score | TIR | Recovery |", "|---|---:|---:|---:|",
+        f"| target | {md_num(best['target'])} | | |",
+        f"| donor | {md_num(best['donor'])} | | |",
+        f"| **best: K = {best['k']}, strength {best['strength']:g}** ({best['parameters']:,} parameters) | "
+        f"{md_num(best['report_score'])} | {md_num(best['tir'], '{:.3f}')} | {md_num(best['recovery'], '{:.3f}')} |",
+    ]
+    if rc["n"]:
+        lines.append(f"| random modules, same K and strength ({rc['n']}): mean [min, max] | {md_num(rc['mean'])} "
+                     f"[{md_num(rc['min'])}, {md_num(rc['max'])}] | | |")
+    if best["whole_model"] is not None:
+        lines.append(f"| whole-model interpolation at strength {best['strength']:g} | {md_num(best['whole_model'])} | | |")
+    beats = best["beats_every_random_control"]
+    lines += ["", "Beats every random control of the same size: "
+              + ("n/a (no random controls)" if beats is None else "yes" if beats else "**no**") + "."]
+    if best["optimistic"]:
+        lines.append("The selection and report split are the same tasks, so this figure is optimistic.")
+    return "\n".join(lines)
+
+
 def _trained_organs(recipe) -> List[tuple]:
     """(donor ref, training record) of every donor that is a trained organ (``organ train``)."""
     from mergekit_transplant.organ.manifest import find_organ
@@ -444,6 +488,10 @@ def build_card(inp: CardInputs) -> CardResult:
                 f"{ref} is a local path with no Hub id: left out of base_model "
                 f"(pass --hub-id {ref}=org/name to include it)"
             )
+    if inp.sweep is not None and (inp.sweep.ranking.target, inp.sweep.ranking.donor) != (
+            str(inp.recipe.target), (_donors(inp.recipe) or [None])[0]):
+        warnings.append(f"the sweep ran on {inp.sweep.ranking.target} <- {inp.sweep.ranking.donor}, not on this "
+                        "recipe's target and donor: check that --sweep is this merge's")
     meta = dict(inp.extra_metadata)
     for key in ("base_model", "base_model_relation", "tags", "library_name"):
         meta.pop(key, None)
@@ -470,6 +518,7 @@ def build_card(inp: CardInputs) -> CardResult:
         _section_trained(inp),
         _section_chosen(inp),
         _section_eval(inp),
+        _section_sweep(inp),
         _section_recipe(inp),
         _section_reproduce(inp),
     ]

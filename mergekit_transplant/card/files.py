@@ -1,7 +1,8 @@
 """Writing the card into an output folder: README.md, its sidecar and the heatmap.
 
 ``write_card`` keeps ``transplant_card.json`` beside the card: the hub-id
-mapping, analysis report and eval results it was built from, so a later
+mapping, analysis report, eval results and sweep it was built from (each as
+its class's ``to_json``), so a later
 ``mergekit-transplant card OUT --eval ...`` updates one section without
 losing the others.
 """
@@ -13,7 +14,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Tuple
 
 from mergekit_transplant import atomic
 from mergekit_transplant._version import __version__
@@ -30,6 +31,7 @@ from mergekit_transplant.errors import TransplantError
 if TYPE_CHECKING:  # pragma: no cover
     from mergekit_transplant.analysis.report import AnalysisReport
     from mergekit_transplant.evaluation.results import EvalReport
+    from mergekit_transplant.sweep.result import SweepResult
 
 CARD_FILE = "README.md"
 SIDECAR = "transplant_card.json"
@@ -94,11 +96,15 @@ def _split_existing(text: str) -> Tuple[dict, str, str]:
     return meta, "", body.strip()
 
 
-def _previous(sidecar: dict, key: str, check) -> Any:
-    """A section kept from the previous card run, or None when it is missing or no longer valid."""
+def _previous(sidecar: dict, key: str, check, warnings: List[str]) -> Any:
+    """A section kept from the previous card run, or None when it is missing or no longer valid (a newer
+    schema, a hand edit): then the card says so in a warning rather than silently dropping the section."""
+    if not isinstance(sidecar.get(key), dict):
+        return None
     try:
-        return check(sidecar[key], key) if isinstance(sidecar.get(key), dict) else None
-    except TransplantError:
+        return check(sidecar[key], f"{SIDECAR} {key}")
+    except TransplantError as error:
+        warnings.append(f"the {key} section kept from the previous card is left out: {error}")
         return None
 
 
@@ -109,6 +115,7 @@ def write_card(
     check_report=None,
     report: "Optional[os.PathLike | str | dict | AnalysisReport]" = None,
     eval_results: "Optional[os.PathLike | str | dict | EvalReport]" = None,
+    sweep: "Optional[os.PathLike | str | dict | SweepResult]" = None,
     hub_ids: Optional[Mapping[str, str]] = None,
     heatmap: Optional[os.PathLike | str] = None,
     name: Optional[str] = None,
@@ -142,7 +149,9 @@ def write_card(
     from mergekit_transplant.card.inputs import (
         check_analysis_report,
         check_eval_results,
+        check_sweep_results,
     )
+    from mergekit_transplant.sweep.result import SweepResult
 
     report_path = None
     if isinstance(report, (str, os.PathLike)):
@@ -155,10 +164,17 @@ def write_card(
         eval_results = check_eval_results(read_json_object(path, "eval results"), f"eval results {path}")
     elif eval_results is not None:
         eval_results = check_eval_results(eval_results, "eval results")
+    if isinstance(sweep, (str, os.PathLike)):
+        sweep = SweepResult.load(sweep)
+    elif sweep is not None:
+        sweep = check_sweep_results(sweep, "sweep results")
+    kept_warnings: List[str] = []
     if report is None:
-        report = _previous(previous, "analysis", check_analysis_report)
+        report = _previous(previous, "analysis", check_analysis_report, kept_warnings)
     if eval_results is None:
-        eval_results = _previous(previous, "evaluation", check_eval_results)
+        eval_results = _previous(previous, "evaluation", check_eval_results, kept_warnings)
+    if sweep is None:
+        sweep = _previous(previous, "sweep", check_sweep_results, kept_warnings)
     mapping = {str(k): str(v) for k, v in (previous.get("hub_ids") or {}).items()} if isinstance(
         previous.get("hub_ids"), dict) else {}
     mapping.update(hub_ids or {})
@@ -185,11 +201,11 @@ def write_card(
         else:
             warnings.append(f"the target {recipe.target} states no license: the card has none (add one by hand)")
     inputs = CardInputs(
-        recipe=recipe, check_report=check_report, analysis=report, evaluation=eval_results,
+        recipe=recipe, check_report=check_report, analysis=report, evaluation=eval_results, sweep=sweep,
         hub_ids=mapping, name=name or _display_name(out_dir), heatmap=heatmap_name, extra_metadata=meta,
     )
     result = build_card(inputs)
-    result.warnings += warnings
+    result.warnings += kept_warnings + warnings
     text = result.text
     if before or after:
         head, _, generated = text.partition(f"\n---\n\n{BEGIN}")
@@ -198,7 +214,8 @@ def write_card(
     atomic.write_text(readme, text)
     sidecar = {"created_by": f"mergekit-transplant {__version__}", "hub_ids": mapping,
                "analysis": report.to_json() if report is not None else None,
-               "evaluation": eval_results.to_json() if eval_results is not None else None}
+               "evaluation": eval_results.to_json() if eval_results is not None else None,
+               "sweep": sweep.to_json() if sweep is not None else None}
     atomic.write_text(out_dir / SIDECAR, json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
     result.path = readme
     result.text = text

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from mergekit_transplant.analysis.report import AnalysisReport
     from mergekit_transplant.evaluation.results import EvalReport
+    from mergekit_transplant.sweep.result import SweepResult
 
 
 def check_eval_results(data: Any, source: str) -> "EvalReport":
@@ -41,3 +42,11 @@ def check_analysis_report(data: Any, source: str) -> "AnalysisReport":
     from mergekit_transplant.analysis.report import AnalysisReport
 
     return AnalysisReport.from_json(data, source)
+
+
+def check_sweep_results(data: Any, source: str) -> "SweepResult":
+    """``data`` (a sweep.json object, or a result) as a ``SweepResult``; TransplantError naming ``source`` and the
+    field otherwise (``SweepResult.from_json``'s checks)."""
+    from mergekit_transplant.sweep.result import SweepResult
+
+    return SweepResult.from_json(data, source)

@@ -8,7 +8,7 @@ from mergekit_transplant.cli.verbosity import info, quiet
 from mergekit_transplant.cli.evaluate import batch_size_type, limit_type, prompt_options
 from mergekit_transplant.options import options_from, settings_from
 from mergekit_transplant.errors import TransplantError
-from mergekit_transplant.sweep.runner import SweepSettings
+from mergekit_transplant.sweep.settings import SweepSettings
 
 
 @click.command("sweep")

@@ -13,6 +13,7 @@ from mergekit_transplant.checkpoint import (
     read_json_object,
     split_revision,
 )
+from mergekit_transplant import versioned
 from mergekit_transplant.errors import TransplantError
 
 MANIFEST = "organ.json"
@@ -126,11 +127,7 @@ class OrganManifest:
 
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise TransplantError(f"{where}: not a mergekit-transplant organ manifest")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise TransplantError(
-                f"{where}: organ format version {data.get('format_version')!r} is not supported "
-                f"(this mergekit-transplant reads version {FORMAT_VERSION})"
-            )
+        versioned.schema_of(data, (FORMAT_VERSION,), where, "organ format", key="format_version", missing=None)
         target = need(data, "target", dict, "")
         donors = []
         for i, d in enumerate(need(data, "donors", list, "")):

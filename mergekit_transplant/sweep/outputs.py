@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from pathlib import Path
 from typing import Optional, Sequence
@@ -19,12 +18,12 @@ CSV_COLUMNS = ("k", "strength", "selection", "seed", "split", "score", "paramete
 
 
 def write_json(result: SweepResult, path: os.PathLike | str) -> Path:
-    """Write sweep.json and, beside it, the same points as CSV; returns the CSV path."""
+    """Write sweep.json (``result.to_json()``) and, beside it, one row per point and split as CSV; returns the
+    CSV path."""
     path = Path(path)
-    data = json_safe(result.to_dict())
-    atomic.write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+    result.write(path)
     csv_path = path.with_suffix(".csv")
-    atomic.write_text(csv_path, points_csv(data["points"]))
+    atomic.write_text(csv_path, points_csv(json_safe(result.rows())))
     return csv_path
 
 

@@ -31,7 +31,7 @@ class Ranking:
     pool: List[str]
     parameters: Dict[str, int] = field(default_factory=dict)
     source: str = ""
-    report: Optional[AnalysisReport] = None
+    report: Optional[AnalysisReport] = field(default=None, compare=False, repr=False)  # not in sweep.json
 
 
 def ranking_from_dict(

@@ -3,8 +3,9 @@
 The report is what the runtime (``unplugged``) applies to a live model and what
 a reader checks an expert against: the kept neuron indices of every layer,
 the score and keep ratio, the workload's sha256 and the base model's
-fingerprint. Versioned: ``from_json`` refuses a schema it does not know and
-names what is missing or malformed.
+fingerprint. Versioned through ``versioned.py``, like every report file:
+``from_json`` refuses a schema it does not know and names what is missing or
+malformed, in one line.
 """
 
 from __future__ import annotations
@@ -13,24 +14,22 @@ import json
 import os
 from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
+from mergekit_transplant import versioned
 from mergekit_transplant.errors import TransplantError
 
 SCHEMA = 1
+READABLE_SCHEMAS = (1,)
 REPORT_FILE = "unplug.json"
 
 
-def versioned_object(text: str, source: str, schema: int) -> Dict[str, Any]:
-    """A JSON object of the given ``schema``; every failure is one line naming ``source``."""
-    try:
-        data = json.loads(text)
-    except ValueError as error:
-        raise TransplantError(f"{source}: not valid JSON ({error})") from None
+def versioned_object(data: Any, source: str, readable: Sequence[int], what: str) -> Dict[str, Any]:
+    """A JSON object (from text or parsed) of a ``readable`` schema; every failure is one line naming ``source``."""
+    data = versioned.parsed(data, source)
     if not isinstance(data, dict):
         raise TransplantError(f"{source}: expected a JSON object")
-    if data.get("schema") != schema:
-        raise TransplantError(f"{source}: unknown schema {data.get('schema')!r} (this version reads schema {schema})")
+    versioned.schema_of(data, readable, source, what)
     return data
 
 
@@ -62,15 +61,15 @@ class UnplugReport:
         return json.dumps(asdict(self), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, source: str = "unplug report") -> "UnplugReport":
-        data = versioned_object(text, source, SCHEMA)
+    def from_json(cls, text: Any, source: str = "unplug report") -> "UnplugReport":
+        data = versioned_object(text, source, READABLE_SCHEMAS, "unplug report")
         names = {f for f in cls.__dataclass_fields__}
         required = [f for f, spec in cls.__dataclass_fields__.items()
                     if spec.default is MISSING and spec.default_factory is MISSING]
         missing = [f for f in required if f not in data]
         if missing:
             raise TransplantError(f"{source}: missing field(s) {', '.join(missing)}")
-        report = cls(**{k: v for k, v in data.items() if k in names})
+        report = cls(**{k: v for k, v in data.items() if k in names and k != "schema"})
         report.check(source)
         return report
 
@@ -79,13 +78,7 @@ class UnplugReport:
         path = Path(path)
         if path.is_dir():
             path = path / REPORT_FILE
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise TransplantError(f"unplug report {path}: no such file") from None
-        except UnicodeDecodeError:
-            raise TransplantError(f"unplug report {path}: not UTF-8 text") from None
-        return cls.from_json(text, f"unplug report {path}")
+        return versioned.load(path, "unplug report", lambda text, source: cls.from_json(text, f"unplug report {source}"))
 
     def check(self, source: str = "unplug report") -> None:
         """The kept lists agree with the sizes: one per layer, kept_size sorted unique in-range indices."""

@@ -121,10 +121,11 @@ class UnplugSweepResult:
         return json.dumps(json_safe(self.to_dict()), indent=2, allow_nan=False) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, source: str = "unplug-sweep.json") -> "UnplugSweepResult":
+    def from_json(cls, text: Any, source: str = "unplug-sweep.json") -> "UnplugSweepResult":
+        """The result from unplug-sweep.json's text (or object); ``best`` and ``random_bands`` are recomputed."""
         from mergekit_transplant.unplug.report import versioned_object
 
-        data = versioned_object(text, source, SCHEMA)
+        data = versioned_object(text, source, (SCHEMA,), "unplug sweep")
         try:
             points = [UnplugPoint(**p) for p in data["points"]]
             return cls(settings=data["settings"], splits=data["splits"], labels=data["labels"],
@@ -132,7 +133,13 @@ class UnplugSweepResult:
                        full=UnplugPoint(**data["full"]), points=points, timing=data.get("timing") or {},
                        warnings=data.get("warnings") or [])
         except (KeyError, TypeError) as error:
-            raise TransplantError(f"{source}: malformed unplug sweep ({error})") from None
+            raise TransplantError(f"{source}: malformed unplug sweep ({type(error).__name__}: {error})") from None
+
+    @classmethod
+    def load(cls, path: os.PathLike | str) -> "UnplugSweepResult":
+        from mergekit_transplant import versioned
+
+        return versioned.load(path, "unplug sweep results", cls.from_json)
 
 
 def write_sweep_json(result: UnplugSweepResult, path: os.PathLike | str) -> None:

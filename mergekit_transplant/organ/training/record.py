@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
+from mergekit_transplant import versioned
 from mergekit_transplant.errors import TransplantError
 
 RECORD_VERSION = 1
@@ -47,10 +48,7 @@ class TrainRecord:
     def from_json(cls, data: Any, where: str = "organ.json") -> "TrainRecord":
         if not isinstance(data, dict):
             raise TransplantError(f"{where}: the training record is not an object")
-        if data.get("record_version") != RECORD_VERSION:
-            raise TransplantError(
-                f"{where}: training record version {data.get('record_version')!r} is not supported "
-                f"(this mergekit-transplant reads version {RECORD_VERSION})")
+        versioned.schema_of(data, (RECORD_VERSION,), where, "training record", key="record_version", missing=None)
         known = {f for f in cls.__dataclass_fields__}
         try:
             return cls(**{k: v for k, v in data.items() if k in known})
