@@ -8,6 +8,11 @@ activation tensor outlives its hook call. Per batch, the scalars of all
 modules are stacked and copied to the CPU once, into an
 ``[n_samples, n_candidates]`` matrix per statistic.
 
+``run_pass`` is the one pass for every unit (``analysis.units``): what it
+hooks and how it reduces is a ``Probes`` object. ``ModuleProbes`` (the
+default; ``module`` and ``layer`` units) is described here;
+``units.NeuronProbes`` hooks the MLPs' down projections for ``unplug``.
+
 Statistics (per sample, averaged over its scored positions):
 
 - ``activation``: mean |output|, over output features;
