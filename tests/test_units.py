@@ -4,8 +4,10 @@
 ``unplug`` (neuron units) each run the one pass function with their unit's
 probes, and what they report agrees with a computation by hand that runs each
 sample alone, unpadded. A command that measured its units with a hook loop of
-its own would fail here: every test records the calls of the real
-``run_pass`` and checks that the values came from them.
+its own would fail here: the tests record the calls of the real
+``run_pass`` and check that the values came from them. (The neuron scores'
+values are checked by hand in ``test_unplug_scores.py``, the module
+statistics' in ``test_analysis_capture.py``.)
 """
 
 from __future__ import annotations
@@ -64,26 +66,6 @@ def scored(ids, prompt_len):
     return [(p, ids[p + 1]) for p in range(start, len(ids) - 1)]
 
 
-def neuron_reference(model, score: str):
-    """Σ over each sample's scored positions of |a| or |a · ∂log p/∂a| at every down_proj input, sample by sample."""
-    layers = model.model.layers
-    sums = [torch.zeros(16, dtype=torch.float64) for _ in layers]
-    for ids, prompt_len in SEQS:
-        seen = []
-        hooks = [layer.mlp.down_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0]) or a[0].retain_grad())
-                 for layer in layers]
-        x = model.get_input_embeddings()(torch.tensor([ids])).detach().requires_grad_(True)
-        logits = model(inputs_embeds=x).logits[0].log_softmax(-1)
-        for h in hooks:
-            h.remove()
-        positions = scored(ids, prompt_len)
-        sum(logits[p, label] for p, label in positions).backward()
-        for i, a in enumerate(seen):
-            for p, _label in positions:
-                sums[i] += (a[0, p] * a.grad[0, p]).abs() if score == "attribution" else a[0, p].detach().abs()
-    return sums
-
-
 @pytest.mark.parametrize("score", ["attribution", "activation"])
 def test_unplug_scores_neurons_in_the_shared_pass(model, passes, score):
     seqs = [TokenSequence(ids, p) for ids, p in SEQS]
@@ -95,20 +77,23 @@ def test_unplug_scores_neurons_in_the_shared_pass(model, passes, score):
     assert all(torch.equal(g, r) for g, r in zip(got.per_layer, result.stats[score]))
     assert (got.tokens, result.batches) == (sum(len(ids) for ids, _ in SEQS), 2)
     assert got.positions == sum(len(scored(ids, p)) for ids, p in SEQS)
-    for g, w in zip(got.per_layer, neuron_reference(model, score)):
-        assert torch.allclose(g, w, rtol=1e-6, atol=1e-9), (g - w).abs().max()
+    # the values themselves: test_unplug_scores.py checks score_neurons against a computation by hand
 
 
 @pytest.mark.parametrize("recompute,gradient_batch_size", [(True, None), (False, 1), (True, 3)])
 def test_neuron_attribution_with_recomputed_layers_and_micro_batches(model, recompute, gradient_batch_size):
-    """The pass's gradient options serve neurons as they serve modules: a recomputed layer is counted once."""
-    seqs = own_likelihood([TokenSequence(ids, p) for ids, p in SEQS])
+    """The pass's gradient options serve neurons as they serve modules: the same values as unplug's own
+    scoring (whole batches, no recomputation), and a recomputed layer is counted once."""
+    seqs = [TokenSequence(ids, p) for ids, p in SEQS]
+    want = score_neurons(model, LAYOUT, seqs, score="attribution", layers=2, intermediate=16, batch_size=4,
+                         progress=False).per_layer
     probes = UNITS["neuron"].probes(model, LAYOUT, 2, 16, "attribution")
-    result = capture.run_pass(model, (), seqs, stats=(), batch_size=4, pad_id=0, padding_side="right",
-                              recompute=recompute, gradient_batch_size=gradient_batch_size, progress=False,
-                              units=probes)
-    for g, w in zip(result.stats["attribution"], neuron_reference(model, "attribution")):
-        assert torch.allclose(g, w, rtol=1e-6, atol=1e-9), (g - w).abs().max()
+    result = capture.run_pass(model, (), own_likelihood(seqs), stats=(), batch_size=4, pad_id=0,
+                              padding_side="right", recompute=recompute, gradient_batch_size=gradient_batch_size,
+                              progress=False, units=probes)
+    assert result.batches == -(-len(SEQS) // (gradient_batch_size or 4))
+    for g, w in zip(result.stats["attribution"], want):
+        assert torch.allclose(g, w, rtol=1e-6, atol=1e-9), (g - w).abs().max()  # float32 sums per batch
 
 
 def module_activation(path, seqs):
