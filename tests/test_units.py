@@ -139,3 +139,22 @@ def test_analyze_measures_module_and_layer_units_in_the_shared_pass(pair, passes
     assert set(got) == set(by_unit)
     for unit, want in by_unit.items():
         assert got[unit] == pytest.approx(want, rel=1e-4, abs=1e-6), unit
+
+
+@pytest.mark.parametrize("kind", ["module", "layer"])
+def test_module_and_layer_strategies_give_run_pass_its_default_probes(pair, kind):
+    """``UNITS[kind].probes(...)`` is what ``run_pass`` hooks by default: the same statistics, bit for bit."""
+    from mergekit_transplant.analysis.candidates import find_candidates
+    from mergekit_transplant.checkpoint import read_index
+    from mergekit_transplant.loading import load_causal_lm
+
+    target, _donor = pair
+    model, tok = load_causal_lm(str(target))
+    index = read_index(str(target))
+    cands, _ = find_candidates(model, index, index)
+    seqs = encode(tok, SAMPLES, 256)
+    options = dict(batch_size=2, pad_id=0, padding_side="right", progress=False)
+    default = capture.run_pass(model, cands, seqs, stats=["activation"], **options)
+    chosen = capture.run_pass(model, (), seqs, stats=(), units=UNITS[kind].probes(cands, ["activation"]), **options)
+    assert list(chosen.stats) == ["activation"] and chosen.stats["activation"].shape == (len(SAMPLES), len(cands))
+    assert torch.equal(chosen.stats["activation"], default.stats["activation"])
