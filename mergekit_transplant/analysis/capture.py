@@ -8,6 +8,11 @@ activation tensor outlives its hook call. Per batch, the scalars of all
 modules are stacked and copied to the CPU once, into an
 ``[n_samples, n_candidates]`` matrix per statistic.
 
+``run_pass`` is the one pass for every unit (``analysis.units``): what it
+hooks and how it reduces is a ``Probes`` object. ``ModuleProbes`` (the
+default; ``module`` and ``layer`` units) is described here;
+``units.NeuronProbes`` hooks the MLPs' down projections for ``unplug``.
+
 Statistics (per sample, averaged over its scored positions):
 
 - ``activation``: mean |output|, over output features;
@@ -228,6 +233,70 @@ class Probe:
         return diff
 
 
+class Probes:
+    """Where a pass hooks and how it reduces: the one part of ``run_pass`` that depends on the unit.
+
+    A unit strategy (``analysis.units``) supplies one. ``run_pass`` gives it
+    a ``_Context`` (the batch being processed, its positions cached per
+    device, and one ``[B, count]`` matrix per name in ``names`` for
+    per-sample values) and calls ``attach`` once, ``collect`` after every
+    batch and ``finish`` at the end.
+    """
+
+    names: Sequence[str] = ()  # per-sample statistics (the context allocates a [B, count] matrix per batch for each)
+    count: int = 0  # columns of those matrices
+    gradients: bool = False  # a backward pass per batch (the graph is built from the input embeddings on)
+    head: bool = False  # hooks the output head: logits are needed at every position (set by ``attach``)
+
+    def attach(self, model, ctx: _Context, n_samples: int) -> list:
+        """Register the hooks (after the gradient graph is set up); returns objects with ``remove()``."""
+        raise NotImplementedError
+
+    def collect(self, ctx: _Context, batch: Batch) -> None:
+        """Keep this batch's values (on the CPU)."""
+        raise NotImplementedError
+
+    def finish(self, desc: str, sources: Sequence[tuple]) -> Dict[str, "torch.Tensor"]:  # noqa: F821
+        """The statistics, checked finite."""
+        raise NotImplementedError
+
+
+class ModuleProbes(Probes):
+    """``module`` and ``layer`` units: a ``Probe`` on every candidate module, one value per sample and
+    candidate, ``[n_samples, n_candidates]`` float64 per statistic (layers are grouped afterwards)."""
+
+    def __init__(self, candidates: Sequence[Candidate], stats: Sequence[str], *,
+                 other: Optional[TensorStreamer] = None, own_files: Optional[TensorStreamer] = None,
+                 attribution: bool = False, gain: bool = False):
+        self.candidates = candidates
+        self.stats = stats
+        self.other, self.own_files, self.attribution, self.gain = other, own_files, attribution, gain
+        self.names = list(stats) + (["local_relative"] if "local" in stats else []) + (
+            ["attribution", "attribution_signed"] if attribution else []) + (["gain"] if gain else [])
+        self.count = len(candidates)
+        self.gradients = attribution or gain
+        self.out: Dict[str, "torch.Tensor"] = {}  # noqa: F821
+
+    def attach(self, model, ctx: _Context, n_samples: int) -> list:
+        import torch
+
+        modules = dict(model.named_modules())
+        self.out = {name: torch.zeros(n_samples, self.count, dtype=torch.float64) for name in self.names}
+        self.head = any(modules[c.module] is model.get_output_embeddings() for c in self.candidates)
+        return [
+            Probe(i, c, modules[c.module], ctx, stats=self.stats, other=self.other, own_files=self.own_files,
+                  attribution=self.attribution, gain=self.gain)
+            for i, c in enumerate(self.candidates)
+        ]
+
+    def collect(self, ctx: _Context, batch: Batch) -> None:
+        _collect(ctx, self.out, batch)
+
+    def finish(self, desc: str, sources: Sequence[tuple]) -> Dict[str, "torch.Tensor"]:  # noqa: F821
+        _check_finite(self.out, self.candidates, desc, sources)
+        return self.out
+
+
 def _input_device(model):
     emb = model.get_input_embeddings()
     return emb.weight.device if emb.weight.device.type != "meta" else next(
@@ -239,7 +308,7 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
              own_files: Optional[TensorStreamer] = None, attribution: bool = False, gain: bool = False,
              recompute: bool = False, gradient_batch_size: Optional[int] = None,
              desc: str = "capture", progress: bool = True,
-             sources: Sequence[tuple] = ()) -> PassResult:
+             sources: Sequence[tuple] = (), units: Optional["Probes"] = None) -> PassResult:
     """One pass of ``model`` over ``seqs`` with every candidate probed.
 
     ``other``: the checkpoint ``local`` and ``attribution`` compare with,
@@ -256,27 +325,33 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
     ``sources``: ``(role, TensorStreamer)`` pairs whose tensors are checked
     for NaN/Inf when a statistic comes out non-finite, so the error can name
     the checkpoint and tensor at fault.
+
+    ``units``: where the pass hooks and how it reduces what the hooks see
+    (``Probes``), chosen by the unit strategy (``analysis.units``). By default
+    ``ModuleProbes`` over ``candidates`` (``module`` and ``layer`` units);
+    ``units.NeuronProbes`` measures MLP neurons (``unplug``), and then
+    ``candidates``, ``stats``, ``other``, ``own_files``, ``attribution`` and
+    ``gain`` are not used. Everything else (device, batching, the forward and
+    backward step, recomputation, progress, timing) is the same for every unit.
     """
     import torch
     from tqdm.auto import tqdm
 
     device = _input_device(model)
-    modules = dict(model.named_modules())
-    names = list(stats) + (["local_relative"] if "local" in stats else []) + (
-        ["attribution", "attribution_signed"] if attribution else []) + (["gain"] if gain else [])
-    gradients = attribution or gain
-    ctx = _Context(device, names, len(candidates))
-    out = {name: torch.zeros(len(seqs), len(candidates), dtype=torch.float64) for name in names}
-    head_probed = any(modules[c.module] is model.get_output_embeddings() for c in candidates)
-    keep_last = _can_keep_last(model) and not gradients and not head_probed
+    if units is None:
+        units = ModuleProbes(candidates, stats, other=other, own_files=own_files, attribution=attribution, gain=gain)
+    gradients = units.gradients
+    ctx = _Context(device, units.names, units.count)
     graph = gradients_from_embeddings(model) if gradients else contextlib.nullcontext()
     # entered before the probes are registered (hooks run in order), so an embedding probe sees a graph too
     graph.__enter__()
-    probes = [
-        Probe(i, c, modules[c.module], ctx, stats=stats, other=other, own_files=own_files,
-              attribution=attribution, gain=gain)
-        for i, c in enumerate(candidates)
-    ]
+    try:
+        probes = units.attach(model, ctx, len(seqs))
+    except BaseException:
+        graph.__exit__(None, None, None)
+        raise
+    head_probed = units.head
+    keep_last = _can_keep_last(model) and not gradients and not head_probed
     start, tokens, n_batches = time.perf_counter(), 0, 0
     bar = tqdm(total=len(seqs), desc=desc, unit="sample", disable=not progress, leave=False)
     try:
@@ -294,7 +369,7 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
                     kwargs["logits_to_keep"] = 1
                 with torch.inference_mode():
                     model(**kwargs)
-            _collect(ctx, out, batch)
+            units.collect(ctx, batch)
             tokens += batch.tokens
             n_batches += 1
             bar.update(batch.size)
@@ -303,7 +378,7 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
         for probe in probes:
             probe.remove()
         graph.__exit__(None, None, None)
-    _check_finite(out, candidates, desc, sources)
+    out = units.finish(desc, sources)
     return PassResult(out, time.perf_counter() - start, tokens, n_batches,
                       streamed_bytes=other.bytes_read if other else 0)
 
@@ -322,23 +397,6 @@ def gradients_from_embeddings(model):
         hook.remove()
         for p, flag in zip(model.parameters(), saved):
             p.requires_grad_(flag)
-
-
-def forward_batch(model, batch: Batch, *, attribution: bool, keep_last: bool = False) -> None:
-    """One batch through the model: forward only (inference mode), or forward + backward of the scored
-    log-probability (``attribution``, inside ``gradients_from_embeddings``)."""
-    import torch
-
-    kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                  position_ids=batch.position_ids, use_cache=False)
-    if attribution:
-        with torch.enable_grad():
-            _attribution_step(model, batch, kwargs)
-        return
-    if keep_last:
-        kwargs["logits_to_keep"] = 1
-    with torch.inference_mode():
-        model(**kwargs)
 
 
 def _attribution_step(model, batch: Batch, kwargs, *, head_is_candidate: bool = False) -> None:

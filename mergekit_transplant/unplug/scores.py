@@ -15,18 +15,19 @@ next token (the text's own log-likelihood). Over all examples:
   residual stream, Wanda-style);
 - ``random``: a seeded random value per neuron (the control).
 
-Hooks read ``down_proj``'s input at the scored positions only and add one
-``[intermediate]`` float64 vector per layer; no activation outlives its batch.
+The scores are measured by ``analysis.capture.run_pass``, the pass that
+``analyze`` runs on its target and donor, with the neuron unit's probes
+(``analysis.units.NeuronProbes``): hooks read ``down_proj``'s input at the
+scored positions only and add, per batch, one ``[intermediate]`` vector per
+layer; no activation outlives its batch.
 """
 
 from __future__ import annotations
 
-import contextlib
-import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence
+from typing import List, Sequence
 
-from mergekit_transplant.analysis.tokens import TokenSequence, batches
+from mergekit_transplant.analysis.tokens import TokenSequence
 from mergekit_transplant.analysis.units import NeuronUnits
 from mergekit_transplant.errors import TransplantError
 from mergekit_transplant.unplug.config import SCORES
@@ -78,62 +79,18 @@ def random_scores(intermediate: int, layers: int, seed: int) -> NeuronScores:
 def score_neurons(model, layout: MlpLayout, seqs: Sequence[TokenSequence], *, score: str, layers: int,
                   intermediate: int, batch_size: int = 8, pad_id: int = 0, seed: int = 0,
                   progress: bool = True) -> NeuronScores:
-    """Score every MLP neuron of ``model`` on ``seqs`` (tokenised workload)."""
-    import torch
-    from tqdm.auto import tqdm
+    """Score every MLP neuron of ``model`` on ``seqs`` (tokenised workload).
 
-    from mergekit_transplant.analysis.capture import _input_device, forward_batch, gradients_from_embeddings
+    One ``capture.run_pass`` (the pass ``analyze`` runs on its target and
+    donor) with the neuron unit's probes (``analysis.units.NeuronProbes``).
+    """
+    from mergekit_transplant.analysis.capture import run_pass
 
     if score not in SCORES:
         raise TransplantError(f"unknown score {score!r}; use one of {', '.join(SCORES)}")
     if score == "random":
         return random_scores(intermediate, layers, seed)
-    seqs = own_likelihood(seqs)
-    attribution = score == "attribution"
-    device = _input_device(model)
-    pairs = mlp_modules(model, layout, layers)
-    sums = [torch.zeros(intermediate, dtype=torch.float64) for _ in range(layers)]
-    current: Dict[str, object] = {}
-
-    def make_hook(layer: int):
-        def hook(module, args):
-            a = args[0]
-            rows, cols = current["rows"], current["cols"]
-            picked = a.detach()[rows.to(a.device), cols.to(a.device)].float()  # [P, F]
-            if not attribution:
-                sums[layer] += picked.abs().sum(0).to("cpu", torch.float64)
-                return None
-            if not a.requires_grad:
-                raise TransplantError("attribution needs gradients through the MLPs, but none flowed here")
-
-            def on_grad(grad, picked=picked, layer=layer):
-                g = grad[rows.to(grad.device), cols.to(grad.device)].float()
-                sums[layer] += (picked * g).abs().sum(0).to("cpu", torch.float64)
-
-            a.register_hook(on_grad)
-            return None
-
-        return hook
-
-    handles = [down.register_forward_pre_hook(make_hook(i)) for i, (_mlp, down) in enumerate(pairs)]
-    start, tokens, positions = time.perf_counter(), 0, 0
-    bar = tqdm(total=len(seqs), desc=f"scoring neurons ({score})", unit="sample", disable=not progress, leave=False)
-    try:
-        with gradients_from_embeddings(model) if attribution else contextlib.nullcontext():
-            for batch in batches(seqs, batch_size, pad_id=pad_id, padding_side="right", device=device):
-                current.update(rows=batch.rows, cols=batch.cols)
-                forward_batch(model, batch, attribution=attribution)
-                tokens += batch.tokens
-                positions += int(batch.rows.numel())
-                bar.update(batch.size)
-    finally:
-        bar.close()
-        for h in handles:
-            h.remove()
-    if score == "wanda":
-        for i, (_mlp, down) in enumerate(pairs):
-            sums[i] *= down.weight.detach().float().norm(dim=0).to("cpu", torch.float64)
-    bad = [i for i, s in enumerate(sums) if not bool(torch.isfinite(s).all())]
-    if bad:
-        raise TransplantError(f"non-finite {score} scores in layer {bad[0]} (an overflow?): try --dtype float32")
-    return NeuronScores(score, sums, time.perf_counter() - start, tokens, positions)
+    probes = NeuronUnits.probes(model, layout, layers, intermediate, score)
+    result = run_pass(model, (), own_likelihood(seqs), stats=(), batch_size=batch_size, pad_id=pad_id,
+                      padding_side="right", desc=f"scoring neurons ({score})", progress=progress, units=probes)
+    return NeuronScores(score, list(result.stats[score]), result.seconds, result.tokens, probes.positions)
