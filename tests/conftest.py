@@ -35,6 +35,38 @@ def _fresh_mergekit_loaders():
     fresh_loaders()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _lm_eval_reads_its_builtin_tasks_once():
+    """lm-eval re-reads its ~15k built-in task YAMLs (15-20 s on 2 cores) for every ``TaskManager`` that
+    includes them: in this suite, each in-process test of an unknown task name. That folder is lm-eval's
+    own installed package and does not change during a session, so its part of the index is read once per
+    test process and each later build gets fresh ``Entry`` copies of it (lm-eval deep-copies an entry's
+    config before using it); the tests' own task folders are read afresh every time, merged in the order
+    ``TaskIndex.build`` merges them. Subprocesses are not affected."""
+    from lm_eval.tasks import __file__ as tasks_init
+    from lm_eval.tasks._index import Entry, TaskIndex
+
+    original = TaskIndex.__dict__["build"]
+    builtin = Path(tasks_init).resolve().parent
+    cached = {}
+
+    def build(paths, *, resolve_includes=True):
+        index = {}
+        for root in paths:
+            if Path(root).resolve() != builtin:
+                index.update(original.__func__([root], resolve_includes=resolve_includes))
+                continue
+            if resolve_includes not in cached:
+                cached[resolve_includes] = original.__func__([root], resolve_includes=resolve_includes)
+            index.update({name: Entry(e.name, e.kind, e.yaml_path, e.cfg, set(e.tags))
+                          for name, e in cached[resolve_includes].items()})
+        return index
+
+    TaskIndex.build = staticmethod(build)
+    yield
+    TaskIndex.build = original
+
+
 @pytest.fixture(scope="session")
 def model_factory(tmp_path_factory):
     """``model_factory(name, arch, **kwargs)`` builds (once) and returns a model folder."""
