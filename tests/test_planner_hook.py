@@ -19,17 +19,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mergekit.architecture import get_architecture_info
-from mergekit.config import MergeConfiguration
-from mergekit.io.tasks import LoaderCache
-from mergekit.options import MergeOptions
-from mergekit.plan import MergePlanner
 from transformers import LlamaForCausalLM  # noqa: F401  (imported once here, not in every mutant's process)
 
 from mergekit_transplant.adapter import policy, read_hints, registration
-from mergekit_transplant.recipe import Selection, render_recipe
+from mergekit_transplant.recipe import Selection
 from mergekit_transplant.testing import make_model
 from tests import pagecache
+from tests.mergekit_plans import Recording, loader, plan, transplant_recipe
 
 MLP_DOWN_1 = "model.layers.1.mlp.down_proj.weight"
 Q_PROJ_0 = "model.layers.0.self_attn.q_proj.weight"
@@ -53,50 +49,6 @@ def models(tmp_path_factory):
 def with_tokenizers(tmp_path_factory):
     root = tmp_path_factory.mktemp("hook-tok")
     return {"target": make_model(root / "target", seed=0), "donor": make_model(root / "donor", seed=1)}
-
-
-def transplant_recipe(target, sels, **extra) -> str:
-    data = yaml.safe_load(render_recipe(str(target), sels, header=["written by test_planner_hook"]))
-    data.update(extra)
-    return yaml.safe_dump(data)
-
-
-class Recording:
-    """A real planner's arguments for each tensor, captured on their way into the (hooked) plan_tensor."""
-
-    def __init__(self):
-        self.calls = []
-
-
-def plan(recipe_text: str, record: Recording = None):
-    """mergekit's planner, hook installed, run on ``recipe_text``: {output tensor: [models it gathers]}."""
-    import mergekit_transplant
-
-    mergekit_transplant.register()
-    assert registration.planner_hook_installed()
-    config = MergeConfiguration.model_validate(yaml.safe_load(recipe_text))
-    options = MergeOptions(quiet=True)
-    LoaderCache().setup(options)
-    LoaderCache().loaders.clear()
-
-    class Planner(MergePlanner):
-        def plan_tensor(self, weight, weights_in, models, cfg_reader):
-            if record is not None:
-                record.calls.append((self, weight, list(weights_in), list(models), cfg_reader))
-            return super().plan_tensor(weight, weights_in, models, cfg_reader)
-
-    planner = Planner(config, get_architecture_info(config, options), options,
-                      (config.base_model or config.models[0].model).config(trust_remote_code=False))
-    planner._plan()
-    return {weight.name: sorted(Path(str(m.model.path)).name for m in task.model_order)
-            for weight, task in planner._tensors}
-
-
-def loader(model: Path):
-    from mergekit.common import ModelReference
-    from mergekit.io.tasks import LoaderCache
-
-    return LoaderCache().get(ModelReference.model_validate(str(model)))
 
 
 def hint_plan(model: Path):

@@ -333,7 +333,7 @@ def test_read_hints_bring_in_a_planned_tensor_without_read_around(tmp_path, monk
     import shutil
 
     from mergekit_transplant.adapter import read_hints
-    from tests.test_planner_hook import loader, plan, transplant_recipe
+    from tests.mergekit_plans import loader, plan, transplant_recipe
 
     size = dict(hidden=256, intermediate=1024, layers=6)
     target = make_model(tmp_path / "t", seed=0, tokenizer=False, **size)

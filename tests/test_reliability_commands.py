@@ -42,7 +42,7 @@ ANALYZE_CASES = {
     "jsonl-text-not-string": (dict(workload="nonstr.jsonl"), [], ["line 1", "not a string"]),
     "unknown-workload-format": (dict(workload="w.csv"), [], [".csv"]),
     "missing-workload": (dict(workload="MISSING"), [], ["no such file"]),
-    "unknown-lm-eval-task": (dict(), ["--lm-eval-task", "no_such_task_xyz"], ["no_such_task_xyz"]),
+    "unknown-lm-eval-task": (dict(), ["--lm-eval-task", "no_such_task_xyz"], ["lm-eval task 'no_such_task_xyz' not found"]),
     "strength-nan": (dict(workload="work"), ["--strength", "nan"], ["--strength", "nan"]),
     "strength-negative": (dict(workload="work"), ["--strength", "-0.5"], ["--strength"]),
     "strength-above-1": (dict(workload="work"), ["--strength", "1.5"], ["--strength"]),
@@ -161,7 +161,7 @@ def _eval(zoo, files, tmp_path, *extra, target=None, donor=None, merged=None, ta
 
 
 EVAL_CASES = {
-    "unknown-task": (dict(tasks="no_such_task_xyz"), ["no_such_task_xyz"]),
+    "unknown-task": (dict(tasks="no_such_task_xyz"), ["unknown lm-eval task(s) no_such_task_xyz"]),
     "no-task": (dict(tasks=""), ["--tasks"]),
     "empty-task-dataset": (dict(tasks="tiny_empty"), ["tiny_empty"]),
     "missing-target": (dict(target="MISSING"), ["no such folder"]),
