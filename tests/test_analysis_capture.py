@@ -15,6 +15,7 @@ import pytest
 import torch  # noqa: E402 - a hard dependency: a missing torch must fail, not skip
 
 from mergekit_transplant.analysis import analyze, load_workload  # noqa: E402
+from mergekit_transplant.analysis import capture  # noqa: E402
 from mergekit_transplant.analysis.capture import run_pass  # noqa: E402
 from mergekit_transplant.analysis.candidates import find_candidates  # noqa: E402
 from mergekit_transplant.analysis.streaming import TensorStreamer  # noqa: E402
@@ -24,8 +25,11 @@ from mergekit_transplant.checkpoint import read_index  # noqa: E402
 from mergekit_transplant.loading import load_causal_lm  # noqa: E402
 from mergekit_transplant.testing import load_state, make_model, perturbed_copy  # noqa: E402
 
-CHANGED = ["model.layers.1.mlp.down_proj.weight", "model.layers.0.self_attn.v_proj.weight"]
-PROBED = ["model.layers.1.mlp.down_proj", "model.layers.0.self_attn.v_proj", "model.layers.1.self_attn.o_proj"]
+CHANGED = ["model.layers.1.mlp.down_proj.weight", "model.layers.0.self_attn.v_proj.weight",
+           "model.layers.0.mlp.up_proj.weight"]
+# down_proj narrows (d_out < d_in), up_proj widens: attribution's product is taken on either side
+PROBED = ["model.layers.1.mlp.down_proj", "model.layers.0.self_attn.v_proj", "model.layers.1.self_attn.o_proj",
+          "model.layers.0.mlp.up_proj"]
 SAMPLES = [
     Sample("the cat is red"),
     Sample("one two", " three four five"),
@@ -128,12 +132,18 @@ def test_target_pass_statistics_match_a_computation_by_hand(models, batch_size, 
     assert stats["local"][:, o_proj].abs().max() == 0.0
 
 
-@pytest.mark.parametrize("batch_size,padding_side,recompute,gradient_batch_size", [
-    (1, "right", False, None), (8, "left", False, 3), (8, "left", False, None), (8, "left", True, None),
-    (8, "right", True, 3)])
-def test_attribution_matches_change_times_gradient_by_hand(models, batch_size, padding_side, recompute,
-                                                           gradient_batch_size):
-    """Micro-batches of the batch (the default), the whole batch, or each layer recomputed: the same values."""
+@pytest.mark.parametrize("batch_size,padding_side,recompute,gradient_batch_size,dense", [
+    (1, "right", False, None, False), (8, "left", False, 3, False), (8, "left", False, None, False),
+    (8, "left", True, None, False), (8, "right", True, 3, False), (8, "left", False, None, True),
+    (8, "right", False, 3, True)])
+def test_attribution_matches_change_times_gradient_by_hand(models, monkeypatch, batch_size, padding_side, recompute,
+                                                           gradient_batch_size, dense):
+    """Micro-batches of the batch (the default), the whole batch, or each layer recomputed: the same values.
+
+    ``dense``: the gradient hooks work on every position of the padded batch (as they do when padding is
+    at most ``DENSE_PADDING`` of it) instead of gathering the real ones; padding must not count."""
+    if dense:
+        monkeypatch.setattr(capture, "DENSE_PADDING", 1.0)
     target, donor = models
     expected = _reference(donor, target, donor, attribution=True)
     stats, order = _capture(donor, target, attribution=True, batch_size=batch_size, padding_side=padding_side,
@@ -197,9 +207,10 @@ def test_low_precision_capture_accumulates_in_float32(models):
     from mergekit_transplant.analysis.workload import Workload
 
     w = Workload(work, "inline", "jsonl", "0" * 64, 2)
-    full = analyze(str(target), str(donor), w, score="local", top_k=2, select="top", progress=False)
-    half = analyze(str(target), str(donor), w, score="local", top_k=2, dtype="bfloat16", select="top", progress=False)
-    assert sorted(half.ranking()[:2]) == sorted(CHANGED)
+    k = len(CHANGED)
+    full = analyze(str(target), str(donor), w, score="local", top_k=k, select="top", progress=False)
+    half = analyze(str(target), str(donor), w, score="local", top_k=k, dtype="bfloat16", select="top", progress=False)
+    assert sorted(half.ranking()[:k]) == sorted(CHANGED)
     zero = [c for c in half.report["candidates"] if c["tensor"] not in CHANGED]
     assert all(c["scores"]["local"] == 0.0 for c in zero)  # no bf16 rounding noise on unchanged tensors
     f = {c["tensor"]: c["scores"]["local"] for c in full.report["candidates"]}

@@ -65,6 +65,8 @@ from mergekit_transplant.analysis.tokens import Batch, TokenSequence, batches, f
 from mergekit_transplant.errors import TransplantError
 
 EPS = 1e-12
+#: the most padding (a share of the batch) at which gradient hooks compute at every position
+DENSE_PADDING = 0.1
 
 
 @dataclass
@@ -127,6 +129,16 @@ class _Context:
                 t.to(device) for t in self.batch.attention_mask.bool().nonzero(as_tuple=True))
         return cached
 
+    def dense_mask(self, device):
+        """``[B*T]`` bool, True at real positions, when padding is at most ``DENSE_PADDING`` of the batch
+        (the gradient hooks then work on every position: cheaper than gathering the real ones); else None."""
+        key = ("dense", str(device))
+        if key not in self._everywhere:
+            mask = self.batch.attention_mask
+            dense = self.batch.tokens >= (1 - DENSE_PADDING) * mask.numel()
+            self._everywhere[key] = mask.bool().flatten().to(device) if dense else None
+        return self._everywhere[key]
+
     def store(self, stat: str, probe: int, per_position, *, weighted: bool = True, rows=None) -> None:
         """Reduce ``[P]`` per-position values to ``[B]`` per-row values and keep them.
 
@@ -181,7 +193,8 @@ class Probe:
         y = output[0] if isinstance(output, tuple) else output
         rows, cols, _w, ids, _mask = ctx.index(y.device)
         replaying = ctx.replay is not None and ctx.replay.active
-        if not replaying:  # a recomputed layer (attribution's backward) was measured in its first call
+        # a recomputed layer (attribution's backward) was measured in its first call
+        if not replaying and self.stats & {"activation", "local"}:
             with torch.no_grad():
                 ys = y.detach()[rows, cols].float()  # [P, d_out]
                 if "activation" in self.stats:
@@ -201,19 +214,54 @@ class Probe:
 
             def on_grad(grad, x=x):
                 with torch.no_grad():
-                    every_row, every_col = ctx.real_positions(grad.device)
-                    # the other model's change applied here: (W_other - W_this) x, [P, d_out]
-                    change = self._change(module, (x,), every_row, every_col, ids)
-                    per_pos = (change * grad[every_row, every_col].float()).sum(-1)  # [P]
-                    del change
+                    real = None if self.candidate.embedding else ctx.dense_mask(grad.device)
+                    if real is not None:
+                        # (nearly) no padding: every position of the padded batch, no gathered copies;
+                        # padding's values are dropped (its gradient is zero, its input need not be finite)
+                        per_pos = self._dots(module, x.flatten(0, -2), grad.flatten(0, -2)).where(real, 0.0)
+                        size = (ctx.batch.size, -1)
+
+                        def put(stat, values):
+                            ctx.put(stat, stat_index, values.view(size).sum(1))
+                    else:
+                        every_row, every_col = ctx.real_positions(grad.device)
+                        per_pos = self._dots(module, x, grad[every_row, every_col], every_row, every_col, ids)
+
+                        def put(stat, values):
+                            ctx.store(stat, stat_index, values, weighted=False, rows=every_row)
                     if gain:  # on the target: the donor's change, signed
-                        ctx.store("gain", stat_index, per_pos, weighted=False, rows=every_row)
+                        put("gain", per_pos)
                     if attribution:  # on the donor: its own change against the target, the opposite sign
                         per_pos = per_pos.neg_()
-                        ctx.store("attribution", stat_index, per_pos.abs(), weighted=False, rows=every_row)
-                        ctx.store("attribution_signed", stat_index, per_pos, weighted=False, rows=every_row)
+                        put("attribution", per_pos.abs())
+                        put("attribution_signed", per_pos)
 
             y.register_hook(on_grad)
+
+    def _dots(self, module, x, grad, rows=None, cols=None, ids=None):
+        """``<(W_other - W_this) x (+ b_other - b_this), grad>`` per position, float32 ``[P]``.
+
+        ``x`` is the module's input at those positions (``[P, d_in]``), or, with ``rows`` and
+        ``cols``, the whole input they index; ``grad`` the output's gradient there (``[P, d_out]``).
+        The product is taken on the narrower side: ``((W_other - W_this) x) . grad`` when
+        ``d_out <= d_in``, else ``x . ((W_other - W_this)^T grad)``; the same sum, fewer values
+        to multiply and add.
+        """
+        cand = self.candidate
+        if cand.embedding:
+            return (self._change(module, (x,), rows, cols, ids) * grad).sum(-1)
+        weight = self._current(cand.tensor, module.weight)
+        delta = self.other.delta(cand.tensor, weight)  # [d_out, d_in], float32
+        x = (x if rows is None else x[rows, cols]).float()  # [P, d_in]
+        grad = grad.float()
+        if delta.shape[0] <= delta.shape[1]:
+            dots = (x @ delta.T).mul_(grad).sum(-1)
+        else:
+            dots = (grad @ delta).mul_(x).sum(-1)
+        if cand.bias:
+            bias = self._current(cand.bias, module.bias)
+            dots += grad @ self.other.delta(cand.bias, bias)
+        return dots
 
     def _change(self, module, inputs, rows, cols, ids):
         """``(W_other - W_this) x (+ b_other - b_this)`` at the given positions, float32 ``[P, d_out]``."""
