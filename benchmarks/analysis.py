@@ -117,6 +117,8 @@ def worker(mode: str, paths: dict, threads: int, batch_size: int) -> dict:
     start, cpu0 = time.perf_counter(), time.process_time()
     extra = {"attribution-recompute": {"recompute": True},
              "attribution-whole": {"gradient_batch_size": batch_size}}.get(mode, {})
+    if mode.startswith("attribution-rows"):  # attribution-rowsN: --gradient-batch-size N
+        extra = {"gradient_batch_size": int(mode[len("attribution-rows"):])}
     import inspect
 
     if "select" in inspect.signature(analyze).parameters:  # not in the code before issue 17 (@before)
@@ -285,7 +287,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3,
                         help="end-to-end runs per mode, round-robin; the fastest wall time is kept")
-    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help="comma-separated; also attribution-rowsN (attribution at --gradient-batch-size N) "
+                             "and MODE@before")
     parser.add_argument("--interleaved", type=int, default=5,
                         help="repeats of the in-process alternating pass timing (0: skip)")
     parser.add_argument("--size", choices=sorted(SIZES), default="104m", help="the model pair to build")
@@ -443,14 +447,16 @@ def _attribution_goals(r: dict) -> list:
             lines.append(f"- attribution{tag} peak RSS / local{tag} peak RSS (worst runs): {attr['peak_rss_mb']:.0f} / "
                          f"{local['peak_rss_mb']:.0f} MB = {ratio:.2f}x; goal <= {ATTRIBUTION_RSS_GOAL}x: {verdict}")
     now, before = r.get("attribution"), r.get("attribution@before")
-    for variant, option in ATTRIBUTION_VARIANTS.items():
+    variants = dict(ATTRIBUTION_VARIANTS, **{m: f"--gradient-batch-size {m[len('attribution-rows'):]}"
+                                             for m in r if m.startswith("attribution-rows")})
+    for variant, option in variants.items():
         run, local = r.get(variant), r.get("local")
         if run and local:
             ratio = run["peak_rss_mb"] / local["peak_rss_mb"]
             lines.append(f"- {variant} ({option}) peak RSS / local peak RSS (worst runs): {run['peak_rss_mb']:.0f} / "
                          f"{local['peak_rss_mb']:.0f} MB = {ratio:.2f}x; goal <= {ATTRIBUTION_RSS_GOAL}x: "
                          f"{'met' if ratio <= ATTRIBUTION_RSS_GOAL else 'MISSED'}")
-    for label, run in [("attribution", now)] + [(v, r.get(v)) for v in ATTRIBUTION_VARIANTS]:
+    for label, run in [("attribution", now)] + [(v, r.get(v)) for v in variants]:
         if run and before:
             ratio = run["median_cpu_s"] / before["median_cpu_s"]
             lines.append(f"- {label} CPU time / before (medians): {run['median_cpu_s']:.1f} / "
