@@ -125,7 +125,9 @@ def test_analyze_measures_module_and_layer_units_in_the_shared_pass(pair, passes
     result = analyze(str(target), str(donor), workload, score="activation", top_k=1, select="top",
                      granularity=granularity, progress=False)
     assert [desc for _units, desc, _r in passes] == ["target pass", "donor pass"]
-    assert all(units is None for units, _d, _r in passes)  # run_pass's default: module probes, one per candidate
+    # the unit strategy's probes: modules, one per candidate (a layer is measured as its modules, then grouped)
+    assert all(type(units) is capture.ModuleProbes and len(units.candidates) == len(result.report["candidates"])
+               for units, _d, _r in passes)
     seqs = encode(load_tokenizer(str(target)), SAMPLES, 256)
     t, d = module_activation(target, seqs), module_activation(donor, seqs)
     by_module = {m: abs(d[m] - t[m]) for m in t}

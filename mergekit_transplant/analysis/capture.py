@@ -308,6 +308,11 @@ class Probes:
         """The statistics, checked finite."""
         raise NotImplementedError
 
+    @property
+    def streamed_bytes(self) -> int:
+        """Bytes read from another checkpoint's files during the pass (0: none streamed)."""
+        return 0
+
 
 class ModuleProbes(Probes):
     """``module`` and ``layer`` units: a ``Probe`` on every candidate module, one value per sample and
@@ -343,6 +348,10 @@ class ModuleProbes(Probes):
     def finish(self, desc: str, sources: Sequence[tuple]) -> Dict[str, "torch.Tensor"]:  # noqa: F821
         _check_finite(self.out, self.candidates, desc, sources)
         return self.out
+
+    @property
+    def streamed_bytes(self) -> int:
+        return self.other.bytes_read if self.other else 0
 
 
 def _input_device(model):
@@ -428,7 +437,7 @@ def run_pass(model, candidates: Sequence[Candidate], seqs: Sequence[TokenSequenc
         graph.__exit__(None, None, None)
     out = units.finish(desc, sources)
     return PassResult(out, time.perf_counter() - start, tokens, n_batches,
-                      streamed_bytes=other.bytes_read if other else 0)
+                      streamed_bytes=units.streamed_bytes)
 
 
 @contextlib.contextmanager

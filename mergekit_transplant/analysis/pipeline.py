@@ -269,10 +269,12 @@ def _analyze(settings: AnalyzeSettings, workload: Union[Workload, str, Path], *,
             with TensorStreamer(*streams["donor"]) as donor_files, TensorStreamer(*streams["target"]) as target_files:
                 files = {"target": target_files, "donor": donor_files}
                 other = files[p.other] if p.other else None
+                # the unit strategy says what the pass hooks (analysis.units: modules, for module and layer units)
+                probes = UNITS[granularity].probes(state["candidates"], p.stats, other=other, own_files=files[role],
+                                                   attribution=p.attribution, gain=p.gain)
                 result = capture_mod.run_pass(
-                    model, state["candidates"], fed, stats=p.stats, batch_size=batch_size, pad_id=state["pad_id"],
-                    padding_side=padding_side, other=other, own_files=files[role], attribution=p.attribution,
-                    gain=p.gain, recompute=recompute,
+                    model, (), fed, stats=(), units=probes, batch_size=batch_size, pad_id=state["pad_id"],
+                    padding_side=padding_side, recompute=recompute,
                     gradient_batch_size=plan.gradient_batch_size if (p.gain or p.attribution) else None,
                     desc=p.desc, progress=progress,
                     sources=[(role, files[role])] + ([(p.other, other)] if other else []))
